@@ -1,0 +1,41 @@
+"""aelab: train, evaluate and explore convolutional autoencoders on images.
+
+The public API is imported lazily, so ``aelab --help`` starts without loading PyTorch::
+
+    from aelab import RunConfig, train, load_run
+    result = train(RunConfig(), out="runs/mnist-d4")
+    run = load_run("runs/mnist-d4")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "AelabError": "errors",
+    "DataConfig": "config", "ModelConfig": "config", "TrainConfig": "config", "RunConfig": "config",
+    "RECIPES": "config", "train_config_for": "config",
+    "Encoder": "model", "Decoder": "model", "ConvAutoencoder": "model",
+    "ImageSet": "data.sets", "load_split": "data.sets", "load_splits": "data.sets",
+    "fetch": "data.sources",
+    "train": "training", "TrainResult": "training", "TrainingInterrupted": "training",
+    "load_run": "checkpoint", "Run": "checkpoint",
+    "evaluate": "evaluation", "reconstruction_loss": "evaluation", "Evaluation": "evaluation",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'aelab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

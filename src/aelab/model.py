@@ -1,0 +1,124 @@
+"""The tutorial's convolutional autoencoder, layer for layer and with its attribute names.
+
+A ``state_dict`` saved from the tutorial's own ``Encoder`` and ``Decoder`` loads into
+``ConvAutoencoder.encoder`` / ``.decoder`` and gives the same outputs, and the reverse.
+Spatial sizes are computed from the input size (28 -> 14 -> 7 -> 3 for MNIST), not hard-coded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .errors import AelabError
+
+CHANNELS = (8, 16, 32)  # the tutorial's convolution widths
+HIDDEN = 128  # the tutorial's fully connected width
+
+
+def encoder_sizes(image_size: int) -> list[int]:
+    """Spatial size after each encoder convolution: [28, 14, 7, 3] for 28x28 input."""
+    sizes = [image_size]
+    for padding in (1, 1, 0):  # kernel 3, stride 2
+        sizes.append((sizes[-1] + 2 * padding - 3) // 2 + 1)
+    if sizes[-1] < 1:
+        raise AelabError(f"images of {image_size}x{image_size} are too small for this model (at least 16x16)")
+    return sizes
+
+
+def _output_padding(size_in: int, size_out: int, padding: int) -> int:
+    """The ConvTranspose2d output_padding (0 or 1) that maps size_in to size_out at stride 2."""
+    extra = size_out - ((size_in - 1) * 2 - 2 * padding + 3)
+    if extra not in (0, 1):
+        raise AelabError(f"cannot decode {size_in} back to {size_out} pixels")
+    return extra
+
+
+class Encoder(nn.Module):
+    """Image [B, C, H, W] -> code [B, latent_dim]."""
+
+    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28):
+        super().__init__()
+        side = encoder_sizes(image_size)[-1]
+        self.encoder_cnn = nn.Sequential(
+            nn.Conv2d(in_channels, CHANNELS[0], 3, stride=2, padding=1),
+            nn.ReLU(True),
+            nn.Conv2d(CHANNELS[0], CHANNELS[1], 3, stride=2, padding=1),
+            nn.BatchNorm2d(CHANNELS[1]),
+            nn.ReLU(True),
+            nn.Conv2d(CHANNELS[1], CHANNELS[2], 3, stride=2, padding=0),
+            nn.ReLU(True),
+        )
+        self.flatten = nn.Flatten(start_dim=1)
+        self.encoder_lin = nn.Sequential(
+            nn.Linear(side * side * CHANNELS[2], HIDDEN),
+            nn.ReLU(True),
+            nn.Linear(HIDDEN, latent_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.encoder_cnn(x)  # [B, 32, 3, 3]
+        x = self.flatten(x)  # [B, 288]
+        return self.encoder_lin(x)  # [B, latent_dim]
+
+
+class Decoder(nn.Module):
+    """Code [B, latent_dim] -> image [B, C, H, W] in (0, 1)."""
+
+    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28):
+        super().__init__()
+        sizes = encoder_sizes(image_size)  # [28, 14, 7, 3]
+        side = sizes[-1]
+        self.decoder_lin = nn.Sequential(
+            nn.Linear(latent_dim, HIDDEN),
+            nn.ReLU(True),
+            nn.Linear(HIDDEN, side * side * CHANNELS[2]),
+            nn.ReLU(True),
+        )
+        self.unflatten = nn.Unflatten(dim=1, unflattened_size=(CHANNELS[2], side, side))
+        self.decoder_conv = nn.Sequential(
+            nn.ConvTranspose2d(CHANNELS[2], CHANNELS[1], 3, stride=2,
+                               output_padding=_output_padding(sizes[3], sizes[2], 0)),
+            nn.BatchNorm2d(CHANNELS[1]),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(CHANNELS[1], CHANNELS[0], 3, stride=2, padding=1,
+                               output_padding=_output_padding(sizes[2], sizes[1], 1)),
+            nn.BatchNorm2d(CHANNELS[0]),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(CHANNELS[0], in_channels, 3, stride=2, padding=1,
+                               output_padding=_output_padding(sizes[1], sizes[0], 1)),
+        )
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The output before the sigmoid (for a numerically stable BCE loss)."""
+        x = self.decoder_lin(z)  # [B, 288]
+        x = self.unflatten(x)  # [B, 32, 3, 3]
+        return self.decoder_conv(x)  # [B, C, 28, 28]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(z))
+
+
+class ConvAutoencoder(nn.Module):
+    """Encoder and decoder together: ``model(x)`` reconstructs, ``encode``/``decode`` go halfway."""
+
+    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28):
+        super().__init__()
+        self.config = ModelConfig(latent_dim=latent_dim, in_channels=in_channels, image_size=image_size)
+        self.config.validate()
+        self.encoder = Encoder(latent_dim, in_channels, image_size)
+        self.decoder = Decoder(latent_dim, in_channels, image_size)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "ConvAutoencoder":
+        return cls(config.latent_dim, config.in_channels, config.image_size)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))

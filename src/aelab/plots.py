@@ -1,0 +1,83 @@
+"""Figures as PNG files. Matplotlib is imported inside the functions that need it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .fsutil import atomic_save
+
+
+def to_pixels(images: torch.Tensor) -> np.ndarray:
+    """Float images [N, C, H, W] in [0, 1] -> uint8 [N, H, W, C]."""
+    array = images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+    return array.transpose(0, 2, 3, 1)
+
+
+def tile(images: torch.Tensor, rows: int, cols: int, pad: int = 2, value: int = 255) -> np.ndarray:
+    """Tile images [rows*cols, C, H, W] into one uint8 picture [H', W'] or [H', W', 3]."""
+    pixels = to_pixels(images)
+    n, height, width, channels = pixels.shape
+    canvas = np.full((rows * (height + pad) + pad, cols * (width + pad) + pad, channels), value, np.uint8)
+    for i in range(min(n, rows * cols)):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (height + pad), pad + c * (width + pad)
+        canvas[y: y + height, x: x + width] = pixels[i]
+    return canvas[..., 0] if channels == 1 else canvas
+
+
+def save_png(array: np.ndarray, path: Path, scale: int = 1) -> Path:
+    """Save a uint8 picture as PNG (atomically), enlarged ``scale`` times with sharp pixels."""
+    from PIL import Image
+
+    image = Image.fromarray(array)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    atomic_save(path, lambda tmp: image.save(tmp, format="PNG"))
+    return path
+
+
+def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path,
+                          title: str = "", noisy: torch.Tensor | None = None) -> Path:
+    """The tutorial's picture: originals above their reconstructions (noisy inputs between)."""
+    from PIL import Image, ImageDraw
+
+    rows = [originals] + ([noisy] if noisy is not None else []) + [reconstructions]
+    n = len(originals)
+    grid = tile(torch.cat(rows), len(rows), n)
+    scale = 4
+    body = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).convert("RGB")
+    names = ["original"] + (["noisy input"] if noisy is not None else []) + ["reconstruction"]
+    margin_left, margin_top = 110, 22 if title else 4
+    canvas = Image.new("RGB", (body.width + margin_left, body.height + margin_top), "white")
+    canvas.paste(body, (margin_left, margin_top))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((margin_left, 4), title, fill="black")
+    row_height = body.height / len(rows)
+    for i, name in enumerate(names):
+        draw.text((6, margin_top + row_height * (i + 0.5) - 5), name, fill="black")
+    atomic_save(path, lambda tmp: canvas.save(tmp, format="PNG"))
+    return path
+
+
+def loss_curves_figure(metrics: list[dict[str, float]], path: Path) -> Path:
+    """Train and validation loss per epoch on a log scale (the tutorial's plot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    epochs = [row["epoch"] for row in metrics]
+    axes.semilogy(epochs, [row["train_loss"] for row in metrics], marker="o", ms=3, label="train")
+    axes.semilogy(epochs, [row["val_loss"] for row in metrics], marker="o", ms=3, label="validation")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("loss (mean per pixel)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
+    return path

@@ -1,0 +1,429 @@
+"""The training loop: load data, build the model, train epoch by epoch, write the run folder.
+
+Each epoch: train on reshuffled batches, measure the validation loss, save a checkpoint
+(atomically), the metrics and a reconstruction figure. Ctrl-C / SIGTERM finish the current
+step, save a checkpoint and raise ``TrainingInterrupted``; ``train(..., resume=True)``
+continues bit for bit from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .config import RunConfig
+from .data.batches import Batches
+from .data.sets import ImageSet, load_splits
+from .devices import resolve_device
+from .errors import AelabError
+from .fsutil import atomic_save
+from .evaluation import add_noise, noise_generator, psnr_from_mse, reconstruction_loss
+from .model import ConvAutoencoder
+from .plots import loss_curves_figure, reconstruction_figure
+
+RUN_FILES = ("config.json", "model.safetensors", "metrics.csv", "state", "figures", "report.html", "evaluation.json")
+N_FIGURE_IMAGES = 5
+
+
+class TrainingInterrupted(AelabError):
+    """Training stopped by a signal after saving a checkpoint; ``exit_code`` is 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class NumericalFault(AelabError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    config: RunConfig
+    model: ConvAutoencoder
+    metrics: list[dict[str, float]]
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the learning-rate schedule ---------------------------------------------------------------
+
+def one_cycle(step: int, total_steps: int, warmup: float = 0.25, start_div: float = 25.0,
+              final_div: float = 1e4) -> float:
+    """Multiplier of the peak rate: cosine up from 1/start_div, then cosine down to 1/final_div."""
+    peak_step = max(1, int(total_steps * warmup))
+    if step < peak_step:
+        low, high, t = 1.0 / start_div, 1.0, step / peak_step
+    else:
+        low, high, t = 1.0, 1.0 / final_div, (step - peak_step) / max(1, total_steps - peak_step)
+    return high + (low - high) * (1 + math.cos(math.pi * min(t, 1.0))) / 2
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int):
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: one_cycle(step, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+# --- the loss -----------------------------------------------------------------------------------
+
+def loss_fn(model: ConvAutoencoder, inputs: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean loss per pixel: MSE of the sigmoid output, or BCE computed from the logits."""
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(model.decoder.logits(model.encoder(inputs)), targets)
+    return F.mse_loss(model(inputs), targets)
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it after each step. A second signal stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:  # second signal: give up waiting for the step
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+# --- RNG state as plain tensors and lists (so torch.load(weights_only=True) can read it) ---------
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": [list(random.getstate()[1]), random.getstate()[0]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    values, version = state["python"]
+    random.setstate((version, tuple(values), None))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def data_fingerprint(splits: dict[str, ImageSet]) -> str:
+    """A short hash of the training and validation images and labels (checked on resume)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name in ("train", "val"):
+        digest.update(splits[name].images.numpy().tobytes())
+        digest.update(splits[name].labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --- the run folder -----------------------------------------------------------------------------
+
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AelabError(f"--out {run_dir} is a file; give a folder for the run")
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if present and not overwrite:
+        raise AelabError(f"{run_dir} already holds a run ({', '.join(present)}); "
+                         f"use --resume {run_dir} to continue it, --overwrite to replace it, or another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AelabError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another --out") from None
+    for name in present:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _resumed_config(run_dir: Path, requested: RunConfig | None, explicit: set[str]) -> RunConfig:
+    """The run's own config; only --epochs (and --device, --keep) may differ from it."""
+    saved = ckpt.load_config(ckpt.check_run_dir(run_dir))
+    if requested is None:
+        return saved
+    mutable = {"train.epochs", "train.device", "train.keep"}
+    for name in sorted(explicit - mutable):
+        section, key = name.split(".")
+        asked, have = getattr(getattr(requested, section), key), getattr(getattr(saved, section), key)
+        if asked != have:
+            raise AelabError(f"--resume: the run was trained with {key}={have!r}, not {asked!r}; a resumed run "
+                             "keeps its architecture, data and recipe (only --epochs, --device and --keep may change). "
+                             "Start a new run with another --out instead")
+    train = replace(saved.train, **{key.split(".")[1]: getattr(requested.train, key.split(".")[1])
+                                    for key in explicit & mutable})
+    return replace(saved, train=train)
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+class Trainer:
+    """Trains one run; ``run()`` does it all. Short steps, each a method, read top to bottom."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, splits: dict[str, ImageSet], quiet: bool,
+                 on_epoch: Callable[[dict[str, float]], None] | None = None):
+        self.config, self.run_dir, self.splits, self.quiet = config, run_dir, splits, quiet
+        self.on_epoch = on_epoch
+        cfg = config.train
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # as the tutorial: the seed is set before the model is built
+        self.model = ConvAutoencoder.from_config(config.model).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.batches = Batches(splits["train"].images, cfg.batch_size, self.device)
+        self.total_steps = cfg.epochs * len(self.batches)
+        self.scheduler = make_scheduler(self.optimizer, cfg.schedule, self.total_steps)
+        self.val_images = splits["val"].images.to(self.device)
+        self.figure_images = splits["test"].images[:N_FIGURE_IMAGES].to(self.device)
+        self.metrics: list[dict[str, float]] = []
+        self.best_val, self.best_epoch = math.inf, 0
+        self.epoch, self.step = 0, 0  # position: the next step to run
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.loss_count = 0
+        self.noise: torch.Generator | None = None
+        self.elapsed = 0.0
+        self.fingerprint = data_fingerprint(splits)
+
+    # state ---------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format_version": ckpt.FORMAT_VERSION,
+            "epoch": self.epoch, "step": self.step,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "noise_rng": self.noise.get_state() if self.noise is not None else None,
+            "loss_sum": self.loss_sum.cpu(), "loss_count": self.loss_count,
+            "metrics": self.metrics, "best_val": self.best_val, "best_epoch": self.best_epoch,
+            "data_fingerprint": self.fingerprint, "elapsed": self.elapsed,
+        }
+
+    def restore(self) -> None:
+        state = ckpt.load_checkpoint(self.run_dir, self.model)
+        if state.get("data_fingerprint") != self.fingerprint:
+            raise AelabError(f"--resume {self.run_dir}: the training data differ from the data this run was "
+                             "trained on (another dataset version or data folder); resume with the same data")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.loss_count = int(state["loss_count"])
+        self.metrics = list(state["metrics"])
+        self.best_val, self.best_epoch = float(state["best_val"]), int(state["best_epoch"])
+        self.elapsed = float(state["elapsed"])
+        if self.step > 0 and state["noise_rng"] is not None:
+            self.noise = self._noise_for(self.epoch)
+            self.noise.set_state(state["noise_rng"])
+
+    def save_checkpoint(self) -> None:
+        name = f"ckpt-{self.epoch:04d}-{self.step:05d}"
+        ckpt.save_checkpoint(self.run_dir, self.model, self.state(), name)
+
+    # steps ---------------------------------------------------------------------------------------
+    def _noise_for(self, epoch: int) -> torch.Generator | None:
+        if self.config.train.noise_factor <= 0:
+            return None
+        return noise_generator(self.config.train.seed * 1_000_003 + epoch + 7, self.device)
+
+    def train_step(self, clean: torch.Tensor) -> torch.Tensor:
+        cfg = self.config.train
+        inputs = add_noise(clean, cfg.noise_factor, self.noise) if self.noise is not None else clean
+        loss = loss_fn(self.model, inputs, clean, cfg.loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+    def _check_finite(self, losses: torch.Tensor, first_step: int) -> None:
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            step = first_step + int(bad[0])
+            raise NumericalFault(
+                f"the loss became {float(losses[int(bad[0])])} at epoch {self.epoch + 1}, step {step + 1}; "
+                f"training stopped and the last good checkpoint in {self.run_dir / 'state'} is kept. "
+                f"Likely fix: a lower --lr (now {self.config.train.lr:g}) or --loss mse")
+
+    def train_epoch(self, stop: StopFlag, bar) -> None:
+        cfg = self.config.train
+        if self.step == 0:
+            self.noise = self._noise_for(self.epoch)
+            self.loss_sum.zero_()
+            self.loss_count = 0
+        check_every = 1 if self.device.type == "cpu" else 25  # a host sync on a GPU is costly
+        pending: list[torch.Tensor] = []
+        first_pending = self.step
+        batches = self.batches.epoch(cfg.seed, self.epoch, cfg.shuffle, start=self.step)
+        for clean in batches:
+            loss = self.train_step(clean)
+            pending.append(loss)
+            self.loss_sum += loss.double() * len(clean)
+            self.loss_count += len(clean)
+            self.step += 1
+            bar.update(1)
+            if len(pending) >= check_every or stop.signum is not None or self.step == len(self.batches):
+                self._check_finite(torch.stack(pending), first_pending)
+                pending, first_pending = [], self.step
+                bar.set_postfix_str(f"loss {float(self.loss_sum) / self.loss_count:.5f}", refresh=False)
+            if stop.signum is not None:
+                self.save_checkpoint()
+                name = signal.Signals(stop.signum).name
+                raise TrainingInterrupted(
+                    f"stopped by {name} at epoch {self.epoch + 1}, step {self.step}; checkpoint saved. "
+                    f"Resume with: aelab train --resume {self.run_dir}", stop.signum)
+
+    def end_epoch(self, seconds: float) -> dict[str, float]:
+        cfg = self.config.train
+        val_loss = reconstruction_loss(self.model, self.val_images, cfg.loss, noise_factor=cfg.noise_factor,
+                                       seed=cfg.seed)
+        row = {"epoch": self.epoch + 1, "train_loss": float(self.loss_sum) / max(1, self.loss_count),
+               "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+        if not math.isfinite(val_loss):
+            raise NumericalFault(f"the validation loss became {val_loss} at epoch {self.epoch + 1}; training stopped "
+                                 f"and the last good checkpoint is kept. Likely fix: a lower --lr (now {cfg.lr:g})")
+        self.metrics.append(row)
+        if val_loss < self.best_val:
+            self.best_val, self.best_epoch = val_loss, self.epoch + 1
+            ckpt.save_weights(self.model, self.run_dir / "state" / "best.safetensors",
+                              {"epoch": str(self.epoch + 1), "val_loss": repr(val_loss)})
+        self.epoch, self.step = self.epoch + 1, 0
+        self.save_checkpoint()
+        ckpt.write_metrics(self.metrics, self.run_dir)
+        self.save_chosen_weights()
+        self.save_reconstructions()
+        return row
+
+    def save_chosen_weights(self) -> None:
+        """model.safetensors: the best weights so far, or the last, as --keep says."""
+        best = self.run_dir / "state" / "best.safetensors"
+        if self.config.train.keep == "best" and best.is_file():
+            atomic_save(self.run_dir / "model.safetensors", lambda tmp: shutil.copyfile(best, tmp))
+        else:
+            ckpt.save_weights(self.model, self.run_dir / "model.safetensors", {"epoch": str(self.epoch)})
+
+    @torch.no_grad()
+    def save_reconstructions(self) -> None:
+        cfg = self.config.train
+        self.model.eval()
+        clean = self.figure_images.float().div(255)
+        noisy = add_noise(clean, cfg.noise_factor, noise_generator(0, self.device)) if cfg.noise_factor > 0 else None
+        output = self.model(noisy if noisy is not None else clean)
+        self.model.train()
+        reconstruction_figure(clean, output, self.run_dir / "figures" / "reconstructions" / f"epoch-{self.epoch:03d}.png",
+                              title=f"epoch {self.epoch}", noisy=noisy)
+
+    def run(self) -> None:
+        from tqdm.auto import tqdm
+
+        cfg = self.config.train
+        with StopFlag() as stop:
+            while self.epoch < cfg.epochs:
+                start = time.perf_counter()
+                with tqdm(total=len(self.batches), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                          leave=False, disable=self.quiet, unit="batch", file=sys.stderr, mininterval=0.5) as bar:
+                    self.train_epoch(stop, bar)
+                row = self.end_epoch(time.perf_counter() - start)
+                self.elapsed += row["seconds"]
+                if not self.quiet:
+                    print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train loss {row['train_loss']:.5f}  "
+                          f"val loss {row['val_loss']:.5f}  {row['seconds']:.1f} s", flush=True)
+                if self.on_epoch is not None:
+                    self.on_epoch(row)
+                if stop.signum is not None:  # a signal during the validation pass
+                    raise TrainingInterrupted(
+                        f"stopped by {signal.Signals(stop.signum).name} after epoch {self.epoch}; checkpoint saved. "
+                        f"Resume with: aelab train --resume {self.run_dir}", stop.signum)
+
+
+def train(config: RunConfig | None = None, out: str | Path = "runs/mnist", *, resume: bool = False,
+          overwrite: bool = False, quiet: bool = False, report: bool = True,
+          data: dict[str, ImageSet] | None = None, explicit: set[str] | None = None,
+          on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train a run and write its folder ``out``; return the model, metrics and test evaluation.
+
+    ``data`` (``{"train", "val", "test"}`` ImageSets) replaces the dataset named in the config,
+    for tests and notebooks. With ``resume=True`` the run in ``out`` continues from its last
+    checkpoint; ``config`` then only supplies the settings named in ``explicit`` (``"train.epochs"``).
+    """
+    run_dir = Path(out)
+    if resume:
+        config = _resumed_config(run_dir, config, explicit or set())
+    else:
+        config = (config or RunConfig()).validate()
+        _prepare_run_dir(run_dir, overwrite)
+    config.validate()
+    splits = data if data is not None else load_splits(config.data, quiet=quiet)
+    channels, height, width = splits["train"].image_shape
+    if height != width:
+        raise AelabError(f"images must be square, got {height}x{width}")
+    config = replace(config, model=replace(config.model, in_channels=channels, image_size=height))
+    trainer = Trainer(config, run_dir, splits, quiet, on_epoch)
+    if resume:
+        trainer.restore()
+        if config.train.epochs < trainer.epoch:
+            raise AelabError(f"--epochs {config.train.epochs} is less than the {trainer.epoch} epochs already trained")
+    ckpt.save_config(config, run_dir)
+    if not quiet:
+        where = f"resuming at epoch {trainer.epoch + 1}" if resume else "training"
+        print(f"aelab: {where} on {trainer.device}: {len(splits['train'])} train / {len(splits['val'])} val images, "
+              f"latent size {config.model.latent_dim}, recipe {config.train.recipe}, run folder {run_dir}", flush=True)
+    trainer.run()
+    return finish(trainer, report)
+
+
+def finish(trainer: Trainer, report: bool) -> TrainResult:
+    """Final weights, test evaluation, loss curves and (optionally) the report."""
+    run_dir, config = trainer.run_dir, trainer.config
+    trainer.save_chosen_weights()
+    ckpt.load_weights_into(trainer.model, ckpt.read_weights(run_dir / "model.safetensors"), run_dir / "model.safetensors")
+    trainer.model.eval()
+    test = trainer.splits["test"].images.to(trainer.device)
+    test_mse = reconstruction_loss(trainer.model, test, "mse")
+    evaluation: dict[str, Any] = {
+        "test_mse": test_mse, "test_psnr": psnr_from_mse(test_mse),
+        "val_mse": reconstruction_loss(trainer.model, trainer.val_images, "mse"),
+        "kept": config.train.keep, "best_epoch": trainer.best_epoch, "train_seconds": round(trainer.elapsed, 3),
+    }
+    if config.train.noise_factor > 0:
+        evaluation["test_denoising_mse"] = reconstruction_loss(trainer.model, test, "mse",
+                                                               noise_factor=config.train.noise_factor)
+    ckpt.write_json(run_dir / "evaluation.json", evaluation)
+    loss_curves_figure(trainer.metrics, run_dir / "figures" / "loss_curves.png")
+    if not trainer.quiet:
+        print(f"test MSE {test_mse:.5f} (PSNR {evaluation['test_psnr']:.2f} dB)"
+              + (f", denoising MSE {evaluation['test_denoising_mse']:.5f}" if "test_denoising_mse" in evaluation else ""))
+    if report:
+        from .report import write_report
+
+        path = write_report(run_dir, quiet=trainer.quiet)
+        if not trainer.quiet:
+            print(f"report: {path}")
+    if not trainer.quiet:
+        print(f"run folder: {run_dir}")
+    return TrainResult(run_dir, config, trainer.model, trainer.metrics, evaluation)
