@@ -1,0 +1,89 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aelab.cli import main
+
+AELAB = [sys.executable, "-m", "aelab"]
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([*AELAB, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--latent-dim", "0"], "--latent-dim must be at least 1"),
+    (["train", "--epochs", "-1"], "--epochs must be at least 1"),
+    (["train", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+    (["evaluate", "/nonexistent/run"], "run folder /nonexistent/run does not exist"),
+])
+def test_bad_input_is_one_line_without_traceback(args, words, tmp_path):
+    result = run_cli(*args, "--out", str(tmp_path / "r")) if args[0] == "train" else run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--epochs", "many"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--epochs" in err[0] and "--help" in err[0]
+
+
+def test_debug_shows_the_traceback():
+    result = run_cli("--debug", "evaluate", "/nonexistent/run")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_every_command_has_help():
+    for command in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["data", "fetch", "--help"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        assert exit_info.value.code == 0
+
+
+def test_train_then_evaluate_json(fake_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--batch-size", "64", "--out", str(out), "--no-report", "--quiet"]) == 0
+    assert (out / "model.safetensors").exists()
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--json"]) == 0
+    values = json.loads(capsys.readouterr().out)
+    assert values["split"] == "test" and values["n_images"] == 100
+    assert values["mse"] == pytest.approx(json.loads((out / "evaluation.json").read_text())["test_mse"], abs=1e-6)
+    assert values["psnr"] > 0
+    assert main(["evaluate", str(out), "--split", "val", "--noise-factor", "0.3", "--json"]) == 0
+    noisy = json.loads(capsys.readouterr().out)
+    assert noisy["split"] == "val" and noisy["n_images"] == 60 and noisy["noise_factor"] == 0.3
+
+
+def test_a_run_folder_missing_its_weights_is_named(fake_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--epochs", "1", "--out", str(out), "--no-report", "--quiet"])
+    (out / "model.safetensors").unlink()
+    assert main(["evaluate", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors is missing" in err
+
+
+def test_a_corrupt_data_file_is_reported(fake_mnist, tmp_path, capsys):
+    raw = fake_mnist / "MNIST" / "raw"
+    (raw / "t10k-images-idx3-ubyte").write_bytes(b"garbage")
+    assert main(["data", "fetch"]) == 2
+    err = capsys.readouterr().err
+    assert "t10k-images-idx3-ubyte" in err and "place the four" in err
+    assert (raw / "t10k-images-idx3-ubyte.corrupt").read_bytes() == b"garbage"  # kept aside, never used
+
+
+def test_help_is_fast():
+    """`aelab --help` must not import torch (heavy imports happen in the commands)."""
+    code = "import sys; from aelab.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False"

