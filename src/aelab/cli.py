@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 from . import __version__
 from .config import DATASETS, KEEP, LOSSES, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, train_config_for
@@ -79,15 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import load_run
-    from .data.sets import load_split
-    from .devices import resolve_device
     from .evaluation import evaluate
 
-    run = load_run(args.run, device=resolve_device(args.device))
-    data = _data_config(run.config, args)
-    images = load_split(data, args.split, quiet=True)
-    result = evaluate(run.model, images, split=args.split, noise_factor=args.noise_factor, seed=args.seed)
+    run, data = _load(args)
+    result = evaluate(run.model, data, split=args.split, noise_factor=args.noise_factor, seed=args.seed)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -101,6 +96,142 @@ def _data_config(config: RunConfig, args: argparse.Namespace) -> DataConfig:
     from dataclasses import replace
 
     return replace(config.data, data_dir=args.data_dir) if getattr(args, "data_dir", None) else config.data
+
+
+def _dims(text: str) -> tuple[int, int]:
+    try:
+        first, second = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two latent variables like 0,1, got {text!r}") from None
+    return first, second
+
+
+def _load(args: argparse.Namespace):
+    """The run and one split of its data (the run's dataset; --data-dir may move the folder)."""
+    from .checkpoint import load_run
+    from .data.sets import load_split
+    from .devices import resolve_device
+
+    run = load_run(args.run, device=resolve_device(getattr(args, "device", "cpu")))
+    return run, load_split(_data_config(run.config, args), args.split, quiet=True)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from . import latent
+
+    run, data = _load(args)
+    embedding = latent.embed(run, data)
+    path = latent.write_table(embedding.columns(), Path(args.out))
+    print(f"{path}: {len(embedding)} rows (index, label, z0..z{embedding.codes.shape[1] - 1}) from the {args.split} split")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import latent, plots
+
+    run, data = _load(args)
+    embedding = latent.embed(run, data)
+    shown = embedding.subset(latent.stratified_subset(embedding.label, args.max_points, seed=args.seed))
+    xy, axis_names = latent.project(shown.codes, args.method, dims=args.dims, perplexity=args.perplexity,
+                                    seed=args.seed, quiet=args.quiet)
+    out = Path(args.out or run.path / "figures" / f"{args.method}-{args.split}.html")
+    if out.suffix != ".html":
+        raise AelabError(f"--out must end in .html (the PNG and CSV are written beside it), got {out}")
+    title = {"scatter": f"latent variables {axis_names[0]} and {axis_names[1]}", "pca": "PCA of the latent codes",
+             "tsne": "t-SNE of the latent codes", "umap": "UMAP of the latent codes"}[args.method]
+    title = f"{title} ({len(shown)} {args.split} images)"
+    plots.write_plotly_html(plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names, title), out)
+    plots.map_png(xy, shown.label, shown.class_names, axis_names, title, out.with_suffix(".png"))
+    latent.write_table({"index": shown.index, "label": shown.label, "x": xy[:, 0], "y": xy[:, 1]}, out.with_suffix(".csv"))
+    print(f"{out}\n{out.with_suffix('.png')}\n{out.with_suffix('.csv')}")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from . import latent, plots
+    from .data.sets import load_split
+
+    modes = [bool(args.grid), args.samples is not None, args.interpolate is not None]
+    if sum(modes) != 1:
+        raise AelabError("choose one of --grid, --samples N or --interpolate I J")
+    run, data = _load(args)
+    if args.interpolate is not None:
+        images = latent.interpolate_images(run, data, *args.interpolate, steps=args.steps)
+        picture = plots.tile(images, 1, len(images))
+        default = f"interpolation-{args.interpolate[0]}-{args.interpolate[1]}.png"
+    else:
+        train_codes = latent.encode(run.model, load_split(_data_config(run.config, args), "train", quiet=True).images)
+        if args.grid:
+            picture, default = plots.tile(latent.grid_images(run, train_codes, args.n, args.dims), args.n, args.n), "grid.png"
+        else:
+            images = latent.sample_images(run, train_codes, args.samples, seed=args.seed)
+            columns = min(len(images), 10)
+            picture, default = plots.tile(images, -(-len(images) // columns), columns), "samples.png"
+    out = Path(args.out or run.path / "figures" / default)
+    plots.save_png(picture, out, scale=args.scale)
+    print(out)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(args.run, quiet=args.quiet, data_dir=args.data_dir))
+    return 0
+
+
+def _add_explore(sub) -> None:
+    p = sub.add_parser("embed", help="the latent codes of a split as a table (CSV or Parquet)",
+                       description="Write one row per image: index (in its file), label, z0 ... z{d-1}. "
+                                   "A name ending in .parquet writes Parquet (pip install 'aelab[parquet]').")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="test", help="default: test")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+    _add_common(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("plot", help="an interactive map of the latent space (scatter, pca, tsne, umap)",
+                       description="Write an interactive HTML map (plotly, JavaScript inside: opens offline), a PNG of "
+                                   "the same map and a CSV of the 2-D coordinates (index, label, x, y).")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("method", choices=("scatter", "pca", "tsne", "umap"),
+                   help="scatter: two latent variables (--dims); pca: first two principal components; "
+                        "tsne: scikit-learn t-SNE; umap: umap-learn (pip install 'aelab[umap]')")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="test", help="default: test")
+    p.add_argument("--out", metavar="FILE.html", help="default: RUN/figures/METHOD-SPLIT.html")
+    p.add_argument("--dims", type=_dims, default=(0, 1), metavar="I,J", help="scatter: the two latent variables (default: 0,1)")
+    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: 30)")
+    p.add_argument("--max-points", type=int, metavar="N", help="at most N points, sampled stratified by label (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of t-SNE/UMAP and of the subsample (default: 0)")
+    _add_common(p)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("generate", help="decode images from the latent space (grid, samples, interpolation)",
+                       description="--grid: an n x n grid over a latent plane (2-D space: the whole plane; more "
+                                   "dimensions: --dims I,J with the others at the mean code, or by default the plane "
+                                   "of the first two principal components); ranges span the 1st-99th percentiles of "
+                                   "the training codes. --samples N: codes drawn from a Gaussian mixture fitted to the "
+                                   "training codes. --interpolate I J: the line between test images I and J.")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--grid", action="store_true", help="decode an n x n grid")
+    p.add_argument("--n", type=int, default=12, help="grid size (default: 12)")
+    p.add_argument("--dims", type=_dims, metavar="I,J", help="grid over two latent variables (default: the PCA plane)")
+    p.add_argument("--samples", type=int, metavar="N", help="draw N new images")
+    p.add_argument("--interpolate", type=int, nargs=2, metavar=("I", "J"), help="interpolate between images I and J of --split")
+    p.add_argument("--steps", type=int, default=10, help="interpolation steps (default: 10)")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="test", help="split of --interpolate's images (default: test)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
+    p.add_argument("--scale", type=int, default=2, help="enlarge the PNG this many times (default: 2)")
+    p.add_argument("--out", metavar="FILE.png", help="default: RUN/figures/grid.png (samples.png, interpolation-I-J.png)")
+    _add_common(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("report", help="write RUN/report.html, one self-contained page",
+                       description="Write RUN/report.html: configuration, metrics, loss curves, reconstructions per "
+                                   "epoch, latent maps (interactive), generated images; it opens without a network.")
+    p.add_argument("run", metavar="RUN")
+    _add_common(p)
+    p.set_defaults(func=cmd_report)
 
 
 # --- the parser -------------------------------------------------------------------------------
@@ -183,12 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(sub)
     _add_evaluate(sub)
-    for add in EXTRA_COMMANDS:
-        add(sub)
+    _add_explore(sub)
     return parser
-
-
-EXTRA_COMMANDS: list[Callable] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

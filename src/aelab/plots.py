@@ -81,3 +81,66 @@ def loss_curves_figure(metrics: list[dict[str, float]], path: Path) -> Path:
     figure.tight_layout()
     atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
     return path
+
+
+def palette(n: int) -> list[str]:
+    """n distinct colours (tab10, then tab20)."""
+    base = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+            "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"]
+    return [base[i % len(base)] for i in range(n)]
+
+
+def map_png(xy: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], axis_names: tuple[str, str],
+            title: str, path: Path) -> Path:
+    """A static 2-D map of points coloured by label, with a legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 6.5), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    colours = palette(len(class_names))
+    for label in np.unique(labels):
+        mask = labels == label
+        name = class_names[label] if label < len(class_names) else str(label)
+        axes.scatter(xy[mask, 0], xy[mask, 1], s=4, alpha=0.7, color=colours[label % len(colours)], label=name,
+                     linewidths=0)
+    axes.set_xlabel(axis_names[0])
+    axes.set_ylabel(axis_names[1])
+    axes.set_title(title)
+    axes.legend(markerscale=3, fontsize=8, loc="best", framealpha=0.8)
+    figure.tight_layout()
+    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
+    return path
+
+
+def map_plotly(xy: np.ndarray, labels: np.ndarray, index: np.ndarray, class_names: tuple[str, ...],
+               axis_names: tuple[str, str], title: str):
+    """An interactive plotly map: one trace per label (legend), hover shows index and label.
+
+    Each point's customdata is [index, label name, position in the arrays] so a page can look
+    up the image under the pointer.
+    """
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    colours = palette(len(class_names))
+    for label in np.unique(labels):
+        positions = np.flatnonzero(labels == label)
+        name = class_names[label] if label < len(class_names) else str(label)
+        figure.add_trace(go.Scattergl(
+            x=xy[positions, 0], y=xy[positions, 1], mode="markers", name=name,
+            marker={"size": 4, "color": colours[label % len(colours)], "opacity": 0.75},
+            customdata=np.column_stack([index[positions], np.full(len(positions), name, dtype=object), positions]),
+            hovertemplate="index %{customdata[0]}<br>label %{customdata[1]}<extra></extra>"))
+    figure.update_layout(title=title, xaxis_title=axis_names[0], yaxis_title=axis_names[1], template="plotly_white",
+                         legend={"itemsizing": "constant", "title": "label"}, height=560,
+                         margin={"l": 50, "r": 20, "t": 50, "b": 50})
+    return figure
+
+
+def write_plotly_html(figure, path: Path) -> Path:
+    """A standalone HTML file with plotly's JavaScript inside (opens without a network)."""
+    html = figure.to_html(include_plotlyjs=True, full_html=True)
+    atomic_save(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+    return path

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up aelab in ./.venv (made if missing). With --test, also the test tools and, as root on
+# Debian/Ubuntu, the headless Chromium and Fashion-MNIST packages that the browser and data tests use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "setup: aelab needs Python 3.10 or newer (set PYTHON=/path/to/python3.x)" >&2
+  exit 2
+fi
+pip_install() {  # quiet on success; on failure show pip's output and stop
+  local log
+  log=$(mktemp)
+  if ! .venv/bin/python -m pip install --disable-pip-version-check "$@" >"$log" 2>&1; then
+    grep -v '^WARNING: Location' "$log" >&2
+    echo "setup: pip install $* failed (output above)" >&2
+    exit 1
+  fi
+  rm -f "$log"
+}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip_install --upgrade pip
+
+extras=""
+if [ "${1:-}" = "--test" ]; then
+  extras="[test]"
+  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium (browser tests) and dataset-fashion-mnist with apt-get" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium dataset-fashion-mnist >/dev/null
+  fi
+fi
+# pip resolves torch/torchvision from a local copy where the machine has one (see README)
+echo "setup: installing aelab and its dependencies into .venv (PyTorch takes a minute or two) ..." >&2
+pip_install -e ".${extras}"
+.venv/bin/python -c 'import aelab, torch; print(f"setup: aelab {aelab.__version__} with torch {torch.__version__} in .venv")'

@@ -1,0 +1,228 @@
+"""The latent space: codes of a split, 2-D maps (scatter, PCA, t-SNE, UMAP), and decoding
+points back into images (a grid over a plane, samples from a fitted mixture, interpolations).
+
+Every function returns data (numpy arrays, tensors); the CLI and the report save them.
+scikit-learn and umap-learn are imported inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import Run
+from .data.sets import ImageSet
+from .errors import AelabError
+from .fsutil import atomic_save
+
+METHODS = ("scatter", "pca", "tsne", "umap")
+
+
+@dataclass
+class Embedding:
+    """Codes of a set of images: ``codes[i]`` is the code of image ``index[i]`` with ``label[i]``."""
+
+    index: np.ndarray  # int64 [N]
+    label: np.ndarray  # int64 [N]
+    codes: np.ndarray  # float32 [N, d]
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def subset(self, positions: np.ndarray) -> "Embedding":
+        return Embedding(self.index[positions], self.label[positions], self.codes[positions], self.class_names)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Columns in table order: index, label, z0 ... z{d-1}."""
+        out = {"index": self.index, "label": self.label}
+        out.update({f"z{i}": self.codes[:, i] for i in range(self.codes.shape[1])})
+        return out
+
+
+@torch.no_grad()
+def encode(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
+    """Codes [N, d] of uint8 images [N, C, H, W] (model in eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = [model.encode(images[i: i + batch_size].to(device).float().div_(255)).float().cpu()
+             for i in range(0, len(images), batch_size)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, model.config.latent_dim), np.float32)
+
+
+@torch.no_grad()
+def decode(model: torch.nn.Module, codes: np.ndarray | torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """Images [N, C, H, W] in [0, 1] (on the CPU) decoded from codes [N, d]."""
+    model.eval()
+    device = next(model.parameters()).device
+    codes = torch.as_tensor(np.asarray(codes, dtype=np.float32))
+    return torch.cat([model.decode(codes[i: i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(codes), batch_size)])
+
+
+def embed(run: Run, data: ImageSet) -> Embedding:
+    """The codes of every image of ``data`` under the run's model."""
+    return Embedding(data.indices.numpy(), data.labels.numpy(), encode(run.model, data.images), data.class_names)
+
+
+def write_table(table: dict[str, np.ndarray], path: Path) -> Path:
+    """Write columns as CSV, or as Parquet when ``path`` ends in .parquet (needs pyarrow)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise AelabError("writing .parquet needs pyarrow: pip install 'aelab[parquet]' (or write a .csv)") from None
+        atomic_save(path, lambda tmp: pq.write_table(pa.table(table), str(tmp)))
+        return path
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(list(table))
+            columns = [col.tolist() for col in table.values()]
+            writer.writerows(zip(*columns))
+
+    atomic_save(path, write)
+    return path
+
+
+# --- 2-D maps ----------------------------------------------------------------------------------
+
+def stratified_subset(labels: np.ndarray, max_points: int | None, seed: int = 0) -> np.ndarray:
+    """Positions of at most ``max_points`` items, each label kept in proportion (sorted)."""
+    if max_points is None or max_points >= len(labels):
+        return np.arange(len(labels))
+    if max_points < 1:
+        raise AelabError(f"--max-points must be at least 1, got {max_points}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = np.floor(counts / counts.sum() * max_points).astype(int)
+    for i in np.argsort(-(counts / counts.sum() * max_points - quotas))[: max_points - quotas.sum()]:
+        quotas[i] += 1  # hand the remainder to the largest fractions
+    for label, quota in zip(classes, quotas):
+        members = np.flatnonzero(labels == label)
+        chosen.append(rng.choice(members, size=min(quota, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perplexity: float = 30.0,
+            seed: int = 0, quiet: bool = False) -> tuple[np.ndarray, tuple[str, str]]:
+    """2-D coordinates [N, 2] of ``codes`` and the two axis names."""
+    if method not in METHODS:
+        raise AelabError(f"unknown map {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "scatter":
+        d = codes.shape[1]
+        if len(dims) != 2 or not all(0 <= i < d for i in dims):
+            raise AelabError(f"--dims must be two latent variables between 0 and {d - 1}, got {dims}")
+        return codes[:, list(dims)], (f"z{dims[0]}", f"z{dims[1]}")
+    if codes.shape[1] < 2:
+        return np.column_stack([codes[:, 0], np.zeros(len(codes))]), ("z0", "")
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2, random_state=seed).fit(codes)
+        ratio = pca.explained_variance_ratio_
+        return pca.transform(codes), (f"PC1 ({ratio[0]:.0%})", f"PC2 ({ratio[1]:.0%})")
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        if not (1 <= perplexity < len(codes)):
+            raise AelabError(f"--perplexity must be at least 1 and less than the number of points ({len(codes)}), "
+                             f"got {perplexity}; try 30")
+        if not quiet:
+            print(f"t-SNE of {len(codes)} points (perplexity {perplexity:g}); progress below", file=sys.stderr)
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                    verbose=0 if quiet else 1)
+        return tsne.fit_transform(codes.astype(np.float32)), ("t-SNE 1", "t-SNE 2")
+    try:
+        import umap
+    except ImportError:
+        raise AelabError("the umap map needs umap-learn: pip install 'aelab[umap]'") from None
+    reducer = umap.UMAP(n_components=2, random_state=seed, verbose=not quiet)
+    return reducer.fit_transform(codes), ("UMAP 1", "UMAP 2")
+
+
+# --- decoding points ---------------------------------------------------------------------------
+
+@dataclass
+class LatentPlane:
+    """A plane in latent space: ``origin + a * axis_a + b * axis_b`` for a in range_a, b in range_b."""
+
+    origin: np.ndarray  # [d]
+    axis_a: np.ndarray  # [d]
+    axis_b: np.ndarray  # [d]
+    range_a: tuple[float, float]
+    range_b: tuple[float, float]
+    names: tuple[str, str]
+
+    def points(self, n: int) -> np.ndarray:
+        """n x n codes [n*n, d], row by row: b from high (top) to low, a from low (left) to high."""
+        a_values = np.linspace(*self.range_a, n)
+        b_values = np.linspace(*self.range_b, n)[::-1]
+        a, b = np.meshgrid(a_values, b_values)
+        return (self.origin + a.reshape(-1, 1) * self.axis_a + b.reshape(-1, 1) * self.axis_b).astype(np.float32)
+
+
+def latent_plane(train_codes: np.ndarray, dims: tuple[int, int] | None = None,
+                 percentiles: tuple[float, float] = (1.0, 99.0)) -> LatentPlane:
+    """The plane to decode: the two latent variables ``dims`` (others at the mean code), or by
+    default the plane of the first two principal components; ranges where the codes lie."""
+    d = train_codes.shape[1]
+    mean = train_codes.mean(axis=0)
+    if d == 1:
+        raise AelabError("a grid needs at least 2 latent dimensions; this run has 1 (use --samples or --interpolate)")
+    if dims is not None or d == 2:
+        i, j = dims if dims is not None else (0, 1)
+        if not (0 <= i < d and 0 <= j < d and i != j):
+            raise AelabError(f"--dims must be two different latent variables between 0 and {d - 1}, got {i},{j}")
+        eye = np.eye(d, dtype=np.float32)
+        origin = mean.copy()
+        origin[[i, j]] = 0.0
+        lo, hi = np.percentile(train_codes[:, [i, j]], percentiles, axis=0)
+        return LatentPlane(origin, eye[i], eye[j], (lo[0], hi[0]), (lo[1], hi[1]), (f"z{i}", f"z{j}"))
+    centered = train_codes - mean
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    axes = vt[:2]
+    coords = centered @ axes.T
+    lo, hi = np.percentile(coords, percentiles, axis=0)
+    return LatentPlane(mean, axes[0], axes[1], (lo[0], hi[0]), (lo[1], hi[1]), ("PC1", "PC2"))
+
+
+def grid_images(run: Run, train_codes: np.ndarray, n: int = 12, dims: tuple[int, int] | None = None) -> torch.Tensor:
+    """An n x n grid of decoded images [n*n, C, H, W] over a plane of the latent space."""
+    if n < 2:
+        raise AelabError(f"--n must be at least 2, got {n}")
+    return decode(run.model, latent_plane(train_codes, dims).points(n))
+
+
+def sample_images(run: Run, train_codes: np.ndarray, count: int, components: int = 10, seed: int = 0) -> torch.Tensor:
+    """``count`` new images decoded from codes drawn from a Gaussian mixture fitted to the codes."""
+    from sklearn.mixture import GaussianMixture
+
+    if count < 1:
+        raise AelabError(f"--samples must be at least 1, got {count}")
+    mixture = GaussianMixture(n_components=min(components, len(train_codes)), covariance_type="full",
+                              random_state=seed).fit(train_codes)
+    codes, _ = mixture.sample(count)
+    order = np.random.default_rng(seed).permutation(count)  # sample() groups by component
+    return decode(run.model, codes[order])
+
+
+def interpolate_images(run: Run, data: ImageSet, first: int, second: int, steps: int = 10) -> torch.Tensor:
+    """Images [steps, C, H, W] decoded along the straight line between the codes of two images."""
+    for position in (first, second):
+        if not 0 <= position < len(data):
+            raise AelabError(f"image {position} does not exist: the split has images 0 to {len(data) - 1}")
+    if steps < 2:
+        raise AelabError(f"--steps must be at least 2, got {steps}")
+    codes = encode(run.model, data.images[[first, second]])
+    t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
+    return decode(run.model, (1 - t) * codes[0] + t * codes[1])

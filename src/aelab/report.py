@@ -1,0 +1,256 @@
+"""The report: one self-contained HTML page that shows a run (no network needed to view it).
+
+It holds the configuration, the metrics and loss curves, the reconstructions across epochs
+(a slider), the validation and test MSE, interactive latent maps (scatter and t-SNE, with the
+image under the pointer), a decoded grid, samples, an interpolation, and denoising examples
+for a denoising run. The pictures are also saved as PNGs in the run's figures/ folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import latent, plots
+from .checkpoint import Run, load_run, read_json
+from .data.sets import ImageSet, load_split
+from .evaluation import add_noise, noise_generator
+from .fsutil import atomic_write_text
+
+MAP_POINTS = 3000  # points on each interactive map (stratified by label); keeps the page light
+GRID_N = 12
+SAMPLES = 32
+INTERPOLATION_STEPS = 12
+
+
+def _png_data_uri(source: Path | np.ndarray) -> str:
+    if isinstance(source, Path):
+        data = source.read_bytes()
+    else:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(source).save(buffer, format="PNG", optimize=True)
+        data = buffer.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _sprite(images: torch.Tensor, columns: int = 50) -> tuple[np.ndarray, int]:
+    """All images side by side in one picture (for the hover preview), and its column count."""
+    rows = -(-len(images) // columns)
+    return plots.tile(images, rows, columns, pad=0, value=0), columns
+
+
+def _script_json(value: Any) -> str:
+    """JSON that is safe inside a <script> element."""
+    return json.dumps(value).replace("</", "<\\/")
+
+
+def _epoch_number(path: Path) -> int:
+    match = re.search(r"(\d+)", path.stem)
+    return int(match.group(1)) if match else 0
+
+
+def build_figures(run: Run, test: ImageSet, train: ImageSet, quiet: bool = True) -> dict[str, Any]:
+    """Compute every figure of the report; save PNGs into the run's figures/ folder."""
+    figures_dir = run.path / "figures"
+    config = run.config
+    out: dict[str, Any] = {}
+    train_codes = latent.encode(run.model, train.images)
+    grid = latent.grid_images(run, train_codes, GRID_N)
+    out["grid"] = plots.save_png(plots.tile(grid, GRID_N, GRID_N), figures_dir / "latent_grid.png", scale=2)
+    out["grid_plane"] = latent.latent_plane(train_codes).names
+    samples = latent.sample_images(run, train_codes, SAMPLES, seed=config.train.seed)
+    out["samples"] = plots.save_png(plots.tile(samples, 4, SAMPLES // 4), figures_dir / "samples.png", scale=2)
+    first, second = _interpolation_pair(test)
+    line = latent.interpolate_images(run, test, first, second, INTERPOLATION_STEPS)
+    out["interpolation"] = plots.save_png(plots.tile(line, 1, INTERPOLATION_STEPS), figures_dir / "interpolation.png",
+                                          scale=3)
+    out["interpolation_pair"] = (int(test.indices[first]), int(test.indices[second]))
+    if config.train.noise_factor > 0:
+        clean = test.images[:8].float().div(255)
+        noisy = add_noise(clean, config.train.noise_factor, noise_generator(1, torch.device("cpu")))
+        with torch.no_grad():
+            denoised = run.model(noisy.to(run.device)).cpu()
+        out["denoising"] = plots.reconstruction_figure(clean, denoised, figures_dir / "denoising.png",
+                                                       title=f"noise factor {config.train.noise_factor:g}", noisy=noisy)
+    embedding = latent.embed(run, test)
+    subset = latent.stratified_subset(embedding.label, MAP_POINTS, seed=0)
+    shown = embedding.subset(subset)
+    maps = {}
+    for method in ("scatter", "tsne"):
+        xy, axis_names = latent.project(shown.codes, method, perplexity=30.0, seed=0, quiet=quiet)
+        title = ("latent variables z0 and z1" if method == "scatter" else "t-SNE of the latent codes")
+        maps[method] = plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names,
+                                        f"{title} ({len(shown)} test images)")
+    out["maps"] = maps
+    out["n_map_points"] = len(shown)
+    out["sprite"] = _sprite(test.images[torch.as_tensor(subset)].float().div(255))
+    return out
+
+
+def _interpolation_pair(test: ImageSet) -> tuple[int, int]:
+    """Two test images of different labels (the first of the two most common labels)."""
+    labels = test.labels.numpy()
+    first = 0
+    others = np.flatnonzero(labels != labels[first])
+    return first, int(others[0]) if len(others) else min(1, len(labels) - 1)
+
+
+def write_report(run_dir: str | Path, quiet: bool = False, data_dir: str | None = None) -> Path:
+    """Write RUN/report.html and return its path."""
+    started = time.perf_counter()
+    run = load_run(run_dir)
+    data = run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir)
+    if not quiet:
+        print("aelab: writing the report (latent maps, t-SNE, generated images) ...", file=sys.stderr, flush=True)
+    test, train = load_split(data, "test", quiet=True), load_split(data, "train", quiet=True)
+    figures = build_figures(run, test, train, quiet=quiet)
+    page = render(run, figures)
+    path = run.path / "report.html"
+    atomic_write_text(path, page)
+    if not quiet:
+        print(f"aelab: report written in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return path
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    return "<table class='kv'>" + "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _fmt(value: Any, digits: int = 5) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def render(run: Run, figures: dict[str, Any]) -> str:
+    from plotly.offline import get_plotlyjs
+
+    config, metrics = run.config, run.metrics
+    evaluation = read_json(run.path / "evaluation.json")
+    saved = read_json(run.path / "config.json")
+    recon = sorted((run.path / "figures" / "reconstructions").glob("epoch-*.png"), key=_epoch_number)
+    loss_png = run.path / "figures" / "loss_curves.png"
+    cards = [
+        ("test MSE", _fmt(evaluation.get("test_mse", float("nan")))),
+        ("test PSNR", f"{evaluation.get('test_psnr', float('nan')):.2f} dB"),
+        ("validation MSE", _fmt(evaluation.get("val_mse", float("nan")))),
+        ("epochs", str(len(metrics))),
+        ("training time", f"{evaluation.get('train_seconds', sum(r['seconds'] for r in metrics)):.1f} s"),
+        ("latent size", str(config.model.latent_dim)),
+    ]
+    if "test_denoising_mse" in evaluation:
+        cards.insert(1, ("test denoising MSE", _fmt(evaluation["test_denoising_mse"])))
+    config_rows = [(f"{section}.{key}", value) for section in ("data", "model", "train")
+                   for key, value in saved.get(section, {}).items()]
+    config_rows += [(f"version of {name}", value) for name, value in saved.get("versions", {}).items()]
+    metric_rows = "".join(
+        f"<tr><td>{r['epoch']}</td><td>{r['train_loss']:.5f}</td><td>{r['val_loss']:.5f}</td>"
+        f"<td>{r['lr']:.2e}</td><td>{r['seconds']:.2f}</td></tr>" for r in metrics)
+    sprite, columns = figures["sprite"]
+    maps_json = {name: json.loads(fig.to_json()) for name, fig in figures["maps"].items()}
+    a, b = figures["interpolation_pair"]
+    denoising = (f"<section><h2>Denoising</h2><p>Test images, the same with noise (factor "
+                 f"{config.train.noise_factor:g}), and the model's output.</p>"
+                 f"<img class='fig' src='{_png_data_uri(figures['denoising'])}' alt='denoising examples'></section>"
+                 if "denoising" in figures else "")
+    title = f"aelab run {run.path.name}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2433; background: #f5f6f8; }}
+header {{ background: #1d2433; color: white; padding: 18px 32px; }}
+header h1 {{ margin: 0 0 4px 0; font-size: 22px; }}
+header p {{ margin: 0; opacity: .8; }}
+main {{ max-width: 1180px; margin: 0 auto; padding: 16px 24px 48px; }}
+section {{ background: white; border-radius: 8px; padding: 16px 20px; margin: 16px 0; box-shadow: 0 1px 3px rgba(0,0,0,.08); }}
+h2 {{ margin: 0 0 10px 0; font-size: 18px; }}
+.cards {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 12px; }}
+.card {{ background: white; border-radius: 8px; padding: 12px 16px; box-shadow: 0 1px 3px rgba(0,0,0,.08); }}
+.card .v {{ font-size: 22px; font-weight: 600; }} .card .k {{ color: #5a6478; font-size: 13px; }}
+table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ padding: 3px 10px; text-align: right; border-bottom: 1px solid #eceef2; }}
+table.kv th {{ text-align: left; color: #5a6478; font-weight: normal; }} table.kv td {{ text-align: left; }}
+.two {{ display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }} @media (max-width: 900px) {{ .two {{ grid-template-columns: 1fr; }} }}
+.scroll {{ max-height: 320px; overflow-y: auto; }}
+img.fig {{ max-width: 100%; image-rendering: pixelated; }}
+.map {{ position: relative; }} .preview {{ position: absolute; right: 16px; top: 56px; border: 1px solid #ccd; background: black;
+  width: 84px; height: 84px; image-rendering: pixelated; display: none; }}
+.muted {{ color: #5a6478; font-size: 13px; }}
+</style></head>
+<body data-rendered="no">
+<header><h1>{html.escape(title)}</h1>
+<p>{html.escape(config.data.dataset)} · latent size {config.model.latent_dim} · recipe {html.escape(config.train.recipe)} ·
+loss {html.escape(config.train.loss)}{' · denoising, noise ' + format(config.train.noise_factor, 'g') if config.train.noise_factor else ''}</p></header>
+<main>
+<div class="cards">{''.join(f"<div class='card'><div class='v'>{html.escape(v)}</div><div class='k'>{html.escape(k)}</div></div>" for k, v in cards)}</div>
+<section><h2>Training</h2><div class="two">
+<div><img class="fig" src="{_png_data_uri(loss_png)}" alt="loss curves"></div>
+<div class="scroll"><table><tr><th>epoch</th><th>train loss</th><th>val loss</th><th>lr</th><th>seconds</th></tr>{metric_rows}</table></div>
+</div><p class="muted">Weights kept: {html.escape(str(evaluation.get('kept', config.train.keep)))} (epoch {evaluation.get('best_epoch', '?')} had the lowest validation loss).</p></section>
+<section><h2>Reconstructions across epochs</h2>
+<p class="muted">The first five test images above the model's reconstructions. Move the slider to see how they improve.</p>
+<input id="epoch" type="range" min="1" max="{len(recon)}" value="{len(recon)}" style="width: 60%"> <span id="epoch-label"></span><br>
+<img id="recon" class="fig" alt="reconstructions"></section>
+{denoising}
+<section><h2>The latent space</h2>
+<p class="muted">Codes of {figures['n_map_points']} test images (a sample stratified by label). Hover a point to see its image; click a label in the legend to hide it.</p>
+<div class="two"><div class="map"><div id="map-scatter"></div><canvas class="preview" width="28" height="28"></canvas></div>
+<div class="map"><div id="map-tsne"></div><canvas class="preview" width="28" height="28"></canvas></div></div></section>
+<section><h2>Generated images</h2>
+<h3>A {GRID_N} × {GRID_N} grid over the latent plane ({html.escape(' / '.join(figures['grid_plane']))})</h3>
+<p class="muted">Decoded from evenly spaced points between the 1st and 99th percentiles of the training codes{'' if config.model.latent_dim == 2 else ', the other directions held at the mean code'}.</p>
+<img class="fig" src="{_png_data_uri(figures['grid'])}" alt="latent grid">
+<div class="two"><div><h3>Samples</h3><p class="muted">Decoded from codes drawn from a Gaussian mixture (10 components) fitted to the training codes.</p>
+<img class="fig" src="{_png_data_uri(figures['samples'])}" alt="samples"></div>
+<div><h3>Interpolation</h3><p class="muted">The straight line between the codes of test images {a} and {b}.</p>
+<img class="fig" src="{_png_data_uri(figures['interpolation'])}" alt="interpolation"></div></div></section>
+<section><h2>Configuration</h2>{_table(config_rows)}<p class="muted">Run folder: {html.escape(str(run.path.resolve()))}</p></section>
+</main>
+<script>window.__errors = [];
+window.addEventListener("error", function (e) {{ window.__errors.push(String(e.message)); }});
+(function () {{ var original = console.error; console.error = function () {{ window.__errors.push(Array.from(arguments).join(" ")); original.apply(console, arguments); }}; }})();</script>
+<script>{get_plotlyjs()}</script>
+<script>
+const RECON = {_script_json([_png_data_uri(p) for p in recon])};
+const EPOCHS = {_script_json([_epoch_number(p) for p in recon])};
+const MAPS = {_script_json(maps_json)};
+const SPRITE = "{_png_data_uri(sprite)}", SPRITE_COLUMNS = {columns}, SIDE = {run.config.model.image_size};
+const slider = document.getElementById("epoch"), recon = document.getElementById("recon");
+function showEpoch() {{ const i = Number(slider.value) - 1; recon.src = RECON[i]; document.getElementById("epoch-label").textContent = "epoch " + EPOCHS[i]; }}
+slider.addEventListener("input", showEpoch); showEpoch();
+const sprite = new Image(); sprite.src = SPRITE;
+const plotted = Object.keys(MAPS).map(function (name) {{
+  const div = document.getElementById("map-" + name), canvas = div.parentElement.querySelector("canvas");
+  return Plotly.newPlot(div, MAPS[name].data, MAPS[name].layout, {{responsive: true, displaylogo: false}}).then(function () {{
+    div.on("plotly_hover", function (event) {{
+      const k = Number(event.points[0].customdata[2]), ctx = canvas.getContext("2d");
+      ctx.drawImage(sprite, (k % SPRITE_COLUMNS) * SIDE, Math.floor(k / SPRITE_COLUMNS) * SIDE, SIDE, SIDE, 0, 0, SIDE, SIDE);
+      canvas.style.display = "block"; }});
+    div.on("plotly_unhover", function () {{ canvas.style.display = "none"; }});
+  }});
+}});
+const images = Array.from(document.images).concat([sprite]);
+Promise.all(plotted.concat(images.map(function (img) {{ return img.decode(); }}))).then(function () {{
+  const broken = images.filter(function (img) {{ return !(img.naturalWidth > 0); }}).length;
+  const maps = document.querySelectorAll(".js-plotly-plot .main-svg").length > 0 ? plotted.length : 0;
+  document.body.dataset.images = String(images.length - broken); document.body.dataset.brokenImages = String(broken);
+  document.body.dataset.maps = String(maps); document.body.dataset.errors = JSON.stringify(window.__errors);
+  document.body.dataset.rendered = broken === 0 && maps === plotted.length ? "ok" : "incomplete";
+}}).catch(function (e) {{ window.__errors.push(String(e)); document.body.dataset.errors = JSON.stringify(window.__errors); document.body.dataset.rendered = "failed"; }});
+</script>
+</body></html>
+"""
