@@ -30,7 +30,7 @@ import torch
 
 from .config import RunConfig
 from .errors import AelabError
-from .fsutil import atomic_save, atomic_write_text
+from .fsutil import atomic_write_bytes, atomic_write_text
 from .model import ConvAutoencoder
 
 FORMAT_VERSION = 1
@@ -46,10 +46,11 @@ def versions() -> dict[str, str]:
 # --- weights ----------------------------------------------------------------------------------
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
+    """Weights as safetensors, written atomically (serialised in memory first: the model is small)."""
+    from safetensors.torch import save
 
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata or {}))
+    atomic_write_bytes(path, save(tensors, metadata=metadata or {}))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -139,7 +140,9 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, trainer_state: dict[s
     if folder.exists():
         shutil.rmtree(folder)
     save_weights(model, folder / "weights.safetensors")
-    atomic_save(folder / "trainer.pt", lambda tmp: torch.save(trainer_state, tmp))
+    buffer = io.BytesIO()
+    torch.save(trainer_state, buffer)  # in memory: a full disk then fails in our write, as an OSError
+    atomic_write_bytes(folder / "trainer.pt", buffer.getvalue())
     atomic_write_text(state_dir / "last.json", json.dumps({"checkpoint": name}) + "\n")
     for old in state_dir.glob("ckpt-*"):
         if old.is_dir() and old.name != name:
@@ -208,7 +211,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     config = load_config(path)
     model = ConvAutoencoder.from_config(config.model)
     load_weights_into(model, read_weights(path / "model.safetensors"), path / "model.safetensors")
-    model.to(device).eval()
+    model.to(device, memory_format=torch.channels_last).eval()  # the layout training uses: identical outputs
     return Run(path, config, model, read_metrics(path))
 
 

@@ -65,7 +65,7 @@ class TrainConfig:
     recipe: str = "fast"  # the recipe these values came from (informative)
     epochs: int = 30
     batch_size: int = 256
-    lr: float = 1e-3  # peak learning rate of the one-cycle schedule (constant schedule: the rate)
+    lr: float = 1e-2  # peak rate of the one-cycle schedule (constant schedule: the rate; tutorial 1e-3)
     weight_decay: float = 1e-5  # Adam's L2 penalty, as in the tutorial
     schedule: str = "onecycle"  # onecycle | constant
     shuffle: bool = True  # reshuffle the training images every epoch (the tutorial does not)

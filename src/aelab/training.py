@@ -194,8 +194,10 @@ class Trainer:
         cfg = config.train
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)  # as the tutorial: the seed is set before the model is built
-        self.model = ConvAutoencoder.from_config(config.model).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
+        self.model = ConvAutoencoder.from_config(config.model).to(self.device, memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                          fused=self.device.type in ("cpu", "cuda") or None)
         self.batches = Batches(splits["train"].images, cfg.batch_size, self.device)
         self.total_steps = cfg.epochs * len(self.batches)
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, self.total_steps)
@@ -253,6 +255,7 @@ class Trainer:
 
     def train_step(self, clean: torch.Tensor) -> torch.Tensor:
         cfg = self.config.train
+        clean = clean.contiguous(memory_format=torch.channels_last)  # [B, C, H, W]; free for C=1
         inputs = add_noise(clean, cfg.noise_factor, self.noise) if self.noise is not None else clean
         loss = loss_fn(self.model, inputs, clean, cfg.loss)
         self.optimizer.zero_grad(set_to_none=True)
@@ -267,8 +270,13 @@ class Trainer:
             step = first_step + int(bad[0])
             raise NumericalFault(
                 f"the loss became {float(losses[int(bad[0])])} at epoch {self.epoch + 1}, step {step + 1}; "
-                f"training stopped and the last good checkpoint in {self.run_dir / 'state'} is kept. "
-                f"Likely fix: a lower --lr (now {self.config.train.lr:g}) or --loss mse")
+                f"training stopped and {self._what_is_kept()}. "
+                f"Likely fix: train again with a lower --lr (now {self.config.train.lr:g}; --overwrite replaces this run)")
+
+    def _what_is_kept(self) -> str:
+        if (self.run_dir / "state" / "last.json").is_file():
+            return f"the last good checkpoint (epoch {self.epoch}) and model.safetensors are kept"
+        return "no checkpoint had been saved yet"
 
     def train_epoch(self, stop: StopFlag, bar) -> None:
         cfg = self.config.train
@@ -306,7 +314,7 @@ class Trainer:
                "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
         if not math.isfinite(val_loss):
             raise NumericalFault(f"the validation loss became {val_loss} at epoch {self.epoch + 1}; training stopped "
-                                 f"and the last good checkpoint is kept. Likely fix: a lower --lr (now {cfg.lr:g})")
+                                 f"and {self._what_is_kept()}. Likely fix: train again with a lower --lr (now {cfg.lr:g})")
         self.metrics.append(row)
         if val_loss < self.best_val:
             self.best_val, self.best_epoch = val_loss, self.epoch + 1

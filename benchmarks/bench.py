@@ -1,0 +1,197 @@
+"""Side by side: the tutorial's pipeline as written and aelab, same data, same machine, one run.
+
+    .venv/bin/python benchmarks/bench.py            # quick: 3 epochs each (about 1-2 minutes on 2 CPU cores)
+    .venv/bin/python benchmarks/bench.py --full     # 30 epochs each + time to quality (about 6 minutes)
+
+Each side runs in its own process (so peak memory is its own) and reports: training images/s,
+seconds per epoch, evaluation images/s (the 10,000 test images), peak memory, the test MSE after
+every epoch, and the time to quality: the training time until the test MSE first reaches
+0.0265 (the tutorial's final result at latent size 4), checked after every epoch. aelab's time
+includes its per-epoch validation pass, checkpoint and figure; the tutorial's excludes its
+per-epoch test pass. With --full, aelab also trains the default (fast) recipe with a budget
+of --ttq-epochs epochs, the recipe for a short run. Ratios are aelab / tutorial; results go to
+benchmarks/out/bench-DATE.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TARGET_MSE = 0.0265
+N_TRAIN = 48_000
+
+
+def _peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def _time_to_quality(history: list[dict]) -> float | None:
+    return next((row["train_seconds"] for row in history if row["test_mse"] <= TARGET_MSE), None)
+
+
+def run_tutorial(args) -> dict:
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    import tutorial_pipeline
+
+    from aelab.data.sources import fetch
+
+    data_dir = fetch("mnist", args.data_dir, quiet=True).parent.parent
+    device = torch.device(args.device)
+    history = []
+    loss_fn = torch.nn.MSELoss()
+
+    def on_epoch(epoch, encoder, decoder, test_loader):
+        history.append({"epoch": epoch})
+
+    encoder, decoder, logs, test_loader = tutorial_pipeline.run(str(data_dir), args.epochs, 4, device.type, on_epoch)
+    for row, seconds, mse in zip(history, logs["train_seconds"], logs["val_loss"]):  # as written, val = test set
+        row.update(train_seconds=seconds, test_mse=mse)
+    start = time.perf_counter()
+    final = float(tutorial_pipeline.test_epoch(encoder, decoder, device, test_loader, loss_fn))
+    eval_seconds = time.perf_counter() - start
+    return _summary("tutorial", history, final, eval_seconds, device)
+
+
+def run_aelab(args, epochs: int) -> dict:
+    import torch
+
+    from aelab import RunConfig, train
+    from aelab.config import DataConfig, train_config_for
+    from aelab.data.sets import load_splits
+    from aelab.evaluation import reconstruction_loss
+
+    config = RunConfig(data=DataConfig(data_dir=args.data_dir),
+                       train=train_config_for(args.recipe, epochs=epochs, device=args.device))
+    splits = load_splits(config.data, quiet=True)
+    device = torch.device(args.device)
+    test = splits["test"].images.to(device)
+    history, clock = [], {"train": 0.0}
+    import aelab.training as training
+
+    original_end = training.Trainer.end_epoch
+
+    def end_epoch(self, seconds):  # record the test MSE after each epoch, outside the timed part
+        row = original_end(self, seconds)
+        clock["train"] += row["seconds"]
+        history.append({"epoch": row["epoch"], "train_seconds": clock["train"],
+                        "test_mse": reconstruction_loss(self.model, test, "mse")})
+        return row
+
+    training.Trainer.end_epoch = end_epoch
+    out = HERE / "out" / f"aelab-run-{epochs}"
+    try:
+        result = train(config, out, overwrite=True, quiet=True, report=False, data=splits)
+    finally:
+        training.Trainer.end_epoch = original_end
+    start = time.perf_counter()
+    final = reconstruction_loss(result.model, test, "mse")
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    eval_seconds = time.perf_counter() - start
+    return _summary(f"aelab ({args.recipe}, {epochs} epochs)", history, final, eval_seconds, device)
+
+
+def _summary(name: str, history: list[dict], final_mse: float, eval_seconds: float, device) -> dict:
+    import torch
+
+    train_seconds = history[-1]["train_seconds"]
+    return {
+        "name": name, "epochs": len(history), "train_seconds": round(train_seconds, 2),
+        "train_images_per_s": round(N_TRAIN * len(history) / train_seconds),
+        "seconds_per_epoch": round(train_seconds / len(history), 3),
+        "eval_images_per_s": round(10_000 / eval_seconds),
+        "peak_memory_mb": round(_peak_memory_mb(device)),
+        "final_test_mse": round(final_mse, 5),
+        "time_to_quality_s": (round(_time_to_quality(history), 2) if _time_to_quality(history) else None),
+        "history": [{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()} for row in history],
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, "
+                  f"{torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+    }
+
+
+def _side(args, side: str, epochs: int) -> dict:
+    """Run one side in a fresh process and return its JSON."""
+    command = [sys.executable, __file__, "--side", side, "--epochs", str(epochs), "--device", args.device,
+               "--recipe", args.recipe] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    print(f"bench: {side}, {epochs} epochs ...", file=sys.stderr, flush=True)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench: the {side} side failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _ratio(a, b):
+    return round(a / b, 2) if a and b else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="30 epochs each, and the time-to-quality run")
+    parser.add_argument("--epochs", type=int, help="epochs for each side (default: 3, or 30 with --full)")
+    parser.add_argument("--ttq-epochs", type=int, default=10, help="aelab's short-run budget with --full (default: 10)")
+    parser.add_argument("--recipe", default="fast", help="aelab's recipe (default: fast)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--data-dir", help="data folder (default: aelab's)")
+    parser.add_argument("--side", choices=("tutorial", "aelab"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    epochs = args.epochs or (30 if args.full else 3)
+    if args.side:  # child process
+        result = run_tutorial(args) if args.side == "tutorial" else run_aelab(args, epochs)
+        print(json.dumps(result))
+        return
+    from aelab.data.sources import fetch
+
+    fetch("mnist", args.data_dir)
+    sides = {"tutorial": _side(args, "tutorial", epochs), "aelab": _side(args, "aelab", epochs)}
+    if args.full and args.ttq_epochs != epochs:
+        sides["aelab_short"] = _side(args, "aelab", args.ttq_epochs)
+    tutorial, aelab = sides["tutorial"], sides["aelab"]
+    ttq_tutorial = tutorial["time_to_quality_s"]
+    ttq_aelab = min((s["time_to_quality_s"] for k, s in sides.items() if k != "tutorial" and s["time_to_quality_s"]),
+                    default=None)
+    ratios = {
+        "train_images_per_s": _ratio(aelab["train_images_per_s"], tutorial["train_images_per_s"]),
+        "eval_images_per_s": _ratio(aelab["eval_images_per_s"], tutorial["eval_images_per_s"]),
+        "peak_memory": _ratio(aelab["peak_memory_mb"], tutorial["peak_memory_mb"]),
+        "time_to_quality_speedup": _ratio(ttq_tutorial, ttq_aelab),
+        "time_to_quality_vs_tutorial_total": _ratio(tutorial["train_seconds"], ttq_aelab),
+    }
+    report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
+              "command": " ".join([Path(sys.executable).name, *sys.argv]), "target_mse": TARGET_MSE,
+              "sides": sides, "ratios_aelab_over_tutorial": ratios}
+    out = HERE / "out" / f"bench-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"device: {aelab['device']}, torch {aelab['torch']}")
+    print(f"{'':34s}{'train img/s':>12s}{'s/epoch':>9s}{'eval img/s':>12s}{'peak MB':>9s}{'test MSE':>10s}{'to 0.0265':>11s}")
+    for side in sides.values():
+        ttq = f"{side['time_to_quality_s']:.1f} s" if side["time_to_quality_s"] else "not reached"
+        print(f"{side['name']:34s}{side['train_images_per_s']:12,d}{side['seconds_per_epoch']:9.2f}"
+              f"{side['eval_images_per_s']:12,d}{side['peak_memory_mb']:9,d}{side['final_test_mse']:10.5f}{ttq:>11s}")
+    print("ratios aelab/tutorial: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Runs that survive: exact resume, signals, hostile files, numerical faults, full disks."""
+
+import errno
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from aelab import AelabError, RunConfig, load_run, train
+from aelab.checkpoint import read_metrics
+from aelab.cli import main
+from aelab.config import train_config_for
+from aelab.training import NumericalFault, TrainingInterrupted
+from conftest import ROOT, make_splits
+
+MARKER = Path("/tmp/aelab-pwned-marker")
+
+
+def config(**train_values):
+    values = {"epochs": 4, "batch_size": 32, "lr": 3e-3, **train_values}
+    return RunConfig(train=train_config_for("fast", **values))
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def same_metrics(a: list[dict], b: list[dict]) -> bool:
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
+    return strip(a) == strip(b)
+
+
+# --- exact resume -----------------------------------------------------------------------------
+
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
+    data = make_splits()
+    straight = train(config(noise_factor=0.2), tmp_path / "straight", quiet=True, report=False, data=data)
+
+    def interrupt_after_epoch_2(row):
+        if row["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, caught by the trainer: checkpoint, then stop
+
+    with pytest.raises(TrainingInterrupted, match="after epoch 2") as stopped:
+        train(config(noise_factor=0.2), tmp_path / "split", quiet=True, report=False, data=data,
+              on_epoch=interrupt_after_epoch_2)
+    assert stopped.value.exit_code == 130
+    resumed = train(None, tmp_path / "split", resume=True, quiet=True, report=False, data=data)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_metrics(straight.metrics, resumed.metrics)
+    assert same_metrics(read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split"))
+
+
+def test_resume_refuses_another_architecture_or_data(tmp_path):
+    data = make_splits()
+    train(config(epochs=1), tmp_path / "run", quiet=True, report=False, data=data)
+    bigger = RunConfig(model=RunConfig().model.__class__(latent_dim=8), train=config().train)
+    with pytest.raises(AelabError, match="latent_dim=4, not 8"):
+        train(bigger, tmp_path / "run", resume=True, explicit={"model.latent_dim"}, quiet=True, data=data)
+    with pytest.raises(AelabError, match="training data differ"):
+        train(None, tmp_path / "run", resume=True, quiet=True, data=make_splits(seed=3))
+    with pytest.raises(AelabError, match="no checkpoint to resume"):
+        (tmp_path / "empty").mkdir()
+        shutil.copy(tmp_path / "run" / "config.json", tmp_path / "empty" / "config.json")
+        train(None, tmp_path / "empty", resume=True, quiet=True, data=data)
+
+
+def test_a_finished_run_can_be_extended(tmp_path):
+    data = make_splits()
+    train(config(epochs=2), tmp_path / "run", quiet=True, report=False, data=data)
+    result = train(config(epochs=3), tmp_path / "run", resume=True, explicit={"train.epochs"}, quiet=True,
+                   report=False, data=data)
+    assert [row["epoch"] for row in result.metrics] == [1, 2, 3]
+
+
+# --- signals ----------------------------------------------------------------------------------
+
+TRAINER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from conftest import write_mnist_like
+    from pathlib import Path
+    from aelab.data import sources
+    data = Path({data!r})
+    raw = data / "MNIST" / "raw"
+    if not raw.exists():
+        write_mnist_like(raw, n_train=800, n_test=100)
+    info = sources.DATASETS["mnist"]
+    sources.DATASETS["mnist"] = sources.DatasetInfo(info.name, info.folder,
+        {{name: sources.md5_of(raw / name) for name in sources.FILES}}, info.class_names)
+    sources._sources = lambda name: []
+    from aelab.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def start_training(tmp_path: Path, *args: str) -> subprocess.Popen:
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER.format(tests=str(ROOT / "tests"), data=str(tmp_path / "data")))
+    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "AELAB_DATA_DIR": str(tmp_path / "data")})
+
+
+TRAIN_ARGS = ["train", "--epochs", "6", "--batch-size", "32", "--lr", "3e-3", "--noise-factor", "0.2",
+              "--no-report", "--quiet"]
+
+
+def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "metrics.csv").exists() and len(read_metrics(run_dir)) >= count:
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError("training did not progress")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("straight")
+    process = start_training(tmp, *TRAIN_ARGS, "--out", str(tmp / "run"))
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_and_resume_finishes_identically(tmp_path, straight_run, signum, code):
+    run_dir = tmp_path / "run"
+    process = start_training(tmp_path, *TRAIN_ARGS, "--out", str(run_dir))
+    wait_for_epochs(run_dir, 2, process)
+    time.sleep(0.05)  # somewhere inside an epoch
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert f"Resume with: aelab train --resume {run_dir}" in err and "Traceback" not in err
+    assert len(read_metrics(run_dir)) < 6
+    process = start_training(tmp_path, "train", "--resume", str(run_dir), "--quiet", "--no-report")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    a, b = weights(straight_run), weights(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_metrics(read_metrics(straight_run), read_metrics(run_dir))
+
+
+def test_after_sigkill_resume_starts_from_the_last_complete_checkpoint(tmp_path, straight_run):
+    run_dir = tmp_path / "run"
+    process = start_training(tmp_path, *TRAIN_ARGS, "--out", str(run_dir))
+    wait_for_epochs(run_dir, 3, process)
+    process.kill()
+    process.communicate(timeout=60)
+    pointer = json.loads((run_dir / "state" / "last.json").read_text())["checkpoint"]
+    assert (run_dir / "state" / pointer / "weights.safetensors").exists()
+    process = start_training(tmp_path, "train", "--resume", str(run_dir), "--quiet", "--no-report")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    a, b = weights(straight_run), weights(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- untrusted files --------------------------------------------------------------------------
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+def write_malicious_pickle(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": Payload()}, path) if path.suffix == ".pt" else path.write_bytes(pickle.dumps(Payload()))
+
+
+def test_a_malicious_pickle_is_never_unpickled(fake_mnist, tmp_path, capsys):
+    MARKER.unlink(missing_ok=True)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(run_dir), "--no-report", "--quiet"]) == 0
+    evil = tmp_path / "evil.pt"
+    write_malicious_pickle(evil)
+    # handed in directly as a run
+    for command in (["evaluate", str(evil)], ["embed", str(evil), "--out", str(tmp_path / "x.csv")],
+                    ["plot", str(evil), "pca"], ["generate", str(evil), "--grid"], ["report", str(evil)],
+                    ["train", "--resume", str(evil)]):
+        assert main(command) == 2, command
+        assert "is a file, not a run folder" in capsys.readouterr().err
+    # planted inside a run folder: as the weights, and as the training state
+    checkpoint = json.loads((run_dir / "state" / "last.json").read_text())["checkpoint"]
+    write_malicious_pickle(run_dir / "state" / checkpoint / "trainer.pt")
+    assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--quiet", "--no-report"]) == 2
+    assert "trainer.pt was refused" in capsys.readouterr().err
+    write_malicious_pickle(run_dir / "model.safetensors")
+    for command in (["evaluate", str(run_dir)], ["embed", str(run_dir), "--out", str(tmp_path / "x.csv")],
+                    ["plot", str(run_dir), "pca"], ["generate", str(run_dir), "--grid"], ["report", str(run_dir)]):
+        assert main(command) == 2, command
+        assert "model.safetensors is not a valid safetensors file" in capsys.readouterr().err
+    # as a data file, and as the offline mirror's pickle
+    raw = fake_mnist / "MNIST" / "raw"
+    write_malicious_pickle(raw / "train-images-idx3-ubyte")
+    assert main(["data", "fetch"]) == 2
+    assert "train-images-idx3-ubyte" in capsys.readouterr().err
+    from aelab.data.sources import load_numpy_pickle
+
+    with pytest.raises(pickle.UnpicklingError):
+        load_numpy_pickle(pickle.dumps(Payload(), protocol=2))
+    assert not MARKER.exists()
+
+
+def test_damaged_run_folders_are_named(tmp_path, trained_run):
+    from safetensors.torch import load_file, save_file
+
+    def copy() -> Path:
+        target = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(trained_run, target)
+        return target
+
+    broken = copy()
+    tensors = load_file(str(broken / "model.safetensors"))
+    tensors.pop("decoder.decoder_conv.6.bias")
+    save_file(tensors, str(broken / "model.safetensors"))
+    with pytest.raises(AelabError, match="missing \\['decoder.decoder_conv.6.bias'\\]"):
+        load_run(broken)
+    broken = copy()
+    tensors = load_file(str(broken / "model.safetensors"))
+    tensors["encoder.encoder_lin.2.weight"] = torch.zeros(9, 128)
+    save_file(tensors, str(broken / "model.safetensors"))
+    with pytest.raises(AelabError, match="shape \\(9, 128\\)"):
+        load_run(broken)
+    broken = copy()
+    tensors = load_file(str(broken / "model.safetensors"))
+    tensors["encoder.encoder_lin.2.weight"][0, 0] = float("nan")
+    save_file(tensors, str(broken / "model.safetensors"))
+    with pytest.raises(AelabError, match="NaN or infinite"):
+        load_run(broken)
+    broken = copy()
+    values = json.loads((broken / "config.json").read_text())
+    values["format_version"] = 99
+    (broken / "config.json").write_text(json.dumps(values))
+    with pytest.raises(AelabError, match="format 99 is not supported.*upgrade aelab"):
+        load_run(broken)
+    broken = copy()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(AelabError, match="not valid JSON"):
+        load_run(broken)
+    broken = copy()
+    (broken / "config.json").unlink()
+    with pytest.raises(AelabError, match="config.json does not exist"):
+        load_run(broken)
+
+
+# --- numerical faults -------------------------------------------------------------------------
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import aelab.training
+
+    data = make_splits()  # 256 training images: 8 steps of 32 an epoch
+    run_dir = tmp_path / "run"
+    real_schedule = aelab.training.one_cycle
+    # from the second epoch on, a rate of 1e30: the weights explode and the loss becomes NaN for real
+    monkeypatch.setattr(aelab.training, "one_cycle", lambda step, total: 1e30 if step >= 8 else real_schedule(step, total))
+
+    def remember(row):
+        remember.saved = (run_dir / "model.safetensors").read_bytes(), (run_dir / "state" / "last.json").read_text()
+
+    with pytest.raises(NumericalFault, match=r"at epoch 2, step \d+.*last good checkpoint \(epoch 1\).*lower --lr"):
+        train(config(epochs=3), run_dir, quiet=True, report=False, data=data, on_epoch=remember)
+    assert (run_dir / "model.safetensors").read_bytes() == remember.saved[0]
+    assert (run_dir / "state" / "last.json").read_text() == remember.saved[1]
+    assert len(read_metrics(run_dir)) == 1
+    load_run(run_dir)  # still loadable
+
+
+# --- files and folders ------------------------------------------------------------------------
+
+def test_an_unwritable_output_folder_is_a_clear_message(capsys):
+    assert main(["train", "--out", "/proc/aelab/run", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the run folder /proc/aelab/run" in err and "--out" in err
+
+
+def test_a_full_disk_during_a_save_loses_nothing(tmp_path, monkeypatch):
+    """Simulated: the second checkpoint's weights are half written when the disk is full (ENOSPC)."""
+    import aelab.fsutil
+
+    data = make_splits()
+    run_dir = tmp_path / "run"
+    train(config(epochs=1), run_dir, quiet=True, report=False, data=data)
+    before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    real_write = aelab.fsutil._write_all
+
+    def full_disk(path, payload):
+        if path.parent.name.startswith("ckpt-0002"):
+            real_write(path, payload[: len(payload) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, payload)
+
+    monkeypatch.setattr(aelab.fsutil, "_write_all", full_disk)
+    with pytest.raises(AelabError, match="disk is full while writing .*previous copy is kept"):
+        train(config(epochs=2), run_dir, resume=True, explicit={"train.epochs"}, quiet=True, report=False, data=data)
+    monkeypatch.setattr(aelab.fsutil, "_write_all", real_write)
+    for name in ("model.safetensors", "state/last.json", "metrics.csv"):
+        assert (run_dir / name).read_bytes() == before[Path(name)], name
+    assert not [p for p in run_dir.rglob("*.tmp")]
+    load_run(run_dir)
+    result = train(config(epochs=2), run_dir, resume=True, explicit={"train.epochs"}, quiet=True, report=False, data=data)
+    assert len(result.metrics) == 2
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2600k", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=False)
+
+
+def test_a_real_small_disk_fills_during_training(small_disk):
+    data = make_splits()
+    run_dir = small_disk / "run"
+    with pytest.raises(AelabError, match="disk is full"):
+        train(config(epochs=30), run_dir, quiet=True, report=False, data=data)
+    done = len(read_metrics(run_dir))
+    assert done >= 1
+    run = load_run(run_dir)  # what was saved before is complete and loadable
+    assert run.config.train.epochs == 30
+    pointer = json.loads((run_dir / "state" / "last.json").read_text())["checkpoint"]
+    assert (run_dir / "state" / pointer / "trainer.pt").exists()
