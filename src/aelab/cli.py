@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise AelabError("--resume RUN continues RUN in place; leave out --out (or give the same folder)")
     else:
         config.validate()
-        out = Path(args.out or f"runs/{config.data.dataset}-d{config.model.latent_dim}")
+        out = Path(args.out or config.default_run_dir())
     train(config, out, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.quiet,
           report=not args.no_report, explicit=explicit)
     return 0

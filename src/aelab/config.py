@@ -153,6 +153,10 @@ class RunConfig:
                 raise AelabError(f"{source}: bad {name} section ({error})") from None
         return cls(**parts)
 
+    def default_run_dir(self) -> str:
+        """Where a run goes when no folder is given: runs/DATASET-dLATENT (e.g. runs/mnist-d4)."""
+        return f"runs/{self.data.dataset}-d{self.model.latent_dim}"
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 

@@ -54,13 +54,23 @@ def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor
     canvas = Image.new("RGB", (body.width + margin_left, body.height + margin_top), "white")
     canvas.paste(body, (margin_left, margin_top))
     draw = ImageDraw.Draw(canvas)
+    font = _font(14)
     if title:
-        draw.text((margin_left, 4), title, fill="black")
+        draw.text((margin_left, 3), title, fill="black", font=font)
     row_height = body.height / len(rows)
     for i, name in enumerate(names):
-        draw.text((6, margin_top + row_height * (i + 0.5) - 5), name, fill="black")
+        draw.text((6, margin_top + row_height * (i + 0.5) - 8), name, fill="black", font=font)
     atomic_save(path, lambda tmp: canvas.save(tmp, format="PNG"))
     return path
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
 
 
 def loss_curves_figure(metrics: list[dict[str, float]], path: Path) -> Path:

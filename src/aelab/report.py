@@ -101,21 +101,29 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, quiet: bool = True)
 
 
 def _interpolation_pair(test: ImageSet) -> tuple[int, int]:
-    """Two test images of different labels (the first of the two most common labels)."""
+    """The first test image and the first one after it with another label."""
     labels = test.labels.numpy()
     first = 0
     others = np.flatnonzero(labels != labels[first])
     return first, int(others[0]) if len(others) else min(1, len(labels) - 1)
 
 
-def write_report(run_dir: str | Path, quiet: bool = False, data_dir: str | None = None) -> Path:
-    """Write RUN/report.html and return its path."""
+def write_report(run_dir: str | Path, quiet: bool = False, data_dir: str | None = None,
+                 splits: dict[str, ImageSet] | None = None) -> Path:
+    """Write RUN/report.html and return its path.
+
+    The images come from the run's dataset (``data_dir`` may move its folder), or from
+    ``splits`` (``{"train", "test"}`` ImageSets) for a run trained on data given in memory.
+    """
     started = time.perf_counter()
     run = load_run(run_dir)
-    data = run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir)
     if not quiet:
         print("aelab: writing the report (latent maps, t-SNE, generated images) ...", file=sys.stderr, flush=True)
-    test, train = load_split(data, "test", quiet=True), load_split(data, "train", quiet=True)
+    if splits is not None:
+        test, train = splits["test"], splits["train"]
+    else:
+        data = run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir)
+        test, train = load_split(data, "test", quiet=True), load_split(data, "train", quiet=True)
     figures = build_figures(run, test, train, quiet=quiet)
     page = render(run, figures)
     path = run.path / "report.html"

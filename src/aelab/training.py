@@ -369,17 +369,18 @@ class Trainer:
                         f"Resume with: aelab train --resume {self.run_dir}", stop.signum)
 
 
-def train(config: RunConfig | None = None, out: str | Path = "runs/mnist", *, resume: bool = False,
+def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
           overwrite: bool = False, quiet: bool = False, report: bool = True,
           data: dict[str, ImageSet] | None = None, explicit: set[str] | None = None,
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
-    """Train a run and write its folder ``out``; return the model, metrics and test evaluation.
+    """Train a run and write its folder ``out`` (default: runs/DATASET-dLATENT); return the model,
+    metrics and test evaluation.
 
     ``data`` (``{"train", "val", "test"}`` ImageSets) replaces the dataset named in the config,
     for tests and notebooks. With ``resume=True`` the run in ``out`` continues from its last
     checkpoint; ``config`` then only supplies the settings named in ``explicit`` (``"train.epochs"``).
     """
-    run_dir = Path(out)
+    run_dir = Path(out if out is not None else (config or RunConfig()).default_run_dir())
     if resume:
         config = _resumed_config(run_dir, config, explicit or set())
     else:
@@ -429,7 +430,7 @@ def finish(trainer: Trainer, report: bool) -> TrainResult:
     if report:
         from .report import write_report
 
-        path = write_report(run_dir, quiet=trainer.quiet)
+        path = write_report(run_dir, quiet=trainer.quiet, splits=trainer.splits)
         if not trainer.quiet:
             print(f"report: {path}")
     if not trainer.quiet:
