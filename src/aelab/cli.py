@@ -184,8 +184,7 @@ def _add_explore(sub) -> None:
     p = sub.add_parser("embed", help="the latent codes of a split as a table (CSV or Parquet)",
                        description="Write one row per image: index (in its file), label, z0 ... z{d-1}. "
                                    "A name ending in .parquet writes Parquet (pip install 'aelab[parquet]').")
-    p.add_argument("run", metavar="RUN")
-    p.add_argument("--split", choices=SPLIT_CHOICES, default="test", help="default: test")
+    _add_run(p)
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
     _add_common(p)
     p.set_defaults(func=cmd_embed)
@@ -193,11 +192,10 @@ def _add_explore(sub) -> None:
     p = sub.add_parser("plot", help="an interactive map of the latent space (scatter, pca, tsne, umap)",
                        description="Write an interactive HTML map (plotly, JavaScript inside: opens offline), a PNG of "
                                    "the same map and a CSV of the 2-D coordinates (index, label, x, y).")
-    p.add_argument("run", metavar="RUN")
+    _add_run(p)
     p.add_argument("method", choices=("scatter", "pca", "tsne", "umap"),
                    help="scatter: two latent variables (--dims); pca: first two principal components; "
                         "tsne: scikit-learn t-SNE; umap: umap-learn (pip install 'aelab[umap]')")
-    p.add_argument("--split", choices=SPLIT_CHOICES, default="test", help="default: test")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN/figures/METHOD-SPLIT.html")
     p.add_argument("--dims", type=_dims, default=(0, 1), metavar="I,J", help="scatter: the two latent variables (default: 0,1)")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: 30)")
@@ -212,14 +210,13 @@ def _add_explore(sub) -> None:
                                    "of the first two principal components); ranges span the 1st-99th percentiles of "
                                    "the training codes. --samples N: codes drawn from a Gaussian mixture fitted to the "
                                    "training codes. --interpolate I J: the line between test images I and J.")
-    p.add_argument("run", metavar="RUN")
+    _add_run(p, split_help="split of --interpolate's images (default: test)")
     p.add_argument("--grid", action="store_true", help="decode an n x n grid")
     p.add_argument("--n", type=int, default=12, help="grid size (default: 12)")
     p.add_argument("--dims", type=_dims, metavar="I,J", help="grid over two latent variables (default: the PCA plane)")
     p.add_argument("--samples", type=int, metavar="N", help="draw N new images")
     p.add_argument("--interpolate", type=int, nargs=2, metavar=("I", "J"), help="interpolate between images I and J of --split")
     p.add_argument("--steps", type=int, default=10, help="interpolation steps (default: 10)")
-    p.add_argument("--split", choices=SPLIT_CHOICES, default="test", help="split of --interpolate's images (default: test)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
     p.add_argument("--scale", type=int, default=2, help="enlarge the PNG this many times (default: 2)")
     p.add_argument("--out", metavar="FILE.png", help="default: RUN/figures/grid.png (samples.png, interpolation-I-J.png)")
@@ -229,7 +226,7 @@ def _add_explore(sub) -> None:
     p = sub.add_parser("report", help="write RUN/report.html, one self-contained page",
                        description="Write RUN/report.html: configuration, metrics, loss curves, reconstructions per "
                                    "epoch, latent maps (interactive), generated images; it opens without a network.")
-    p.add_argument("run", metavar="RUN")
+    p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
     _add_common(p)
     p.set_defaults(func=cmd_report)
 
@@ -241,6 +238,11 @@ def _add_common(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
         parser.add_argument("--data-dir", metavar="DIR",
                             help="folder for datasets (default: $AELAB_DATA_DIR, else ~/.cache/aelab/data)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+
+
+def _add_run(parser: argparse.ArgumentParser, split_help: str = "default: test") -> None:
+    parser.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
+    parser.add_argument("--split", choices=SPLIT_CHOICES, default="test", help=split_help)
 
 
 def _add_train(sub) -> None:
@@ -282,8 +284,7 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="reconstruction MSE and PSNR of a run",
                        description="Reconstruction MSE (mean over every pixel of every image, pixels in [0,1]) and "
                                    "PSNR of a saved run on a split, loaded only from the run folder.")
-    p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
-    p.add_argument("--split", choices=SPLIT_CHOICES, default="test", help="default: test")
+    _add_run(p)
     p.add_argument("--noise-factor", type=float, default=0.0, metavar="F",
                    help="measure denoising: noisy input (seeded), clean target (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")

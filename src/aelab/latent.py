@@ -209,8 +209,10 @@ def sample_images(run: Run, train_codes: np.ndarray, count: int, components: int
 
     if count < 1:
         raise AelabError(f"--samples must be at least 1, got {count}")
+    # reg_covar relative to the codes' scale keeps every covariance positive definite
+    reg = 1e-4 * float(np.var(train_codes, axis=0).mean() or 1.0)
     mixture = GaussianMixture(n_components=min(components, len(train_codes)), covariance_type="full",
-                              random_state=seed).fit(train_codes)
+                              reg_covar=reg, random_state=seed).fit(train_codes)
     codes, _ = mixture.sample(count)
     order = np.random.default_rng(seed).permutation(count)  # sample() groups by component
     return decode(run.model, codes[order])
