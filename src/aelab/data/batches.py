@@ -1,0 +1,37 @@
+"""Batches sliced by index from a device-resident uint8 tensor; no per-sample Python."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The order of the ``n`` training images in ``epoch``: a function of (seed, epoch) only,
+
+    so a resumed run sees exactly the order the uninterrupted run would have seen.
+    """
+    if not shuffle:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class Batches:
+    """Float batches in [0, 1] made from uint8 images already on ``device``."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int, device: torch.device | str):
+        self.images = images.to(device)  # uint8 [N, C, H, W]
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def epoch(self, seed: int, epoch: int, shuffle: bool, start: int = 0) -> Iterator[torch.Tensor]:
+        """The batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""
+        order = epoch_order(len(self.images), seed, epoch, shuffle).to(self.device)
+        for start in range(start * self.batch_size, len(order), self.batch_size):
+            yield self.images[order[start: start + self.batch_size]].float().div_(255)  # [B, C, H, W]
+

