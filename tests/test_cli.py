@@ -87,3 +87,14 @@ def test_help_is_fast():
     code = "import sys; from aelab.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False"
+
+
+def test_resume_from_the_command_line(fake_mnist, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-report", "--quiet"]) == 0
+    assert main(["train", "--resume", str(out), "--latent-dim", "8", "--quiet"]) == 2
+    assert "latent_dim=4, not 8" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet", "--no-report"]) == 0
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+    assert main(["train", "--out", str(out), "--epochs", "1", "--quiet"]) == 2
+    assert "already holds a run" in capsys.readouterr().err

