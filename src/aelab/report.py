@@ -162,7 +162,7 @@ def render(run: Run, figures: dict[str, Any]) -> str:
     ]
     if "test_denoising_mse" in evaluation:
         cards.insert(1, ("test denoising MSE", _fmt(evaluation["test_denoising_mse"])))
-    config_rows = [(f"{section}.{key}", value) for section in ("data", "model", "train")
+    config_rows = [(f"{section}.{key}", "default" if value is None else value) for section in ("data", "model", "train")
                    for key, value in saved.get(section, {}).items()]
     config_rows += [(f"version of {name}", value) for name, value in saved.get("versions", {}).items()]
     metric_rows = "".join(

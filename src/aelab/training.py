@@ -306,12 +306,14 @@ class Trainer:
                     f"stopped by {name} at epoch {self.epoch + 1}, step {self.step}; checkpoint saved. "
                     f"Resume with: aelab train --resume {self.run_dir}", stop.signum)
 
-    def end_epoch(self, seconds: float) -> dict[str, float]:
+    def end_epoch(self, started: float) -> dict[str, float]:
+        """Validation, metrics, best weights, checkpoint, figure. ``seconds``: training + validation."""
         cfg = self.config.train
         val_loss = reconstruction_loss(self.model, self.val_images, cfg.loss, noise_factor=cfg.noise_factor,
                                        seed=cfg.seed)
         row = {"epoch": self.epoch + 1, "train_loss": float(self.loss_sum) / max(1, self.loss_count),
-               "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3)}
+               "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - started, 3)}
         if not math.isfinite(val_loss):
             raise NumericalFault(f"the validation loss became {val_loss} at epoch {self.epoch + 1}; training stopped "
                                  f"and {self._what_is_kept()}. Likely fix: train again with a lower --lr (now {cfg.lr:g})")
@@ -356,7 +358,7 @@ class Trainer:
                 with tqdm(total=len(self.batches), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                           leave=False, disable=self.quiet, unit="batch", file=sys.stderr, mininterval=0.5) as bar:
                     self.train_epoch(stop, bar)
-                row = self.end_epoch(time.perf_counter() - start)
+                row = self.end_epoch(start)
                 self.elapsed += row["seconds"]
                 if not self.quiet:
                     print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train loss {row['train_loss']:.5f}  "

@@ -100,6 +100,21 @@ def md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+# files verified in this process: path -> (size, mtime, md5), so loading twice hashes once
+_verified: dict[Path, tuple[int, int, str]] = {}
+
+
+def _matches(path: Path, expected: str) -> bool:
+    stat = path.stat()
+    key = (stat.st_size, stat.st_mtime_ns, expected)
+    if _verified.get(path) == key:
+        return True
+    if md5_of(path) != expected:
+        return False
+    _verified[path] = key
+    return True
+
+
 def check_files(name: str, folder: Path) -> list[str]:
     """The files that are missing or fail their md5. A failing file is renamed ``*.corrupt``."""
     bad = []
@@ -107,7 +122,7 @@ def check_files(name: str, folder: Path) -> list[str]:
         path = folder / file
         if not path.is_file():
             bad.append(file)
-        elif md5_of(path) != expected:
+        elif not _matches(path, expected):
             path.replace(path.with_name(file + ".corrupt"))
             bad.append(file)
     return bad
