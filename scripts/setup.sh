@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up aelab in ./.venv (made if missing). With --test, also the test tools and, as root on
-# Debian/Ubuntu, the headless Chromium and Fashion-MNIST packages that the browser and data tests use.
+# Debian/Ubuntu, the headless Chromium that the browser test uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +26,8 @@ extras=""
 if [ "${1:-}" = "--test" ]; then
   extras="[test]"
   if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing chromium (browser tests) and dataset-fashion-mnist with apt-get" >&2
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium dataset-fashion-mnist >/dev/null
+    echo "setup: installing chromium (browser test) with apt-get" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   fi
 fi
 # pip resolves torch/torchvision from a local copy where the machine has one (see README)

@@ -143,3 +143,13 @@ def test_one_epoch_on_real_mnist(real_mnist, tmp_path, capsys):
     values = json.loads(capsys.readouterr().out)
     assert values["n_images"] == 10000 and values["mse"] < 0.08
     assert len((out / "metrics.csv").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
+    if not sources.DEBIAN_FASHION_DIR.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    monkeypatch.setattr(sources, "_sources", lambda name: [("debian", sources._from_debian_fashion)])
+    raw = sources.fetch("fashion-mnist", tmp_path, quiet=True)
+    assert read_idx(raw / "train-images-idx3-ubyte").shape == (60000, 28, 28)
+    assert sources.DATASETS["fashion-mnist"].class_names[9] == "Ankle boot"
