@@ -78,7 +78,7 @@ def run_aelab(args, epochs: int) -> dict:
     from aelab.evaluation import reconstruction_loss
 
     config = RunConfig(data=DataConfig(data_dir=args.data_dir),
-                       train=train_config_for(args.recipe, epochs=epochs, device=args.device))
+                       train=train_config_for(args.recipe, epochs=epochs, device=args.device, precision=args.precision))
     splits = load_splits(config.data, quiet=True)
     device = torch.device(args.device)
     test = splits["test"].images.to(device)
@@ -112,7 +112,7 @@ def run_aelab(args, epochs: int) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     eval_seconds = time.perf_counter() - start
-    return _summary(f"aelab ({args.recipe}, {epochs} epochs)", history, final, eval_seconds, device)
+    return _summary(f"aelab ({args.recipe}, {args.precision}, {epochs} ep)", history, final, eval_seconds, device)
 
 
 def _summary(name: str, history: list[dict], final_mse: float, eval_seconds: float, device) -> dict:
@@ -138,7 +138,7 @@ def _summary(name: str, history: list[dict], final_mse: float, eval_seconds: flo
 def _side(args, side: str, epochs: int) -> dict:
     """Run one side in a fresh process and return its JSON."""
     command = [sys.executable, __file__, "--side", side, "--epochs", str(epochs), "--device", args.device,
-               "--recipe", args.recipe] + (["--data-dir", args.data_dir] if args.data_dir else [])
+               "--recipe", args.recipe, "--precision", args.precision] + (["--data-dir", args.data_dir] if args.data_dir else [])
     print(f"bench: {side}, {epochs} epochs ...", file=sys.stderr, flush=True)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--ttq-epochs", type=int, default=10, help="aelab's short-run budget with --full (default: 10)")
     parser.add_argument("--recipe", default="fast", help="aelab's recipe (default: fast)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="aelab's training precision")
     parser.add_argument("--data-dir", help="data folder (default: aelab's)")
     parser.add_argument("--side", choices=("tutorial", "aelab"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -194,12 +195,12 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2))
     print(f"device: {aelab['device']}, torch {aelab['torch']}")
     print(f"{'':32s}{'train img/s':>12s}{'s/epoch':>9s}{'total s':>9s}{'eval img/s':>11s}{'peak MB':>8s}"
-          f"{'test MSE':>10s}{'to 0.0265':>11s}")
+          f"{'test MSE':>10s} {'to 0.0265':>11s}")
     for side in sides.values():
         ttq = f"{side['time_to_quality_s']:.1f} s" if side["time_to_quality_s"] else "not reached"
         print(f"{side['name']:32s}{side['train_images_per_s']:12,d}{side['seconds_per_epoch']:9.2f}"
               f"{side['wall_seconds']:9.1f}{side['eval_images_per_s']:11,d}{side['peak_memory_mb']:8,d}"
-              f"{side['final_test_mse']:10.5f}{ttq:>11s}")
+              f"{side['final_test_mse']:10.5f} {ttq:>11s}")
     print("ratios aelab/tutorial: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))
     print(f"results: {out}")
 

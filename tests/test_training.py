@@ -119,3 +119,11 @@ def test_an_existing_run_is_not_overwritten(tmp_path, splits):
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
     train(tiny_config(epochs=1, seed=5), tmp_path / "run", overwrite=True, quiet=True, report=False, data=splits)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() != before
+
+
+def test_bf16_precision_trains_and_keeps_fp32_weights(tmp_path, splits):
+    result = train(tiny_config(precision="bf16", epochs=3), tmp_path / "bf16", quiet=True, report=False, data=splits)
+    assert result.metrics[-1]["train_loss"] < result.metrics[0]["train_loss"]
+    assert all(p.dtype == torch.float32 for p in load_run(tmp_path / "bf16").model.parameters())
+    with pytest.raises(AelabError, match="--precision"):
+        tiny_config(precision="fp8").validate()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import DATASETS, KEEP, LOSSES, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, train_config_for
+from .config import DATASETS, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, train_config_for
 from .errors import AelabError
 
 SPLIT_CHOICES = ("test", "val", "train")
@@ -43,6 +43,7 @@ TRAIN_OPTIONS = {
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "loss": ("train", "loss"), "noise_factor": ("train", "noise_factor"),
     "seed": ("train", "seed"), "device": ("train", "device"), "keep": ("train", "keep"),
+    "precision": ("train", "precision"),
 }
 
 
@@ -275,6 +276,8 @@ def _add_train(sub) -> None:
                    f"(default: {t.device})")
     p.add_argument("--keep", choices=KEEP, help="which weights become model.safetensors: best (lowest validation "
                    f"loss) or last (default: {t.keep})")
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the training step to bfloat16 (for GPUs "
+                   f"with bf16; on this project's 2-core CPU it is slower, see benchmarks/RESULTS.md) (default: {t.precision})")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     _add_common(p)
     p.set_defaults(func=cmd_train)

@@ -20,6 +20,7 @@ DATASETS = ("mnist", "fashion-mnist")
 LOSSES = ("mse", "bce")
 SCHEDULES = ("onecycle", "constant")
 KEEP = ("best", "last")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -74,6 +75,7 @@ class TrainConfig:
     seed: int = 0  # weights, data order and noise
     device: str = "auto"  # auto (cuda, then mps, else cpu) | cpu | cuda | cuda:N | mps
     keep: str = "best"  # which weights become model.safetensors: best (by val loss) | last
+    precision: str = "fp32"  # fp32 | bf16 (autocast in the training step; weights and evaluation stay fp32)
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -92,6 +94,8 @@ class TrainConfig:
             raise AelabError(
                 f"--noise-factor must be 0 (no noise) or more, got {self.noise_factor}; try 0.3"
             )
+        if self.precision not in PRECISIONS:
+            raise AelabError(f"--precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
         if self.keep not in KEEP:
             raise AelabError(f"--keep must be {' or '.join(KEEP)}, got {self.keep!r}")
         if self.recipe not in RECIPES:

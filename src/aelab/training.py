@@ -257,7 +257,8 @@ class Trainer:
         cfg = self.config.train
         clean = clean.contiguous(memory_format=torch.channels_last)  # [B, C, H, W]; free for C=1
         inputs = add_noise(clean, cfg.noise_factor, self.noise) if self.noise is not None else clean
-        loss = loss_fn(self.model, inputs, clean, cfg.loss)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = loss_fn(self.model, inputs, clean, cfg.loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
