@@ -77,12 +77,25 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-@pytest.mark.browser
-def test_report_renders_in_headless_chromium(cli_run):
+def need_chromium() -> None:
     if CHROMIUM is None:
         if os.environ.get("AELAB_REQUIRE_BROWSER"):
             pytest.fail("Chromium is required here (AELAB_REQUIRE_BROWSER) but not installed: apt-get install chromium")
         pytest.skip("Chromium is not installed (apt-get install chromium)")
+
+
+@pytest.mark.browser
+def test_plot_page_renders_in_headless_chromium(cli_run, tmp_path):
+    need_chromium()
+    out = tmp_path / "scatter.html"
+    assert main(["plot", str(cli_run), "scatter", "--out", str(out), "--quiet"]) == 0
+    dom = chromium("--virtual-time-budget=30000", "--dump-dom", out.resolve().as_uri()).stdout
+    assert 'data-rendered="ok"' in re.search(r"<body[^>]*>", dom).group(0)
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(cli_run):
+    need_chromium()
     url = (cli_run / "report.html").resolve().as_uri()
     dom = chromium("--virtual-time-budget=30000", "--dump-dom", url).stdout
     body = re.search(r"<body[^>]*>", dom).group(0)

@@ -128,11 +128,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    import torch
+
     from . import latent, plots
 
     run, data = _load(args)
     embedding = latent.embed(run, data)
-    shown = embedding.subset(latent.stratified_subset(embedding.label, args.max_points, seed=args.seed))
+    positions = latent.stratified_subset(embedding.label, args.max_points, seed=args.seed)
+    shown = embedding.subset(positions)
     xy, axis_names = latent.project(shown.codes, args.method, dims=args.dims, perplexity=args.perplexity,
                                     seed=args.seed, quiet=args.quiet)
     out = Path(args.out or run.path / "figures" / f"{args.method}-{args.split}.html")
@@ -141,7 +144,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     title = {"scatter": f"latent variables {axis_names[0]} and {axis_names[1]}", "pca": "PCA of the latent codes",
              "tsne": "t-SNE of the latent codes", "umap": "UMAP of the latent codes"}[args.method]
     title = f"{title} ({len(shown)} {args.split} images)"
-    plots.write_plotly_html(plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names, title), out)
+    figure = plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names, title)
+    plots.write_map_html(figure, data.images[torch.as_tensor(positions)].float().div(255), out, title)
     plots.map_png(xy, shown.label, shown.class_names, axis_names, title, out.with_suffix(".png"))
     latent.write_table({"index": shown.index, "label": shown.label, "x": xy[:, 0], "y": xy[:, 1]}, out.with_suffix(".csv"))
     print(f"{out}\n{out.with_suffix('.png')}\n{out.with_suffix('.csv')}")

@@ -149,8 +149,80 @@ def map_plotly(xy: np.ndarray, labels: np.ndarray, index: np.ndarray, class_name
     return figure
 
 
-def write_plotly_html(figure, path: Path) -> Path:
-    """A standalone HTML file with plotly's JavaScript inside (opens without a network)."""
-    html = figure.to_html(include_plotlyjs=True, full_html=True)
-    atomic_save(path, lambda tmp: tmp.write_text(html, encoding="utf-8"))
+def png_data_uri(source: Path | np.ndarray) -> str:
+    """A PNG file, or a uint8 picture, as a data: URI (for self-contained pages)."""
+    import base64
+    import io
+
+    if isinstance(source, Path):
+        data = source.read_bytes()
+    else:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(source).save(buffer, format="PNG", optimize=True)
+        data = buffer.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def script_json(value) -> str:
+    """JSON that is safe inside a <script> element."""
+    import json
+
+    return json.dumps(value).replace("</", "<\\/")
+
+
+# Interactive maps with the image under the pointer: each map is a <div> whose parent also holds
+# a <canvas class="preview">; the images are one sprite sheet, in the order of customdata[2].
+MAP_CSS = """.map { position: relative; }
+.preview { position: absolute; right: 16px; top: 56px; width: 84px; height: 84px; border: 1px solid #ccd;
+  background: black; image-rendering: pixelated; display: none; }"""
+
+MAP_SCRIPT = """function aelabMaps(maps, spriteUri, columns, side) {
+  const sprite = new Image(); sprite.src = spriteUri;
+  const plotted = Object.keys(maps).map(function (id) {
+    const div = document.getElementById(id), canvas = div.parentElement.querySelector("canvas.preview");
+    canvas.width = side; canvas.height = side;
+    return Plotly.newPlot(div, maps[id].data, maps[id].layout, {responsive: true, displaylogo: false}).then(function () {
+      div.on("plotly_hover", function (event) {
+        const k = Number(event.points[0].customdata[2]);
+        canvas.getContext("2d").drawImage(sprite, (k % columns) * side, Math.floor(k / columns) * side, side, side, 0, 0, side, side);
+        canvas.style.display = "block"; });
+      div.on("plotly_unhover", function () { canvas.style.display = "none"; });
+    });
+  });
+  return {sprite: sprite, plotted: plotted};
+}"""
+
+
+def maps_script(figures: dict, images: torch.Tensor) -> str:
+    """JavaScript that draws ``figures`` ({div id: plotly figure}) with hover previews of ``images``
+    [N, C, H, W] in [0, 1] (N = the points, in customdata order). Needs plotly.js and MAP_SCRIPT."""
+    columns = max(1, min(100, len(images)))
+    sprite = tile(images, -(-len(images) // columns), columns, pad=0, value=0)
+    figures_json = {name: __import__("json").loads(figure.to_json()) for name, figure in figures.items()}
+    return (f"const AELAB_MAPS = aelabMaps({script_json(figures_json)}, {script_json(png_data_uri(sprite))}, "
+            f"{columns}, {images.shape[-1]});")
+
+
+def write_map_html(figure, images: torch.Tensor, path: Path, title: str) -> Path:
+    """A standalone page with one interactive map (plotly's JavaScript inside: opens offline)
+    that shows the image under the pointer."""
+    import html
+
+    from plotly.offline import get_plotlyjs
+
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 16px; }} {MAP_CSS}</style></head>
+<body><div class="map"><div id="map"></div><canvas class="preview"></canvas></div>
+<script>{get_plotlyjs()}</script>
+<script>{MAP_SCRIPT}
+{maps_script({"map": figure}, images)}
+Promise.all(AELAB_MAPS.plotted.concat([AELAB_MAPS.sprite.decode()]))
+  .then(function () {{ document.body.dataset.rendered = "ok"; }})
+  .catch(function (error) {{ document.body.dataset.rendered = "failed: " + error; }});</script>
+</body></html>
+"""
+    atomic_save(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path

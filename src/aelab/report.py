@@ -8,10 +8,7 @@ for a denoising run. The pictures are also saved as PNGs in the run's figures/ f
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import json
 import re
 import sys
 import time
@@ -32,29 +29,6 @@ MAP_POINTS = 3000  # points on each interactive map (stratified by label); keeps
 GRID_N = 12
 SAMPLES = 32
 INTERPOLATION_STEPS = 12
-
-
-def _png_data_uri(source: Path | np.ndarray) -> str:
-    if isinstance(source, Path):
-        data = source.read_bytes()
-    else:
-        from PIL import Image
-
-        buffer = io.BytesIO()
-        Image.fromarray(source).save(buffer, format="PNG", optimize=True)
-        data = buffer.getvalue()
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _sprite(images: torch.Tensor, columns: int = 50) -> tuple[np.ndarray, int]:
-    """All images side by side in one picture (for the hover preview), and its column count."""
-    rows = -(-len(images) // columns)
-    return plots.tile(images, rows, columns, pad=0, value=0), columns
-
-
-def _script_json(value: Any) -> str:
-    """JSON that is safe inside a <script> element."""
-    return json.dumps(value).replace("</", "<\\/")
 
 
 def _epoch_number(path: Path) -> int:
@@ -96,7 +70,7 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, quiet: bool = True)
                                         f"{title} ({len(shown)} test images)")
     out["maps"] = maps
     out["n_map_points"] = len(shown)
-    out["sprite"] = _sprite(test.images[torch.as_tensor(subset)].float().div(255))
+    out["map_images"] = test.images[torch.as_tensor(subset)].float().div(255)
     return out
 
 
@@ -168,13 +142,12 @@ def render(run: Run, figures: dict[str, Any]) -> str:
     metric_rows = "".join(
         f"<tr><td>{r['epoch']}</td><td>{r['train_loss']:.5f}</td><td>{r['val_loss']:.5f}</td>"
         f"<td>{r['lr']:.2e}</td><td>{r['seconds']:.2f}</td></tr>" for r in metrics)
-    sprite, columns = figures["sprite"]
-    maps_json = {name: json.loads(fig.to_json()) for name, fig in figures["maps"].items()}
     a, b = figures["interpolation_pair"]
     denoising = (f"<section><h2>Denoising</h2><p>Test images, the same with noise (factor "
                  f"{config.train.noise_factor:g}), and the model's output.</p>"
-                 f"<img class='fig' src='{_png_data_uri(figures['denoising'])}' alt='denoising examples'></section>"
+                 f"<img class='fig' src='{plots.png_data_uri(figures['denoising'])}' alt='denoising examples'></section>"
                  if "denoising" in figures else "")
+    maps_js = plots.maps_script({f"map-{name}": figure for name, figure in figures["maps"].items()}, figures["map_images"])
     title = f"aelab run {run.path.name}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -195,8 +168,7 @@ table.kv th {{ text-align: left; color: #5a6478; font-weight: normal; }} table.k
 .two {{ display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }} @media (max-width: 900px) {{ .two {{ grid-template-columns: 1fr; }} }}
 .scroll {{ max-height: 320px; overflow-y: auto; }}
 img.fig {{ max-width: 100%; image-rendering: pixelated; }}
-.map {{ position: relative; }} .preview {{ position: absolute; right: 16px; top: 56px; border: 1px solid #ccd; background: black;
-  width: 84px; height: 84px; image-rendering: pixelated; display: none; }}
+{plots.MAP_CSS}
 .muted {{ color: #5a6478; font-size: 13px; }}
 </style></head>
 <body data-rendered="no">
@@ -206,7 +178,7 @@ loss {html.escape(config.train.loss)}{' · denoising, noise ' + format(config.tr
 <main>
 <div class="cards">{''.join(f"<div class='card'><div class='v'>{html.escape(v)}</div><div class='k'>{html.escape(k)}</div></div>" for k, v in cards)}</div>
 <section><h2>Training</h2><div class="two">
-<div><img class="fig" src="{_png_data_uri(loss_png)}" alt="loss curves"></div>
+<div><img class="fig" src="{plots.png_data_uri(loss_png)}" alt="loss curves"></div>
 <div class="scroll"><table><tr><th>epoch</th><th>train loss</th><th>val loss</th><th>lr</th><th>seconds</th></tr>{metric_rows}</table></div>
 </div><p class="muted">Weights kept: {html.escape(str(evaluation.get('kept', config.train.keep)))} (epoch {evaluation.get('best_epoch', '?')} had the lowest validation loss).</p></section>
 <section><h2>Reconstructions across epochs</h2>
@@ -216,16 +188,16 @@ loss {html.escape(config.train.loss)}{' · denoising, noise ' + format(config.tr
 {denoising}
 <section><h2>The latent space</h2>
 <p class="muted">Codes of {figures['n_map_points']} test images (a sample stratified by label). Hover a point to see its image; click a label in the legend to hide it.</p>
-<div class="two"><div class="map"><div id="map-scatter"></div><canvas class="preview" width="28" height="28"></canvas></div>
-<div class="map"><div id="map-tsne"></div><canvas class="preview" width="28" height="28"></canvas></div></div></section>
+<div class="two"><div class="map"><div id="map-scatter"></div><canvas class="preview"></canvas></div>
+<div class="map"><div id="map-tsne"></div><canvas class="preview"></canvas></div></div></section>
 <section><h2>Generated images</h2>
 <h3>A {GRID_N} × {GRID_N} grid over the latent plane ({html.escape(' / '.join(figures['grid_plane']))})</h3>
 <p class="muted">Decoded from evenly spaced points between the 1st and 99th percentiles of the training codes{'' if config.model.latent_dim == 2 else ', the other directions held at the mean code'}.</p>
-<img class="fig" src="{_png_data_uri(figures['grid'])}" alt="latent grid">
+<img class="fig" src="{plots.png_data_uri(figures['grid'])}" alt="latent grid">
 <div class="two"><div><h3>Samples</h3><p class="muted">Decoded from codes drawn from a Gaussian mixture (10 components) fitted to the training codes.</p>
-<img class="fig" src="{_png_data_uri(figures['samples'])}" alt="samples"></div>
+<img class="fig" src="{plots.png_data_uri(figures['samples'])}" alt="samples"></div>
 <div><h3>Interpolation</h3><p class="muted">The straight line between the codes of test images {a} and {b}.</p>
-<img class="fig" src="{_png_data_uri(figures['interpolation'])}" alt="interpolation"></div></div></section>
+<img class="fig" src="{plots.png_data_uri(figures['interpolation'])}" alt="interpolation"></div></div></section>
 <section><h2>Configuration</h2>{_table(config_rows)}<p class="muted">Run folder: {html.escape(str(run.path.resolve()))}</p></section>
 </main>
 <script>window.__errors = [];
@@ -233,24 +205,14 @@ window.addEventListener("error", function (e) {{ window.__errors.push(String(e.m
 (function () {{ var original = console.error; console.error = function () {{ window.__errors.push(Array.from(arguments).join(" ")); original.apply(console, arguments); }}; }})();</script>
 <script>{get_plotlyjs()}</script>
 <script>
-const RECON = {_script_json([_png_data_uri(p) for p in recon])};
-const EPOCHS = {_script_json([_epoch_number(p) for p in recon])};
-const MAPS = {_script_json(maps_json)};
-const SPRITE = "{_png_data_uri(sprite)}", SPRITE_COLUMNS = {columns}, SIDE = {run.config.model.image_size};
+const RECON = {plots.script_json([plots.png_data_uri(p) for p in recon])};
+const EPOCHS = {plots.script_json([_epoch_number(p) for p in recon])};
+{plots.MAP_SCRIPT}
+{maps_js}
 const slider = document.getElementById("epoch"), recon = document.getElementById("recon");
 function showEpoch() {{ const i = Number(slider.value) - 1; recon.src = RECON[i]; document.getElementById("epoch-label").textContent = "epoch " + EPOCHS[i]; }}
 slider.addEventListener("input", showEpoch); showEpoch();
-const sprite = new Image(); sprite.src = SPRITE;
-const plotted = Object.keys(MAPS).map(function (name) {{
-  const div = document.getElementById("map-" + name), canvas = div.parentElement.querySelector("canvas");
-  return Plotly.newPlot(div, MAPS[name].data, MAPS[name].layout, {{responsive: true, displaylogo: false}}).then(function () {{
-    div.on("plotly_hover", function (event) {{
-      const k = Number(event.points[0].customdata[2]), ctx = canvas.getContext("2d");
-      ctx.drawImage(sprite, (k % SPRITE_COLUMNS) * SIDE, Math.floor(k / SPRITE_COLUMNS) * SIDE, SIDE, SIDE, 0, 0, SIDE, SIDE);
-      canvas.style.display = "block"; }});
-    div.on("plotly_unhover", function () {{ canvas.style.display = "none"; }});
-  }});
-}});
+const sprite = AELAB_MAPS.sprite, plotted = AELAB_MAPS.plotted;
 const images = Array.from(document.images).concat([sprite]);
 Promise.all(plotted.concat(images.map(function (img) {{ return img.decode(); }}))).then(function () {{
   const broken = images.filter(function (img) {{ return !(img.naturalWidth > 0); }}).length;
