@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,7 +214,9 @@ def sample_images(run: Run, train_codes: np.ndarray, count: int, components: int
     reg = 1e-4 * float(np.var(train_codes, axis=0).mean() or 1.0)
     mixture = GaussianMixture(n_components=min(components, len(train_codes)), covariance_type="full",
                               reg_covar=reg, random_state=seed).fit(train_codes)
-    codes, _ = mixture.sample(count)
+    with warnings.catch_warnings():  # numpy's PSD check trips on rounding in a fitted covariance
+        warnings.filterwarnings("ignore", message="covariance is not symmetric positive-semidefinite")
+        codes, _ = mixture.sample(count)
     order = np.random.default_rng(seed).permutation(count)  # sample() groups by component
     return decode(run.model, codes[order])
 
