@@ -98,3 +98,12 @@ def test_resume_from_the_command_line(fake_mnist, tmp_path, capsys):
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
     assert main(["train", "--out", str(out), "--epochs", "1", "--quiet"]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_may_point_at_the_data_elsewhere(fake_mnist, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-report", "--quiet"]) == 0
+    moved = tmp_path / "moved"
+    fake_mnist.rename(moved)
+    monkeypatch.setenv("AELAB_DATA_DIR", str(tmp_path / "nowhere"))
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--data-dir", str(moved), "--quiet", "--no-report"]) == 0

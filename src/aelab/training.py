@@ -165,21 +165,24 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 def _resumed_config(run_dir: Path, requested: RunConfig | None, explicit: set[str]) -> RunConfig:
-    """The run's own config; only --epochs (and --device, --keep) may differ from it."""
+    """The run's own config; only --epochs, --device, --keep and --data-dir may differ from it
+    (the data themselves are checked by their fingerprint)."""
     saved = ckpt.load_config(ckpt.check_run_dir(run_dir))
     if requested is None:
         return saved
-    mutable = {"train.epochs", "train.device", "train.keep"}
+    mutable = {"train.epochs", "train.device", "train.keep", "data.data_dir"}
     for name in sorted(explicit - mutable):
         section, key = name.split(".")
         asked, have = getattr(getattr(requested, section), key), getattr(getattr(saved, section), key)
         if asked != have:
             raise AelabError(f"--resume: the run was trained with {key}={have!r}, not {asked!r}; a resumed run "
-                             "keeps its architecture, data and recipe (only --epochs, --device and --keep may change). "
-                             "Start a new run with another --out instead")
-    train = replace(saved.train, **{key.split(".")[1]: getattr(requested.train, key.split(".")[1])
-                                    for key in explicit & mutable})
-    return replace(saved, train=train)
+                             "keeps its architecture, data and recipe (only --epochs, --device, --keep and --data-dir "
+                             "may change). Start a new run with another --out instead")
+    changes: dict[str, dict[str, Any]] = {"data": {}, "train": {}}
+    for name in explicit & mutable:
+        section, key = name.split(".")
+        changes[section][key] = getattr(getattr(requested, section), key)
+    return replace(saved, data=replace(saved.data, **changes["data"]), train=replace(saved.train, **changes["train"]))
 
 
 # --- the loop -----------------------------------------------------------------------------------
