@@ -119,6 +119,7 @@ def _summary(name: str, history: list[dict], final_mse: float, eval_seconds: flo
     import torch
 
     train_seconds, wall_seconds = history[-1]["train_seconds"], history[-1]["wall_seconds"]
+    time_to_quality = _time_to_quality(history)
     return {
         "name": name, "epochs": len(history), "train_seconds": round(train_seconds, 2),
         "wall_seconds": round(wall_seconds, 2),
@@ -127,7 +128,7 @@ def _summary(name: str, history: list[dict], final_mse: float, eval_seconds: flo
         "eval_images_per_s": round(10_000 / eval_seconds),
         "peak_memory_mb": round(_peak_memory_mb(device)),
         "final_test_mse": round(final_mse, 5),
-        "time_to_quality_s": (round(_time_to_quality(history), 2) if _time_to_quality(history) else None),
+        "time_to_quality_s": round(time_to_quality, 2) if time_to_quality is not None else None,
         "history": [{k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()} for row in history],
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, "
                   f"{torch.get_num_threads()} threads)",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -151,9 +155,6 @@ def map_plotly(xy: np.ndarray, labels: np.ndarray, index: np.ndarray, class_name
 
 def png_data_uri(source: Path | np.ndarray) -> str:
     """A PNG file, or a uint8 picture, as a data: URI (for self-contained pages)."""
-    import base64
-    import io
-
     if isinstance(source, Path):
         data = source.read_bytes()
     else:
@@ -167,8 +168,6 @@ def png_data_uri(source: Path | np.ndarray) -> str:
 
 def script_json(value) -> str:
     """JSON that is safe inside a <script> element."""
-    import json
-
     return json.dumps(value).replace("</", "<\\/")
 
 
@@ -200,7 +199,7 @@ def maps_script(figures: dict, images: torch.Tensor) -> str:
     [N, C, H, W] in [0, 1] (N = the points, in customdata order). Needs plotly.js and MAP_SCRIPT."""
     columns = max(1, min(100, len(images)))
     sprite = tile(images, -(-len(images) // columns), columns, pad=0, value=0)
-    figures_json = {name: __import__("json").loads(figure.to_json()) for name, figure in figures.items()}
+    figures_json = {name: json.loads(figure.to_json()) for name, figure in figures.items()}
     return (f"const AELAB_MAPS = aelabMaps({script_json(figures_json)}, {script_json(png_data_uri(sprite))}, "
             f"{columns}, {images.shape[-1]});")
 
@@ -208,8 +207,6 @@ def maps_script(figures: dict, images: torch.Tensor) -> str:
 def write_map_html(figure, images: torch.Tensor, path: Path, title: str) -> Path:
     """A standalone page with one interactive map (plotly's JavaScript inside: opens offline)
     that shows the image under the pointer."""
-    import html
-
     from plotly.offline import get_plotlyjs
 
     page = f"""<!DOCTYPE html>

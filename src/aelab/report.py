@@ -42,9 +42,10 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, quiet: bool = True)
     config = run.config
     out: dict[str, Any] = {}
     train_codes = latent.encode(run.model, train.images)
-    grid = latent.grid_images(run, train_codes, GRID_N)
+    plane = latent.latent_plane(train_codes)
+    grid = latent.decode(run.model, plane.points(GRID_N))
     out["grid"] = plots.save_png(plots.tile(grid, GRID_N, GRID_N), figures_dir / "latent_grid.png", scale=2)
-    out["grid_plane"] = latent.latent_plane(train_codes).names
+    out["grid_plane"] = plane.names
     samples = latent.sample_images(run, train_codes, SAMPLES, seed=config.train.seed)
     out["samples"] = plots.save_png(plots.tile(samples, 4, SAMPLES // 4), figures_dir / "samples.png", scale=2)
     first, second = _interpolation_pair(test)
