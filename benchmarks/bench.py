@@ -12,6 +12,10 @@ The tutorial measures its test MSE in its own loop (as written, its per-epoch "v
 test set); aelab's test MSE is measured by the benchmark outside the timed part. With --full,
 aelab also trains the default (fast) recipe with a budget of --ttq-epochs epochs (the recipe for
 a short run). Ratios are aelab / tutorial; results go to benchmarks/out/bench-DATE.json.
+
+On a GPU (the default device when there is one) aelab replays each training step as one CUDA
+graph; --eager adds a run without graphs (AELAB_CUDA_GRAPHS=0) to show what they bring, and
+--precision fp32 bf16 measures both precisions in one invocation.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ def run_tutorial(args) -> dict:
 
 
 def run_aelab(args, epochs: int) -> dict:
+    if args.eager:
+        os.environ["AELAB_CUDA_GRAPHS"] = "0"
     import torch
 
     from aelab import RunConfig, train
@@ -78,7 +84,7 @@ def run_aelab(args, epochs: int) -> dict:
     from aelab.evaluation import reconstruction_loss
 
     config = RunConfig(data=DataConfig(data_dir=args.data_dir),
-                       train=train_config_for(args.recipe, epochs=epochs, device=args.device, precision=args.precision))
+                       train=train_config_for(args.recipe, epochs=epochs, device=args.device, precision=args.precision[0]))
     splits = load_splits(config.data, quiet=True)
     device = torch.device(args.device)
     test = splits["test"].images.to(device)
@@ -112,7 +118,9 @@ def run_aelab(args, epochs: int) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     eval_seconds = time.perf_counter() - start
-    return _summary(f"aelab ({args.recipe}, {args.precision}, {epochs} ep)", history, final, eval_seconds, device)
+    graphs = ", eager" if args.eager and device.type == "cuda" else ""
+    return _summary(f"aelab ({args.recipe}, {args.precision[0]}{graphs}, {epochs} ep)", history, final, eval_seconds,
+                    device)
 
 
 def _summary(name: str, history: list[dict], final_mse: float, eval_seconds: float, device) -> dict:
@@ -136,11 +144,12 @@ def _summary(name: str, history: list[dict], final_mse: float, eval_seconds: flo
     }
 
 
-def _side(args, side: str, epochs: int) -> dict:
+def _side(args, side: str, epochs: int, precision: str = "fp32", eager: bool = False) -> dict:
     """Run one side in a fresh process and return its JSON."""
     command = [sys.executable, __file__, "--side", side, "--epochs", str(epochs), "--device", args.device,
-               "--recipe", args.recipe, "--precision", args.precision] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    print(f"bench: {side}, {epochs} epochs ...", file=sys.stderr, flush=True)
+               "--recipe", args.recipe, "--precision", precision] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    command += ["--eager"] if eager else []
+    print(f"bench: {side}, {epochs} epochs, {precision}{' eager' if eager else ''} ...", file=sys.stderr, flush=True)
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"bench: the {side} side failed:\n{result.stderr[-3000:]}")
@@ -158,7 +167,9 @@ def main() -> None:
     parser.add_argument("--ttq-epochs", type=int, default=10, help="aelab's short-run budget with --full (default: 10)")
     parser.add_argument("--recipe", default="fast", help="aelab's recipe (default: fast)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="aelab's training precision")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
+                        help="aelab's training precision; several: one aelab run each (default: fp32)")
+    parser.add_argument("--eager", action="store_true", help="on a GPU, add an aelab run without CUDA graphs")
     parser.add_argument("--data-dir", help="data folder (default: aelab's)")
     parser.add_argument("--side", choices=("tutorial", "aelab"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -174,9 +185,14 @@ def main() -> None:
     from aelab.data.sources import fetch
 
     fetch("mnist", args.data_dir)
-    sides = {"tutorial": _side(args, "tutorial", epochs), "aelab": _side(args, "aelab", epochs)}
+    first, *others = args.precision
+    sides = {"tutorial": _side(args, "tutorial", epochs), "aelab": _side(args, "aelab", epochs, first)}
+    for precision in others:
+        sides[f"aelab_{precision}"] = _side(args, "aelab", epochs, precision)
+    if args.eager and args.device.startswith("cuda"):
+        sides["aelab_eager"] = _side(args, "aelab", epochs, first, eager=True)
     if args.full and args.ttq_epochs != epochs:
-        sides["aelab_short"] = _side(args, "aelab", args.ttq_epochs)
+        sides["aelab_short"] = _side(args, "aelab", args.ttq_epochs, first)
     tutorial, aelab = sides["tutorial"], sides["aelab"]
     ttq_tutorial = tutorial["time_to_quality_s"]
     ttq_aelab = min((s["time_to_quality_s"] for k, s in sides.items() if k != "tutorial" and s["time_to_quality_s"]),
@@ -195,11 +211,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"device: {aelab['device']}, torch {aelab['torch']}")
-    print(f"{'':32s}{'train img/s':>12s}{'s/epoch':>9s}{'total s':>9s}{'eval img/s':>11s}{'peak MB':>8s}"
+    print(f"{'':38s}{'train img/s':>12s}{'s/epoch':>9s}{'total s':>9s}{'eval img/s':>11s}{'peak MB':>8s}"
           f"{'test MSE':>10s} {'to 0.0265':>11s}")
     for side in sides.values():
         ttq = f"{side['time_to_quality_s']:.1f} s" if side["time_to_quality_s"] else "not reached"
-        print(f"{side['name']:32s}{side['train_images_per_s']:12,d}{side['seconds_per_epoch']:9.2f}"
+        print(f"{side['name']:38s}{side['train_images_per_s']:12,d}{side['seconds_per_epoch']:9.2f}"
               f"{side['wall_seconds']:9.1f}{side['eval_images_per_s']:11,d}{side['peak_memory_mb']:8,d}"
               f"{side['final_test_mse']:10.5f} {ttq:>11s}")
     print("ratios aelab/tutorial: " + ", ".join(f"{k} {v}" for k, v in ratios.items()))

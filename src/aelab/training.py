@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 import shutil
 import signal
@@ -86,6 +87,86 @@ def loss_fn(model: ConvAutoencoder, inputs: torch.Tensor, targets: torch.Tensor,
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(model.decoder.logits(model.encoder(inputs)), targets)
     return F.mse_loss(model(inputs), targets)
+
+
+# --- the whole step as one CUDA graph --------------------------------------------------------------
+
+def cuda_graphs_wanted(device: torch.device, noise_factor: float) -> bool:
+    """CUDA graphs are used on CUDA devices for runs without input noise, unless AELAB_CUDA_GRAPHS=0."""
+    return device.type == "cuda" and noise_factor <= 0 and os.environ.get("AELAB_CUDA_GRAPHS", "1") != "0"
+
+
+class CudaGraphStep:
+    """A whole training step (batch gather, forward, loss, backward, Adam) captured as one CUDA graph.
+
+    A model this small is limited on a GPU by launching its hundred-odd small kernels one by one
+    from Python; replaying the captured graph launches them all at once. Only the batch's indices
+    and the learning rate change between replays (both are copied into the graph's own tensors).
+    Capture needs a few warm-up steps first; they run at learning rate 0 on a side stream, and the
+    weights, BatchNorm statistics and optimizer state are then put back as they were, so the run
+    computes what the eager loop computes.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+        self.batch_size = trainer.config.train.batch_size
+        device = trainer.device
+        self.index = torch.zeros(self.batch_size, dtype=torch.long, device=device)
+        self.lr = torch.zeros((), dtype=torch.float32, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.loss: torch.Tensor | None = None
+
+    def _step(self) -> torch.Tensor:
+        t, cfg = self.trainer, self.trainer.config.train
+        clean = t.batches.gather(self.index).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = loss_fn(t.model, clean, clean, cfg.loss)
+        loss.backward()
+        t.optimizer.step()
+        return loss.detach()
+
+    def capture(self) -> None:
+        model, optimizer, device = self.trainer.model, self.trainer.optimizer, self.trainer.device
+        saved_model = {name: value.clone() for name, value in model.state_dict().items()}
+        saved_state = {param: {key: value.clone() for key, value in state.items() if torch.is_tensor(value)}
+                       for param, state in optimizer.state.items()}
+        rates = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr  # the captured Adam reads its rate from this tensor
+        self.lr.zero_()
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP_STEPS):
+                    optimizer.zero_grad(set_to_none=True)
+                    self._step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            optimizer.zero_grad(set_to_none=True)  # backward then writes the gradients into the graph's memory
+            with torch.cuda.graph(graph):
+                self.loss = self._step()
+            self.graph = graph
+        finally:
+            for group, rate in zip(optimizer.param_groups, rates):
+                group["lr"] = rate
+            with torch.no_grad():
+                model.load_state_dict(saved_model)  # copies in place: the graph keeps its tensors
+                for param, state in optimizer.state.items():
+                    for key, value in state.items():
+                        if torch.is_tensor(value):
+                            value.copy_(saved_state[param][key]) if param in saved_state else value.zero_()
+
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        """One step on the images at ``index`` (a full batch); returns the loss (on the device)."""
+        self.index.copy_(index)
+        self.lr.fill_(self.trainer.optimizer.param_groups[0]["lr"])
+        if self.graph is None:
+            self.capture()
+        self.graph.replay()
+        return self.loss.clone()
 
 
 # --- signals ------------------------------------------------------------------------------------
@@ -199,8 +280,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # as the tutorial: the seed is set before the model is built
         # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
         self.model = ConvAutoencoder.from_config(config.model).to(self.device, memory_format=torch.channels_last)
+        use_graphs = cuda_graphs_wanted(self.device, cfg.noise_factor)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                          fused=self.device.type in ("cpu", "cuda") or None)
+                                          fused=self.device.type in ("cpu", "cuda") or None, capturable=use_graphs)
+        self.graph_step = CudaGraphStep(self) if use_graphs else None
         self.batches = Batches(splits["train"].images, cfg.batch_size, self.device)
         self.total_steps = cfg.epochs * len(self.batches)
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, self.total_steps)
@@ -234,6 +317,9 @@ class Trainer:
             raise AelabError(f"--resume {self.run_dir}: the training data differ from the data this run was "
                              "trained on (another dataset version or data folder); resume with the same data")
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the run may have been saved on another device
+            group["fused"] = self.device.type in ("cpu", "cuda") or None
+            group["capturable"] = self.graph_step is not None
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -256,7 +342,24 @@ class Trainer:
             return None
         return noise_generator(self.config.train.seed * 1_000_003 + epoch + 7, self.device)
 
+    def step_at(self, index: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on the training images at ``index``; returns the loss (on the device)."""
+        if self.graph_step is not None and len(index) == self.graph_step.batch_size:
+            try:
+                loss = self.graph_step(index)
+            except RuntimeError as error:  # capture failed: the step is put back, go on without graphs
+                if self.graph_step.graph is not None:
+                    raise
+                print(f"aelab: CUDA graph capture failed ({error}); training without CUDA graphs",
+                      file=sys.stderr, flush=True)
+                self.graph_step = None
+            else:
+                self.scheduler.step()
+                return loss
+        return self.train_step(self.batches.gather(index))
+
     def train_step(self, clean: torch.Tensor) -> torch.Tensor:
+        """One eager optimizer step on the float batch ``clean``; returns the loss (on the device)."""
         cfg = self.config.train
         clean = clean.contiguous(memory_format=torch.channels_last)  # [B, C, H, W]; free for C=1
         inputs = add_noise(clean, cfg.noise_factor, self.noise) if self.noise is not None else clean
@@ -291,12 +394,11 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else 25  # a host sync on a GPU is costly
         pending: list[torch.Tensor] = []
         first_pending = self.step
-        batches = self.batches.epoch(cfg.seed, self.epoch, cfg.shuffle, start=self.step)
-        for clean in batches:
-            loss = self.train_step(clean)
+        for index in self.batches.indices(cfg.seed, self.epoch, cfg.shuffle, start=self.step):
+            loss = self.step_at(index)
             pending.append(loss)
-            self.loss_sum += loss.double() * len(clean)
-            self.loss_count += len(clean)
+            self.loss_sum += loss.double() * len(index)
+            self.loss_count += len(index)
             self.step += 1
             bar.update(1)
             if len(pending) >= check_every or stop.signum is not None or self.step == len(self.batches):

@@ -29,9 +29,17 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
 
+    def indices(self, seed: int, epoch: int, shuffle: bool, start: int = 0) -> Iterator[torch.Tensor]:
+        """The image indices of each batch of ``epoch`` (on the device), from batch number ``start`` on."""
+        order = epoch_order(len(self.images), seed, epoch, shuffle).to(self.device)
+        for first in range(start * self.batch_size, len(order), self.batch_size):
+            yield order[first: first + self.batch_size]
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """The images at ``index`` as floats in [0, 1], [B, C, H, W]."""
+        return self.images[index].float().div_(255)
+
     def epoch(self, seed: int, epoch: int, shuffle: bool, start: int = 0) -> Iterator[torch.Tensor]:
         """The batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""
-        order = epoch_order(len(self.images), seed, epoch, shuffle).to(self.device)
-        for start in range(start * self.batch_size, len(order), self.batch_size):
-            yield self.images[order[start: start + self.batch_size]].float().div_(255)  # [B, C, H, W]
-
+        for index in self.indices(seed, epoch, shuffle, start):
+            yield self.gather(index)
