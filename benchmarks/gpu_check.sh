@@ -5,9 +5,12 @@
 # Here, before the call:
 #   mkdir -p .gpu-data && for f in ~/.cache/aelab/data/MNIST/raw/*-ubyte; do gzip -c $f > .gpu-data/$(basename $f).gz; done
 #   echo /.gpu-data/ >> .git/info/exclude
-# then: run(command="bash benchmarks/gpu_check.sh", carry=[".gpu-data"], timeout_s=570)
+#   mkdir -p .whl && .venv/bin/pip download --no-deps plotly -d .whl   # that machine lacks plotly (the report)
+# then: run(command="bash benchmarks/gpu_check.sh", carry=[".gpu-data", ".whl"], timeout_s=570)
+# (`bash benchmarks/gpu_check.sh quick` leaves out the benchmark: tests and `aelab train` only.)
 # It runs (each part under its own time limit, so one failure does not lose the rest):
-#   1. the CUDA tests (tests/test_cuda.py: graphed training = eager training, resume, bf16) and test_training.py;
+#   1. the CUDA tests (tests/test_cuda.py: graphed training = eager training, resume, bf16), the training and
+#      CLI tests (which hide the GPU), and how far two eager and two graphed runs differ;
 #   2. bench.py --full on the GPU: the tutorial as written, aelab fp32 and bf16 with CUDA graphs, aelab
 #      fp32 without graphs (--eager), and the 10-epoch run;
 #   3. `aelab train` as a user runs it (defaults, report included), timed.
@@ -20,12 +23,32 @@ data=/tmp/aelab-data
 mkdir -p "$data/MNIST/raw"
 for f in .gpu-data/*.gz; do gunzip -c "$f" > "$data/MNIST/raw/$(basename "$f" .gz)"; done
 export AELAB_DATA_DIR=$data
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-deps --no-index --target /tmp/extra .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/extra"
+fi
 { nvidia-smi -L; python3 -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name(0))'; nproc; } 2>&1 | tee "$out/env.txt"
 
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_training.py 2>&1 | tail -25 | tee "$out/tests.txt"
+{
+  AELAB_TEST_CUDA=1 timeout 120 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_cuda.py
+  timeout 120 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_training.py tests/test_cli.py
+  AELAB_TEST_CUDA=1 timeout 60 python3 - <<'PY'
+import os, sys
+sys.path.insert(0, "tests")
+from conftest import make_splits
+from aelab import RunConfig, train
+from aelab.config import train_config_for
+for graphs in ("0", "0", "1", "1"):
+    os.environ["AELAB_CUDA_GRAPHS"] = graphs
+    config = RunConfig(train=train_config_for("fast", epochs=3, batch_size=32, lr=3e-3, device="cuda"))
+    result = train(config, f"/tmp/det-{graphs}", overwrite=True, quiet=True, report=False, data=make_splits(n_train=250))
+    print("graphs" if graphs == "1" else "eager ", [f"{row['val_loss']:.9f}" for row in result.metrics])
+PY
+} 2>&1 | tail -150 | tee "$out/tests.txt"
+[ "${1:-}" = quick ] || {
 
 timeout 300 python3 benchmarks/bench.py --full --precision fp32 bf16 --eager 2>&1 | tee "$out/bench.txt"
 cp "$(ls -t benchmarks/out/bench-*.json | head -1)" "$out/bench.json" 2>/dev/null
+}
 
 start=$(date +%s%N)
 timeout 100 python3 -m aelab train --out /tmp/gpu-run 2>&1 | grep -v "^epoch  *[0-9]*/30" | tail -12 | tee "$out/train.txt"

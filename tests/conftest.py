@@ -14,6 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # tutorial_pipeline.py: the tutorial's own classes
 
 os.environ.setdefault("AELAB_DATA_DIR", str(ROOT / ".pytest-data-unused"))  # no test touches the user's cache
+# The suite's expected numbers are CPU numbers, so it hides any GPU (subprocesses too); the GPU
+# tests in test_cuda.py run with AELAB_TEST_CUDA=1 python -m pytest tests/test_cuda.py.
+if os.environ.get("AELAB_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def synthetic_images(n: int, seed: int = 0, size: int = 28, n_classes: int = 4) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 from .errors import AelabError
@@ -26,3 +29,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise AelabError(f"--device {name}: MPS is not available here; use --device cpu or auto")
     return device
+
+
+@contextmanager
+def plain_fp32() -> Iterator[None]:
+    """Within: CUDA convolutions and matrix products in true fp32 (PyTorch lets cuDNN use TF32 by
+    default, which keeps only 10 bits of mantissa). The tiny layers of this model are limited by
+    launches, not arithmetic, so TF32 would buy no speed, only error."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

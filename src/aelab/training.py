@@ -29,7 +29,7 @@ from . import checkpoint as ckpt
 from .config import RunConfig
 from .data.batches import Batches
 from .data.sets import ImageSet, load_splits
-from .devices import resolve_device
+from .devices import plain_fp32, resolve_device
 from .errors import AelabError
 from .fsutil import atomic_save
 from .evaluation import add_noise, noise_generator, psnr_from_mse, reconstruction_loss
@@ -458,7 +458,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config.train
-        with StopFlag() as stop:
+        with StopFlag() as stop, plain_fp32():
             while self.epoch < cfg.epochs:
                 start = time.perf_counter()
                 with tqdm(total=len(self.batches), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
