@@ -30,7 +30,7 @@ fi
 
 {
   AELAB_TEST_CUDA=1 timeout 120 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_cuda.py
-  timeout 120 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_training.py tests/test_cli.py
+  [ "${1:-}" = quick ] || timeout 120 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_training.py tests/test_cli.py
   AELAB_TEST_CUDA=1 timeout 60 python3 - <<'PY'
 import os, sys
 sys.path.insert(0, "tests")

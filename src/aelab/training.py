@@ -161,10 +161,10 @@ class CudaGraphStep:
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         """One step on the images at ``index`` (a full batch); returns the loss (on the device)."""
+        if self.graph is None:
+            self.capture()  # (its warm-up steps run at rate 0 on whatever batch self.index holds)
         self.index.copy_(index)
         self.lr.fill_(self.trainer.optimizer.param_groups[0]["lr"])
-        if self.graph is None:
-            self.capture()
         self.graph.replay()
         return self.loss.clone()
 
