@@ -43,16 +43,17 @@ def same_metrics(a: list[dict], b: list[dict]) -> bool:
 
 # --- exact resume -----------------------------------------------------------------------------
 
-def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
+@pytest.mark.parametrize("shards", [1, 2])
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, shards):
     data = make_splits()
-    straight = train(config(noise_factor=0.2), tmp_path / "straight", quiet=True, report=False, data=data)
+    straight = train(config(noise_factor=0.2, shards=shards), tmp_path / "straight", quiet=True, report=False, data=data)
 
     def interrupt_after_epoch_2(row):
         if row["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, caught by the trainer: checkpoint, then stop
 
     with pytest.raises(TrainingInterrupted, match="after epoch 2") as stopped:
-        train(config(noise_factor=0.2), tmp_path / "split", quiet=True, report=False, data=data,
+        train(config(noise_factor=0.2, shards=shards), tmp_path / "split", quiet=True, report=False, data=data,
               on_epoch=interrupt_after_epoch_2)
     assert stopped.value.exit_code == 130
     resumed = train(None, tmp_path / "split", resume=True, quiet=True, report=False, data=data)
@@ -113,7 +114,7 @@ def start_training(tmp_path: Path, *args: str) -> subprocess.Popen:
 
 
 TRAIN_ARGS = ["train", "--epochs", "6", "--batch-size", "32", "--lr", "3e-3", "--noise-factor", "0.2",
-              "--no-report", "--quiet"]
+              "--shards", "2", "--no-report", "--quiet"]  # signals arrive while the shard threads work
 
 
 def wait_for_epochs(run_dir: Path, count: int, process: subprocess.Popen, timeout: float = 60) -> None:

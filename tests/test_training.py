@@ -9,7 +9,8 @@ from aelab.config import train_config_for
 from aelab.data.batches import Batches, epoch_order
 from aelab.data.sets import ImageSet, split_train_val
 from aelab.evaluation import reconstruction_loss
-from aelab.training import Trainer, one_cycle
+from aelab import training
+from aelab.training import ShardedStep, Trainer, one_cycle
 from conftest import make_splits
 
 
@@ -127,3 +128,57 @@ def test_bf16_precision_trains_and_keeps_fp32_weights(tmp_path, splits):
     assert all(p.dtype == torch.float32 for p in load_run(tmp_path / "bf16").model.parameters())
     with pytest.raises(AelabError, match="--precision"):
         tiny_config(precision="fp8").validate()
+
+
+# --- shards: the batch split over CPU threads --------------------------------------------------
+
+def test_a_sharded_step_gives_the_gradient_of_the_batch_mean_loss(tmp_path, splits):
+    import copy
+
+    import torch.nn.functional as F
+
+    trainer = Trainer(tiny_config(shards=2), tmp_path, splits, quiet=True)
+    clean = splits["train"].images[:30].float().div(255).contiguous(memory_format=torch.channels_last)
+    reference = copy.deepcopy(trainer.model)
+    # each shard normalises with its own BatchNorm statistics: two forward passes, each weighted 15/30
+    threads = torch.get_num_threads()
+    loss = sum(F.mse_loss(reference(part), part) * len(part) / 30 for part in (clean[:15], clean[15:]))
+    loss.backward()
+    with ShardedStep(trainer, 2) as step:
+        batch_loss = step(clean, clean)
+        threads_inside = torch.get_num_threads()
+    assert float(batch_loss) == pytest.approx(float(loss.detach()), rel=1e-6)
+    for (name, mine), theirs in zip(trainer.model.named_parameters(), reference.parameters()):
+        assert torch.allclose(mine.grad, theirs.grad, rtol=1e-5, atol=1e-7), name
+    replica_buffers = [b for b in step.replicas[1].buffers() if b.is_floating_point()]
+    assert all(torch.equal(a, b) for a, b in zip(step.buffers[0], replica_buffers))  # statistics merged, shared
+    assert threads_inside == max(1, threads // 2) and torch.get_num_threads() == threads  # set, then restored
+
+
+def test_sharded_runs_are_reproducible_and_record_their_shards(tmp_path, splits):
+    a = train(tiny_config(shards=2), tmp_path / "a", quiet=True, report=False, data=splits)
+    b = train(tiny_config(shards=2), tmp_path / "b", quiet=True, report=False, data=splits)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert a.metrics[-1]["train_loss"] < a.metrics[0]["train_loss"]
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["shards"] == 2
+    auto_small = train(tiny_config(epochs=1), tmp_path / "c", quiet=True, report=False, data=splits)
+    assert auto_small.config.train.shards == 1  # batches of 32: too small to split
+    auto = train(tiny_config(epochs=1, batch_size=128), tmp_path / "d", quiet=True, report=False, data=splits)
+    assert auto.config.train.shards == (2 if torch.get_num_threads() >= 2 else 1)
+
+
+def test_an_error_in_a_shard_thread_reaches_the_caller(tmp_path, splits, monkeypatch):
+    import threading
+
+    original = training.loss_fn
+
+    def failing_in_workers(*args):
+        if threading.current_thread().name.startswith("aelab-shard"):
+            raise RuntimeError("planted failure in a shard thread")
+        return original(*args)
+
+    monkeypatch.setattr(training, "loss_fn", failing_in_workers)
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="planted failure"):
+        train(tiny_config(shards=2), tmp_path / "run", quiet=True, report=False, data=splits)
+    assert threading.active_count() == before  # the worker threads ended

@@ -76,6 +76,11 @@ class TrainConfig:
     device: str = "auto"  # auto (cuda, then mps, else cpu) | cpu | cuda | cuda:N | mps
     keep: str = "best"  # which weights become model.safetensors: best (by val loss) | last
     precision: str = "fp32"  # fp32 | bf16 (autocast in the training step; weights and evaluation stay fp32)
+    # CPU: each batch is split into this many shards, trained at once by one thread each, each shard
+    # with its own BatchNorm statistics (as in multi-GPU data-parallel training). 0 = auto: 2 on a
+    # CPU with 2 or more threads and batches of 128 or more, else 1 (the whole batch, one stream).
+    # A run records the number it used. Ignored on GPUs.
+    shards: int = 0
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -94,6 +99,8 @@ class TrainConfig:
             raise AelabError(
                 f"--noise-factor must be 0 (no noise) or more, got {self.noise_factor}; try 0.3"
             )
+        if self.shards < 0:
+            raise AelabError(f"--shards must be 0 (auto) or more, got {self.shards}; try 0")
         if self.precision not in PRECISIONS:
             raise AelabError(f"--precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
         if self.keep not in KEEP:

@@ -8,6 +8,8 @@ continues bit for bit from the last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import math
 import os
@@ -169,6 +171,120 @@ class CudaGraphStep:
         return self.loss.clone()
 
 
+# --- CPU data parallelism: shards of each batch on threads of their own -----------------------------
+
+def resolve_shards(requested: int, device: torch.device, batch_size: int) -> int:
+    """How many shards a batch is split into: ``requested``, or for 0 (auto) 2 on a CPU with 2 or
+    more threads and batches of 128 or more, else 1. Always 1 off the CPU."""
+    if device.type != "cpu":
+        return 1
+    if requested == 0:
+        return 2 if torch.get_num_threads() >= 2 and batch_size >= 128 else 1
+    return requested
+
+
+class ShardedStep:
+    """One training step with the batch split into shards, one thread each, on the CPU.
+
+    The model's small layers leave PyTorch's intra-op threads mostly waiting on each other; whole
+    shards on threads of their own keep every core busy (1.4x on 2 cores, benchmarks/RESULTS.md).
+    The replicas share the model's parameters, so their gradients add up in the parameters'
+    ``.grad`` (each shard's loss is weighted by its share of the batch: the sum is the gradient of
+    the batch's mean loss) and one optimizer step follows. Each replica has its own BatchNorm
+    buffers and normalises with its shard's statistics, as multi-GPU data parallelism does; after
+    each step the running statistics are averaged (weighted by shard size; for the running means
+    this is exactly the whole-batch update) and copied back to every replica.
+    """
+
+    def __init__(self, trainer: "Trainer", shards: int):
+        self.trainer, self.shards = trainer, shards
+        model = trainer.model
+        self.replicas = [model] + [self._share_parameters(copy.deepcopy(model), model) for _ in range(shards - 1)]
+        self.buffers = [[b for b in replica.buffers() if b.is_floating_point()] for replica in self.replicas]
+        self.threads_each = max(1, torch.get_num_threads() // shards)
+        self.saved_threads = torch.get_num_threads()
+        self.jobs: list[Any] = [None] * shards
+        self.losses: list[torch.Tensor | None] = [None] * shards
+        self.errors: list[BaseException] = []
+        self.go = [threading.Semaphore(0) for _ in range(shards)]
+        self.done = threading.Semaphore(0)
+        self.workers = [threading.Thread(target=self._work, args=(k,), name=f"aelab-shard-{k}", daemon=True)
+                        for k in range(1, shards)]
+
+    @staticmethod
+    def _share_parameters(replica: torch.nn.Module, model: torch.nn.Module) -> torch.nn.Module:
+        for name, parameter in model.named_parameters():
+            owner, _, attr = name.rpartition(".")
+            replica.get_submodule(owner)._parameters[attr] = parameter
+        return replica
+
+    def __enter__(self) -> "ShardedStep":
+        torch.set_num_threads(self.threads_each)
+        for worker in self.workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for k in range(1, self.shards):
+            self.jobs[k] = None  # tells the worker to end
+            self.go[k].release()
+        for worker in self.workers:
+            worker.join()
+        torch.set_num_threads(self.saved_threads)
+
+    def _work(self, k: int) -> None:
+        torch.set_num_threads(self.threads_each)
+        while True:
+            self.go[k].acquire()
+            if self.jobs[k] is None:
+                return
+            try:
+                self._shard(k)
+            except BaseException as error:  # handed to the main thread
+                self.errors.append(error)
+            self.done.release()
+
+    def _shard(self, k: int) -> None:
+        cfg = self.trainer.config.train
+        inputs, targets, weight = self.jobs[k]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss = loss_fn(self.replicas[k], inputs, targets, cfg.loss)
+        (loss * weight).backward()
+        self.losses[k] = loss.detach() * weight
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of every shard, then one optimizer step; returns the batch's mean loss."""
+        n = min(self.shards, len(inputs))
+        bounds = [len(inputs) * k // n for k in range(n + 1)]
+        for k in range(n):
+            a, b = bounds[k], bounds[k + 1]
+            self.jobs[k] = (inputs[a:b], targets[a:b], (b - a) / len(inputs))
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        for k in range(1, n):
+            self.go[k].release()
+        try:
+            self._shard(0)
+        finally:
+            for _ in range(1, n):
+                self.done.acquire()
+        if self.errors:
+            error, self.errors[:] = self.errors[0], []
+            raise error
+        self.trainer.optimizer.step()
+        self._merge_statistics(n, [self.jobs[k][2] for k in range(n)])
+        return torch.stack([self.losses[k] for k in range(n)]).sum()
+
+    @torch.no_grad()
+    def _merge_statistics(self, n: int, weights: list[float]) -> None:
+        merged = self.buffers[0]
+        if n > 1:
+            torch._foreach_mul_(merged, weights[0])
+            for k in range(1, n):
+                torch._foreach_add_(merged, self.buffers[k], alpha=weights[k])
+        for k in range(1, self.shards):
+            torch._foreach_copy_(self.buffers[k], merged)
+
+
 # --- signals ------------------------------------------------------------------------------------
 
 class StopFlag:
@@ -284,6 +400,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                           fused=self.device.type in ("cpu", "cuda") or None, capturable=use_graphs)
         self.graph_step = CudaGraphStep(self) if use_graphs else None
+        self.shards = resolve_shards(cfg.shards, self.device, cfg.batch_size)
+        self.sharded: ShardedStep | None = None  # set while run() trains with shards
         self.batches = Batches(splits["train"].images, cfg.batch_size, self.device)
         self.total_steps = cfg.epochs * len(self.batches)
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, self.total_steps)
@@ -363,11 +481,14 @@ class Trainer:
         cfg = self.config.train
         clean = clean.contiguous(memory_format=torch.channels_last)  # [B, C, H, W]; free for C=1
         inputs = add_noise(clean, cfg.noise_factor, self.noise) if self.noise is not None else clean
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = loss_fn(self.model, inputs, clean, cfg.loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.sharded is not None:
+            loss = self.sharded(inputs, clean)
+        else:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss = loss_fn(self.model, inputs, clean, cfg.loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
 
@@ -455,26 +576,35 @@ class Trainer:
                               title=f"epoch {self.epoch}", noisy=noisy)
 
     def run(self) -> None:
+        """Train until ``epochs``: shards on CPU threads where configured, plain fp32 on CUDA."""
+        sharded = ShardedStep(self, self.shards) if self.shards > 1 else None
+        with StopFlag() as stop, plain_fp32(), sharded or contextlib.nullcontext():
+            self.sharded = sharded
+            try:
+                self._run_epochs(stop)
+            finally:
+                self.sharded = None
+
+    def _run_epochs(self, stop: StopFlag) -> None:
         from tqdm.auto import tqdm
 
         cfg = self.config.train
-        with StopFlag() as stop, plain_fp32():
-            while self.epoch < cfg.epochs:
-                start = time.perf_counter()
-                with tqdm(total=len(self.batches), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                          leave=False, disable=self.quiet, unit="batch", file=sys.stderr, mininterval=0.5) as bar:
-                    self.train_epoch(stop, bar)
-                row = self.end_epoch(start)
-                self.elapsed += row["seconds"]
-                if not self.quiet:
-                    print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train loss {row['train_loss']:.5f}  "
-                          f"val loss {row['val_loss']:.5f}  {row['seconds']:.1f} s", flush=True)
-                if self.on_epoch is not None:
-                    self.on_epoch(row)
-                if stop.signum is not None:  # a signal during the validation pass
-                    raise TrainingInterrupted(
-                        f"stopped by {signal.Signals(stop.signum).name} after epoch {self.epoch}; checkpoint saved. "
-                        f"Resume with: aelab train --resume {self.run_dir}", stop.signum)
+        while self.epoch < cfg.epochs:
+            start = time.perf_counter()
+            with tqdm(total=len(self.batches), initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                      leave=False, disable=self.quiet, unit="batch", file=sys.stderr, mininterval=0.5) as bar:
+                self.train_epoch(stop, bar)
+            row = self.end_epoch(start)
+            self.elapsed += row["seconds"]
+            if not self.quiet:
+                print(f"epoch {row['epoch']:3d}/{cfg.epochs}  train loss {row['train_loss']:.5f}  "
+                      f"val loss {row['val_loss']:.5f}  {row['seconds']:.1f} s", flush=True)
+            if self.on_epoch is not None:
+                self.on_epoch(row)
+            if stop.signum is not None:  # a signal during the validation pass
+                raise TrainingInterrupted(
+                    f"stopped by {signal.Signals(stop.signum).name} after epoch {self.epoch}; checkpoint saved. "
+                    f"Resume with: aelab train --resume {self.run_dir}", stop.signum)
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
@@ -500,6 +630,9 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
     if height != width:
         raise AelabError(f"images must be square, got {height}x{width}")
     config = replace(config, model=replace(config.model, in_channels=channels, image_size=height))
+    if config.train.shards == 0:  # auto: the run records the number it uses
+        shards = resolve_shards(0, resolve_device(config.train.device), config.train.batch_size)
+        config = replace(config, train=replace(config.train, shards=shards))
     trainer = Trainer(config, run_dir, splits, quiet, on_epoch)
     if resume:
         trainer.restore()
