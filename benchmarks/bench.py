@@ -10,8 +10,8 @@ images), peak memory, the test MSE after every epoch, and the time to quality: t
 the loop until the test MSE first reaches 0.0265 (the tutorial's final result at latent size 4).
 The tutorial measures its test MSE in its own loop (as written, its per-epoch "validation" is the
 test set); aelab's test MSE is measured by the benchmark outside the timed part. With --full,
-aelab also trains the default (fast) recipe with a budget of --ttq-epochs epochs (the recipe for
-a short run). Ratios are aelab / tutorial; results go to benchmarks/out/bench-DATE.json.
+aelab also trains the quick recipe (the fast recipe on a 7-epoch budget: the run for time to
+quality). Ratios are aelab / tutorial; results go to benchmarks/out/bench-DATE.json.
 
 On a GPU (the default device when there is one) aelab replays each training step as one CUDA
 graph; --eager adds a run without graphs (AELAB_CUDA_GRAPHS=0) to show what they bring, and
@@ -144,10 +144,10 @@ def _summary(name: str, history: list[dict], final_mse: float, eval_seconds: flo
     }
 
 
-def _side(args, side: str, epochs: int, precision: str = "fp32", eager: bool = False) -> dict:
+def _side(args, side: str, epochs: int, precision: str = "fp32", eager: bool = False, recipe: str | None = None) -> dict:
     """Run one side in a fresh process and return its JSON."""
     command = [sys.executable, __file__, "--side", side, "--epochs", str(epochs), "--device", args.device,
-               "--recipe", args.recipe, "--precision", precision] + (["--data-dir", args.data_dir] if args.data_dir else [])
+               "--recipe", recipe or args.recipe, "--precision", precision] + (["--data-dir", args.data_dir] if args.data_dir else [])
     command += ["--eager"] if eager else []
     print(f"bench: {side}, {epochs} epochs, {precision}{' eager' if eager else ''} ...", file=sys.stderr, flush=True)
     result = subprocess.run(command, capture_output=True, text=True)
@@ -164,8 +164,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="30 epochs each, and the time-to-quality run")
     parser.add_argument("--epochs", type=int, help="epochs for each side (default: 3, or 30 with --full)")
-    parser.add_argument("--ttq-epochs", type=int, default=10, help="aelab's short-run budget with --full (default: 10)")
-    parser.add_argument("--recipe", default="fast", help="aelab's recipe (default: fast)")
+    parser.add_argument("--ttq-recipe", default="quick",
+                        help="with --full, aelab's recipe for the time-to-quality run, with its own epochs (default: quick)")
+    parser.add_argument("--recipe", default="fast", help="aelab's recipe for the main run (default: fast)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
                         help="aelab's training precision; several: one aelab run each (default: fp32)")
@@ -191,8 +192,11 @@ def main() -> None:
         sides[f"aelab_{precision}"] = _side(args, "aelab", epochs, precision)
     if args.eager and args.device.startswith("cuda"):
         sides["aelab_eager"] = _side(args, "aelab", epochs, first, eager=True)
-    if args.full and args.ttq_epochs != epochs:
-        sides["aelab_short"] = _side(args, "aelab", args.ttq_epochs, first)
+    if args.full:
+        from aelab.config import train_config_for
+
+        short = train_config_for(args.ttq_recipe)
+        sides["aelab_short"] = _side(args, "aelab", short.epochs, first, recipe=args.ttq_recipe)
     tutorial, aelab = sides["tutorial"], sides["aelab"]
     ttq_tutorial = tutorial["time_to_quality_s"]
     ttq_aelab = min((s["time_to_quality_s"] for k, s in sides.items() if k != "tutorial" and s["time_to_quality_s"]),
