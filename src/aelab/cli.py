@@ -280,8 +280,9 @@ def _add_train(sub) -> None:
                    f"(default: {t.device})")
     p.add_argument("--keep", choices=KEEP, help="which weights become model.safetensors: best (lowest validation "
                    f"loss) or last (default: {t.keep})")
-    p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the training step to bfloat16 (for GPUs "
-                   f"with bf16; on this project's 2-core CPU it is slower, see benchmarks/RESULTS.md) (default: {t.precision})")
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the training step to bfloat16 (measured "
+                   "no faster for this small model: slower on a 2-core CPU, equal on an H200; see benchmarks/RESULTS.md) "
+                   f"(default: {t.precision})")
     p.add_argument("--shards", type=int, metavar="N",
                    help="CPU: split each batch into N shards trained at once, one thread each, each with its own "
                         "BatchNorm statistics (as multi-GPU data parallelism does); 1 = off; 0 = auto: 2 on a CPU "
