@@ -32,7 +32,7 @@ def _conv_transpose_3x3_stride2(x: torch.Tensor, weight: torch.Tensor, bias: tor
     batch, c_in, height, width = x.shape
     c_out = weight.shape[1]
     # the product as a 1x1 convolution: oneDNN's kernel beats a matrix product of these thin shapes
-    weight_1x1 = weight.permute(0, 2, 3, 1).reshape(c_in, 9 * c_out).t().reshape(9 * c_out, c_in, 1, 1)
+    weight_1x1 = weight.permute(0, 2, 3, 1).reshape(c_in, 9 * c_out).t().contiguous().view(9 * c_out, c_in, 1, 1)
     taps = F.conv2d(x.contiguous(memory_format=torch.channels_last), weight_1x1)  # [B, 9*C_out, H, W]
     taps = taps.permute(0, 2, 3, 1).reshape(batch, height, width, 3, 3, c_out)
     full = x.new_zeros(batch, max(2 * height + 1, padding + out_size[0]), max(2 * width + 1, padding + out_size[1]),
