@@ -45,28 +45,34 @@ def _conv_transpose_3x3_stride2(x: torch.Tensor, weight: torch.Tensor, bias: tor
 
 
 class _ConvTranspose3x3Stride2(torch.autograd.Function):
-    """Forward: the matrix-product formulation above; backward: PyTorch's own kernels (unchanged)."""
+    """Forward: the taps formulation above. Backward: the input's gradient is the stride-2
+    convolution of the output's gradient with the same weights, the weights' gradient that of a
+    stride-2 convolution with the roles of input and output swapped; oneDNN's regular convolution
+    kernels do both faster than its transposed-convolution backward (benchmarks/RESULTS.md)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding: int, output_padding: int, out_size: tuple[int, int]):
+    def forward(ctx, x, weight, bias, padding: int, out_size: tuple[int, int]):
         ctx.save_for_backward(x, weight)
-        ctx.settings = (padding, output_padding, None if bias is None else [bias.shape[0]])
+        ctx.padding, ctx.has_bias = padding, bias is not None
         return _conv_transpose_3x3_stride2(x, weight, bias, padding, out_size)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        padding, output_padding, bias_sizes = ctx.settings
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_sizes is not None and ctx.needs_input_grad[2]]
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad, x, weight, bias_sizes, [2, 2], [padding, padding], [1, 1], True,
-            [output_padding, output_padding], 1, mask)
-        return grad_x, grad_w, grad_b, None, None, None
+        padding = ctx.padding
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = F.conv2d(grad, weight, None, 2, padding) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(x, grad, weight, None, [2, 2], [padding, padding], [1, 1],
+                                                         False, [0, 0], 1, [False, True, False])[1]
+        grad_b = grad.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b, None, None
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` (same parameters, same state_dict) with a faster forward pass for the
-    3x3 stride-2 layers on the CPU in fp32; anything else takes PyTorch's own path."""
+    """``nn.ConvTranspose2d`` (same parameters, same state_dict) with faster forward and backward
+    passes for the 3x3 stride-2 layers on the CPU in fp32; anything else takes PyTorch's own path."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         fast = (output_size is None and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
@@ -78,7 +84,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             return super().forward(x, output_size)
         padding, output_padding = self.padding[0], self.output_padding[0]
         out_size = tuple((n - 1) * 2 - 2 * padding + 3 + output_padding for n in x.shape[2:])
-        return _ConvTranspose3x3Stride2.apply(x, self.weight, self.bias, padding, output_padding, out_size)
+        return _ConvTranspose3x3Stride2.apply(x, self.weight, self.bias, padding, out_size)
 
 
 def encoder_sizes(image_size: int) -> list[int]:
