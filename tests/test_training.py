@@ -144,7 +144,7 @@ def test_a_sharded_step_gives_the_gradient_of_the_batch_mean_loss(tmp_path, spli
     threads = torch.get_num_threads()
     loss = sum(F.mse_loss(reference(part), part) * len(part) / 30 for part in (clean[:15], clean[15:]))
     loss.backward()
-    with ShardedStep(trainer, 2) as step:
+    with ShardedStep(trainer.model, trainer.optimizer, trainer.config.train, 2) as step:
         batch_loss = step(clean, clean)
         threads_inside = torch.get_num_threads()
     assert float(batch_loss) == pytest.approx(float(loss.detach()), rel=1e-6)

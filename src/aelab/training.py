@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .data.batches import Batches
 from .data.sets import ImageSet, load_splits
 from .devices import plain_fp32, resolve_device
@@ -196,20 +196,18 @@ class ShardedStep:
     this is exactly the whole-batch update) and copied back to every replica.
     """
 
-    def __init__(self, trainer: "Trainer", shards: int):
-        self.trainer, self.shards = trainer, shards
-        model = trainer.model
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, shards: int):
+        self.optimizer, self.config, self.shards = optimizer, config, shards
         self.replicas = [model] + [self._share_parameters(copy.deepcopy(model), model) for _ in range(shards - 1)]
         self.buffers = [[b for b in replica.buffers() if b.is_floating_point()] for replica in self.replicas]
         self.threads_each = max(1, torch.get_num_threads() // shards)
-        self.saved_threads = torch.get_num_threads()
+        self.saved_threads = torch.get_num_threads()  # restored on exit
         self.jobs: list[Any] = [None] * shards
         self.losses: list[torch.Tensor | None] = [None] * shards
         self.errors: list[BaseException] = []
         self.go = [threading.Semaphore(0) for _ in range(shards)]
         self.done = threading.Semaphore(0)
-        self.workers = [threading.Thread(target=self._work, args=(k,), name=f"aelab-shard-{k}", daemon=True)
-                        for k in range(1, shards)]
+        self.workers: list[threading.Thread] = []
 
     @staticmethod
     def _share_parameters(replica: torch.nn.Module, model: torch.nn.Module) -> torch.nn.Module:
@@ -219,7 +217,11 @@ class ShardedStep:
         return replica
 
     def __enter__(self) -> "ShardedStep":
+        """Start the worker threads (one per shard after the first) and set one intra-op thread each."""
+        self.saved_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads_each)
+        self.workers = [threading.Thread(target=self._work, args=(k,), name=f"aelab-shard-{k}", daemon=True)
+                        for k in range(1, self.shards)]
         for worker in self.workers:
             worker.start()
         return self
@@ -245,7 +247,7 @@ class ShardedStep:
             self.done.release()
 
     def _shard(self, k: int) -> None:
-        cfg = self.trainer.config.train
+        cfg = self.config
         inputs, targets, weight = self.jobs[k]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             loss = loss_fn(self.replicas[k], inputs, targets, cfg.loss)
@@ -259,7 +261,7 @@ class ShardedStep:
         for k in range(n):
             a, b = bounds[k], bounds[k + 1]
             self.jobs[k] = (inputs[a:b], targets[a:b], (b - a) / len(inputs))
-        self.trainer.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         for k in range(1, n):
             self.go[k].release()
         try:
@@ -270,7 +272,7 @@ class ShardedStep:
         if self.errors:
             error, self.errors[:] = self.errors[0], []
             raise error
-        self.trainer.optimizer.step()
+        self.optimizer.step()
         self._merge_statistics(n, [self.jobs[k][2] for k in range(n)])
         return torch.stack([self.losses[k] for k in range(n)]).sum()
 
@@ -577,7 +579,7 @@ class Trainer:
 
     def run(self) -> None:
         """Train until ``epochs``: shards on CPU threads where configured, plain fp32 on CUDA."""
-        sharded = ShardedStep(self, self.shards) if self.shards > 1 else None
+        sharded = ShardedStep(self.model, self.optimizer, self.config.train, self.shards) if self.shards > 1 else None
         with StopFlag() as stop, plain_fp32(), sharded or contextlib.nullcontext():
             self.sharded = sharded
             try:
