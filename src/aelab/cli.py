@@ -286,7 +286,7 @@ def _add_train(sub) -> None:
     p.add_argument("--shards", type=int, metavar="N",
                    help="CPU: split each batch into N shards trained at once, one thread each, each with its own "
                         "BatchNorm statistics (as multi-GPU data parallelism does); 1 = off; 0 = auto: 2 on a CPU "
-                        "with 2+ threads and batches of 128+ (1.4x faster on 2 cores) (default: 0)")
+                        "with 2+ threads and batches of 128+ (1.08x on 2 cores, see benchmarks/RESULTS.md) (default: 0)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     _add_common(p)
     p.set_defaults(func=cmd_train)

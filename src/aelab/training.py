@@ -187,7 +187,7 @@ class ShardedStep:
     """One training step with the batch split into shards, one thread each, on the CPU.
 
     The model's small layers leave PyTorch's intra-op threads mostly waiting on each other; whole
-    shards on threads of their own keep every core busy (1.4x on 2 cores, benchmarks/RESULTS.md).
+    shards on threads of their own keep every core busy (1.08x on 2 cores, benchmarks/RESULTS.md).
     The replicas share the model's parameters, so their gradients add up in the parameters'
     ``.grad`` (each shard's loss is weighted by its share of the batch: the sum is the gradient of
     the batch's mean loss) and one optimizer step follows. Each replica has its own BatchNorm
