@@ -107,3 +107,14 @@ def test_report_renders_in_headless_chromium(cli_run):
     assert shot.exists() and shot.stat().st_size > 50_000, result.stderr[-500:]
     pixels = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(shot).convert("L"))
     assert pixels.std() > 20  # not a blank page
+
+
+def test_a_missing_plotting_library_is_a_clear_message_and_the_run_is_kept(trained_run, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "plotly", None)  # as if plotly were not installed
+    before = (trained_run / "model.safetensors").read_bytes()
+    assert main(["report", str(trained_run)]) == 2
+    err = capsys.readouterr().err
+    assert "needs plotly" in err and "pip install plotly" in err and f"aelab report {trained_run}" in err
+    assert "Traceback" not in err and (trained_run / "model.safetensors").read_bytes() == before

@@ -9,6 +9,7 @@ for a denoising run. The pictures are also saved as PNGs in the run's figures/ f
 from __future__ import annotations
 
 import html
+import importlib
 import re
 import sys
 import time
@@ -22,9 +23,11 @@ import torch
 from . import latent, plots
 from .checkpoint import Run, load_run, read_json
 from .data.sets import ImageSet, load_split
+from .errors import AelabError
 from .evaluation import add_noise, noise_generator
 from .fsutil import atomic_write_text
 
+REPORT_LIBRARIES = (("plotly", "plotly"), ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn"))
 MAP_POINTS = 3000  # points on each interactive map (stratified by label); keeps the page light
 GRID_N = 12
 SAMPLES = 32
@@ -91,6 +94,12 @@ def write_report(run_dir: str | Path, quiet: bool = False, data_dir: str | None 
     ``splits`` (``{"train", "test"}`` ImageSets) for a run trained on data given in memory.
     """
     started = time.perf_counter()
+    for module, package in REPORT_LIBRARIES:  # an incomplete install: say so before any work
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise AelabError(f"the report needs {package}, which is not installed: pip install {package} "
+                             f"(or reinstall aelab), then: aelab report {run_dir}") from None
     run = load_run(run_dir)
     if not quiet:
         print("aelab: writing the report (latent maps, t-SNE, generated images) ...", file=sys.stderr, flush=True)

@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -233,6 +233,15 @@ class ShardedStep:
         for worker in self.workers:
             worker.join()
         torch.set_num_threads(self.saved_threads)
+
+    @contextlib.contextmanager
+    def all_threads(self) -> Iterator[None]:
+        """Within: the calling thread uses every intra-op thread again (for the validation pass)."""
+        torch.set_num_threads(self.saved_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self.threads_each)
 
     def _work(self, k: int) -> None:
         torch.set_num_threads(self.threads_each)
@@ -538,8 +547,9 @@ class Trainer:
     def end_epoch(self, started: float) -> dict[str, float]:
         """Validation, metrics, best weights, checkpoint, figure. ``seconds``: training + validation."""
         cfg = self.config.train
-        val_loss = reconstruction_loss(self.model, self.val_images, cfg.loss, noise_factor=cfg.noise_factor,
-                                       seed=cfg.seed)
+        with self.sharded.all_threads() if self.sharded is not None else contextlib.nullcontext():
+            val_loss = reconstruction_loss(self.model, self.val_images, cfg.loss, noise_factor=cfg.noise_factor,
+                                           seed=cfg.seed)
         row = {"epoch": self.epoch + 1, "train_loss": float(self.loss_sum) / max(1, self.loss_count),
                "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - started, 3)}
