@@ -91,6 +91,16 @@ def loss_fn(model: ConvAutoencoder, inputs: torch.Tensor, targets: torch.Tensor,
     return F.mse_loss(model(inputs), targets)
 
 
+def forward_backward(model: ConvAutoencoder, inputs: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig,
+                     weight: float = 1.0) -> torch.Tensor:
+    """The loss of ``model`` on a batch (bf16 autocast if asked) and its gradient, times ``weight``,
+    added to the parameters' ``.grad``; returns the (unweighted) loss, detached."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        loss = loss_fn(model, inputs, targets, cfg.loss)
+    (loss * weight if weight != 1.0 else loss).backward()
+    return loss.detach()
+
+
 # --- the whole step as one CUDA graph --------------------------------------------------------------
 
 def cuda_graphs_wanted(device: torch.device, noise_factor: float) -> bool:
@@ -121,13 +131,11 @@ class CudaGraphStep:
         self.loss: torch.Tensor | None = None
 
     def _step(self) -> torch.Tensor:
-        t, cfg = self.trainer, self.trainer.config.train
+        t = self.trainer
         clean = t.batches.gather(self.index).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(t.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = loss_fn(t.model, clean, clean, cfg.loss)
-        loss.backward()
+        loss = forward_backward(t.model, clean, clean, t.config.train)
         t.optimizer.step()
-        return loss.detach()
+        return loss
 
     def capture(self) -> None:
         model, optimizer, device = self.trainer.model, self.trainer.optimizer, self.trainer.device
@@ -256,12 +264,8 @@ class ShardedStep:
             self.done.release()
 
     def _shard(self, k: int) -> None:
-        cfg = self.config
         inputs, targets, weight = self.jobs[k]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss = loss_fn(self.replicas[k], inputs, targets, cfg.loss)
-        (loss * weight).backward()
-        self.losses[k] = loss.detach() * weight
+        self.losses[k] = forward_backward(self.replicas[k], inputs, targets, self.config, weight) * weight
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Forward and backward of every shard, then one optimizer step; returns the batch's mean loss."""
@@ -495,13 +499,11 @@ class Trainer:
         if self.sharded is not None:
             loss = self.sharded(inputs, clean)
         else:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss = loss_fn(self.model, inputs, clean, cfg.loss)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = forward_backward(self.model, inputs, clean, cfg)
             self.optimizer.step()
         self.scheduler.step()
-        return loss.detach()
+        return loss
 
     def _check_finite(self, losses: torch.Tensor, first_step: int) -> None:
         bad = (~torch.isfinite(losses)).nonzero()
