@@ -19,6 +19,7 @@ def run_cli(*args, env=None):
     (["train", "--latent-dim", "0"], "--latent-dim must be at least 1"),
     (["train", "--epochs", "-1"], "--epochs must be at least 1"),
     (["train", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+    (["train", "--shards", "-1"], "--shards must be 0 (auto) or more"),
     (["evaluate", "/nonexistent/run"], "run folder /nonexistent/run does not exist"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, words, tmp_path):

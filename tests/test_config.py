@@ -36,11 +36,18 @@ def test_json_round_trip():
     (RunConfig(train=TrainConfig(lr=0)), "--lr"),
     (RunConfig(train=TrainConfig(loss="l1")), "--loss"),
     (RunConfig(train=TrainConfig(noise_factor=-0.1)), "--noise-factor"),
+    (RunConfig(train=TrainConfig(shards=-1)), "--shards"),
 ])
 def test_bad_values_name_the_option_and_a_fix(config, words):
     with pytest.raises(AelabError, match=words) as error:
         config.validate()
     assert "try" in str(error.value) or "choose" in str(error.value) or "must be" in str(error.value)
+
+
+def test_a_config_from_before_shards_reads_as_one_shard():
+    values = RunConfig().to_dict()
+    del values["train"]["shards"]  # written by aelab before shards existed: its runs trained unsharded
+    assert RunConfig.from_dict(values).train.shards == 1
 
 
 def test_unknown_settings_in_a_config_file_are_refused(tmp_path):

@@ -155,6 +155,8 @@ class RunConfig:
             if not isinstance(section, dict):
                 raise AelabError(f"{source}: section {name!r} is missing; the file is not an aelab config")
             known = {f.name for f in dataclasses.fields(kind)}
+            if name == "train" and "shards" not in section:  # written before shards existed: trained unsharded
+                section = {**section, "shards": 1}
             unknown = set(section) - known
             if unknown:
                 raise AelabError(
