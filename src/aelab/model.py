@@ -1,7 +1,8 @@
 """The tutorial's convolutional autoencoder, layer for layer and with its attribute names.
 
 A ``state_dict`` saved from the tutorial's own ``Encoder`` and ``Decoder`` loads into
-``ConvAutoencoder.encoder`` / ``.decoder`` and gives the same outputs, and the reverse.
+``ConvAutoencoder.encoder`` / ``.decoder`` and gives the same outputs (within float rounding: the
+transposed convolutions are computed another way on the CPU, see ``ConvTranspose2d``), and the reverse.
 Spatial sizes are computed from the input size (28 -> 14 -> 7 -> 3 for MNIST), not hard-coded.
 """
 
@@ -18,7 +19,7 @@ CHANNELS = (8, 16, 32)  # the tutorial's convolution widths
 HIDDEN = 128  # the tutorial's fully connected width
 
 
-# --- the transposed convolutions' forward pass on the CPU --------------------------------------
+# --- the transposed convolutions on the CPU ----------------------------------------------------
 
 def _conv_transpose_3x3_stride2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
                                 out_size: tuple[int, int]) -> torch.Tensor:
@@ -26,8 +27,9 @@ def _conv_transpose_3x3_stride2(x: torch.Tensor, weight: torch.Tensor, bias: tor
 
     Every input pixel's contribution to its 3x3 output neighbourhood is one row of
     ``x @ W`` ([B*H*W, C_in] @ [C_in, 9*C_out], computed as a 1x1 convolution); the nine taps are
-    then added into every other output pixel. On the CPU this is 2-2.5x faster than oneDNN's kernel for the decoder's small
-    channel counts (benchmarks/RESULTS.md). Returns [B, C_out, *out_size], channels-last.
+    then added into every other output pixel. For the decoder's small channel counts this is 1.1-4x
+    faster per layer than oneDNN's kernel (benchmarks/RESULTS.md). Returns [B, C_out, *out_size],
+    channels-last.
     """
     batch, c_in, height, width = x.shape
     c_out = weight.shape[1]
