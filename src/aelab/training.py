@@ -450,9 +450,8 @@ class Trainer:
             raise AelabError(f"--resume {self.run_dir}: the training data differ from the data this run was "
                              "trained on (another dataset version or data folder); resume with the same data")
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the run may have been saved on another device
-            group["fused"] = self.device.type in ("cpu", "cuda") or None
-            group["capturable"] = self.graph_step is not None
+        for group in self.optimizer.param_groups:  # the run may have been saved on another device: keep this one's
+            group["fused"], group["capturable"] = self.optimizer.defaults["fused"], self.optimizer.defaults["capturable"]
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
