@@ -12,7 +12,7 @@
 #   1. the CUDA tests (tests/test_cuda.py: graphed training = eager training, resume, bf16), the training and
 #      CLI tests (which hide the GPU), and how far two eager and two graphed runs differ;
 #   2. bench.py --full on the GPU: the tutorial as written, aelab fp32 and bf16 with CUDA graphs, aelab
-#      fp32 without graphs (--eager), and the 10-epoch run;
+#      fp32 without graphs (--eager), and the quick recipe (time to quality);
 #   3. `aelab train` as a user runs it (defaults, report included), timed.
 # Results: $OUT/*.txt, the bench JSON and the run's metrics; copy the numbers into benchmarks/RESULTS.md.
 set -uo pipefail
