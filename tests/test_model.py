@@ -55,7 +55,8 @@ def test_tutorial_weights_load_into_aelab_and_back():
 
 
 @pytest.mark.parametrize("c_in, c_out, size, padding, output_padding",
-                         [(32, 16, 3, 0, 0), (16, 8, 7, 1, 1), (8, 1, 14, 1, 1), (4, 3, 5, 1, 0), (3, 2, 6, 0, 1)])
+                         [(32, 16, 3, 0, 0), (16, 8, 7, 1, 1), (8, 1, 14, 1, 1), (4, 3, 5, 1, 0), (3, 2, 6, 0, 1),
+                          (3, 8, 5, 0, 1), (2, 9, 4, 1, 0)])  # both formulations: fewer than 8 outputs, or 8+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fast_transposed_convolution_equals_pytorchs(c_in, c_out, size, padding, output_padding, channels_last):
     ours = ConvTranspose2d(c_in, c_out, 3, stride=2, padding=padding, output_padding=output_padding)
@@ -70,3 +71,4 @@ def test_fast_transposed_convolution_equals_pytorchs(c_in, c_out, size, padding,
     reference_grads = torch.autograd.grad(b, [x, reference.weight, reference.bias], grad)
     for mine, theirs in zip(ours_grads, reference_grads):
         assert torch.allclose(mine, theirs, rtol=1e-5, atol=1e-5)
+
