@@ -155,6 +155,17 @@ def test_a_sharded_step_gives_the_gradient_of_the_batch_mean_loss(tmp_path, spli
     assert threads_inside == max(1, threads // 2) and torch.get_num_threads() == threads  # set, then restored
 
 
+def test_a_sharded_step_works_for_a_model_without_batchnorm():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4), torch.nn.Unflatten(1, (1, 2, 2)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.rand(8, 1, 2, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    with ShardedStep(model, optimizer, tiny_config().train, 2) as step:
+        loss = step(x, x)
+    assert torch.isfinite(loss) and not torch.equal(before[0], model[1].weight)
+
+
 def test_sharded_runs_are_reproducible_and_record_their_shards(tmp_path, splits):
     a = train(tiny_config(shards=2), tmp_path / "a", quiet=True, report=False, data=splits)
     b = train(tiny_config(shards=2), tmp_path / "b", quiet=True, report=False, data=splits)

@@ -292,6 +292,8 @@ class ShardedStep:
     @torch.no_grad()
     def _merge_statistics(self, n: int, weights: list[float]) -> None:
         merged = self.buffers[0]
+        if not merged:  # a model without BatchNorm
+            return
         if n > 1:
             torch._foreach_mul_(merged, weights[0])
             for k in range(1, n):
