@@ -10,7 +10,7 @@ images), peak memory, the test MSE after every epoch, and the time to quality: t
 the loop until the test MSE first reaches 0.0265 (the tutorial's final result at latent size 4).
 The tutorial measures its test MSE in its own loop (as written, its per-epoch "validation" is the
 test set); aelab's test MSE is measured by the benchmark outside the timed part. With --full,
-aelab also trains the quick recipe (the fast recipe on an 8-epoch budget: the run for time to
+aelab also trains the quick recipe (the fast recipe on a 9-epoch budget: the run for time to
 quality). Ratios are aelab / tutorial; results go to benchmarks/out/bench-DATE.json.
 
 On a GPU (the default device when there is one) aelab replays each training step as one CUDA
