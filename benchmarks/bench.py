@@ -1,7 +1,7 @@
 """Side by side: the tutorial's pipeline as written and aelab, same data, same machine, one run.
 
     .venv/bin/python benchmarks/bench.py            # quick: 3 epochs each (about 1-2 minutes on 2 CPU cores)
-    .venv/bin/python benchmarks/bench.py --full     # 30 epochs each + time to quality (about 6 minutes)
+    .venv/bin/python benchmarks/bench.py --full     # 30 epochs each + time to quality (about 4-7 minutes)
 
 Each side runs in its own process (so peak memory is its own) and reports: training images/s
 (the training passes alone), seconds per epoch (the whole loop: training, the per-epoch
