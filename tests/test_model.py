@@ -71,4 +71,3 @@ def test_fast_transposed_convolution_equals_pytorchs(c_in, c_out, size, padding,
     reference_grads = torch.autograd.grad(b, [x, reference.weight, reference.bias], grad)
     for mine, theirs in zip(ours_grads, reference_grads):
         assert torch.allclose(mine, theirs, rtol=1e-5, atol=1e-5)
-
