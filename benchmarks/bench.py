@@ -56,7 +56,7 @@ def run_tutorial(args) -> dict:
 
     from aelab.data.sources import fetch
 
-    data_dir = fetch("mnist", args.data_dir, quiet=True).parent.parent
+    data_dir = fetch("mnist", args.data_dir).parent.parent
     device = torch.device(args.device)
     history = []
     loss_fn = torch.nn.MSELoss()
@@ -85,34 +85,31 @@ def run_aelab(args, epochs: int) -> dict:
 
     config = RunConfig(data=DataConfig(data_dir=args.data_dir),
                        train=train_config_for(args.recipe, epochs=epochs, device=args.device, precision=args.precision[0]))
-    splits = load_splits(config.data, quiet=True)
+    splits = load_splits(config.data)
     device = torch.device(args.device)
     test = splits["test"].images.to(device)
     history, clock = [], {"train": 0.0, "wall": 0.0}
-    import aelab.training as training
+    from aelab.callbacks import Callback
 
-    original_train, original_end = training.Trainer.train_epoch, training.Trainer.end_epoch
+    class Clock(Callback):
+        """Times the training passes alone and the whole loop; the test MSE is measured outside both."""
 
-    def train_epoch(self, stop, bar):  # time the training passes alone
-        clock["start"] = time.perf_counter()
-        original_train(self, stop, bar)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        clock["train"] += time.perf_counter() - clock["start"]
+        def on_epoch_start(self, trainer):
+            clock["start"] = time.perf_counter()
 
-    def end_epoch(self, started):  # the whole loop is timed; the test MSE is measured after, outside it
-        row = original_end(self, started)
-        clock["wall"] += time.perf_counter() - clock["start"]
-        history.append({"epoch": row["epoch"], "train_seconds": clock["train"], "wall_seconds": clock["wall"],
-                        "test_mse": reconstruction_loss(self.model, test, "mse")})
-        return row
+        def on_step_end(self, trainer):
+            if trainer.step == len(trainer.batches):  # the epoch's training pass ends here
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                clock["train"] += time.perf_counter() - clock["start"]
 
-    training.Trainer.train_epoch, training.Trainer.end_epoch = train_epoch, end_epoch
+        def on_epoch_end(self, trainer, row):  # after validation, checkpoint, metrics and figure
+            clock["wall"] += time.perf_counter() - clock["start"]
+            history.append({"epoch": row["epoch"], "train_seconds": clock["train"], "wall_seconds": clock["wall"],
+                            "test_mse": reconstruction_loss(trainer.model, test, "mse")})
+
     out = HERE / "out" / f"aelab-run-{epochs}"
-    try:
-        result = train(config, out, overwrite=True, quiet=True, report=False, data=splits)
-    finally:
-        training.Trainer.train_epoch, training.Trainer.end_epoch = original_train, original_end
+    result = train(config, out, overwrite=True, report=False, data=splits, callbacks=[Clock()])
     start = time.perf_counter()
     final = reconstruction_loss(result.model, test, "mse")
     if device.type == "cuda":

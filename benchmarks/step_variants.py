@@ -5,8 +5,8 @@
 Variants run interleaved (round after round of 8,192 real MNIST images, batch 256, Adam), so a
 slow moment of a shared machine touches them all alike; the median images/s of each is printed.
 This is how the choices in aelab's CPU training step were made (benchmarks/RESULTS.md):
-channels-last, fused Adam, fp32, the transposed convolutions of ``aelab.model.ConvTranspose2d``
-(against PyTorch's ``nn.ConvTranspose2d``) and shards (``aelab.training.ShardedStep``, the batch
+channels-last, fused Adam, fp32, the transposed convolutions of ``aelab.ops.ConvTranspose2d``
+(against PyTorch's ``nn.ConvTranspose2d``) and shards (``aelab.steps.ShardedStep``, the batch
 split over threads of their own) against PyTorch's intra-op threads.
 """
 
@@ -22,8 +22,9 @@ import torch.nn.functional as F
 
 from aelab.config import DataConfig, TrainConfig
 from aelab.data.sets import load_split
-from aelab.model import ConvAutoencoder, ConvTranspose2d
-from aelab.training import ShardedStep
+from aelab.model import ConvAutoencoder
+from aelab.ops import ConvTranspose2d
+from aelab.steps import ShardedStep
 
 
 class Variant:
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add a torch.compile variant (compile time excluded)")
     parser.add_argument("--data-dir", help="data folder (default: aelab's)")
     args = parser.parse_args()
-    images = load_split(DataConfig(data_dir=args.data_dir), "train", quiet=True).images[:8192].float().div(255)
+    images = load_split(DataConfig(data_dir=args.data_dir), "train").images[:8192].float().div(255)
     variants = [
         Variant("intra-op threads, PyTorch's convT", images, aelab_convt=False),
         Variant("intra-op threads, aelab's convT", images),

@@ -66,7 +66,7 @@ def trained_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     config = RunConfig(train=train_config_for("fast", epochs=3, batch_size=32, lr=3e-3))
-    train(config, out, quiet=True, report=False, data=make_splits())
+    train(config, out, report=False, data=make_splits())
     return out
 
 

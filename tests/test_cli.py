@@ -94,7 +94,7 @@ def test_resume_from_the_command_line(fake_mnist, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--out", str(out), "--no-report", "--quiet"]) == 0
     assert main(["train", "--resume", str(out), "--latent-dim", "8", "--quiet"]) == 2
-    assert "latent_dim=4, not 8" in capsys.readouterr().err
+    assert "trained with --latent-dim 4, not 8" in capsys.readouterr().err
     assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet", "--no-report"]) == 0
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
     assert main(["train", "--out", str(out), "--epochs", "1", "--quiet"]) == 2

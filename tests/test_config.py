@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -29,19 +30,36 @@ def test_json_round_trip():
     assert again == config
 
 
+FIX = re.compile(r"; (try|choose) \S")  # a message ends by naming a fix: "...; try 0.2", "...; choose mse or bce"
+
+
 @pytest.mark.parametrize("config, words", [
-    (RunConfig(model=ModelConfig(latent_dim=0)), "--latent-dim"),
-    (RunConfig(train=TrainConfig(epochs=-1)), "--epochs"),
-    (RunConfig(data=DataConfig(val_fraction=1.5)), "--val-fraction"),
-    (RunConfig(train=TrainConfig(lr=0)), "--lr"),
-    (RunConfig(train=TrainConfig(loss="l1")), "--loss"),
-    (RunConfig(train=TrainConfig(noise_factor=-0.1)), "--noise-factor"),
-    (RunConfig(train=TrainConfig(shards=-1)), "--shards"),
+    (RunConfig(data=DataConfig(dataset="cifar")), "`data.dataset`"),
+    (RunConfig(data=DataConfig(val_fraction=1.5)), "`data.val_fraction`"),
+    (RunConfig(model=ModelConfig(latent_dim=0)), "`model.latent_dim`"),
+    (RunConfig(model=ModelConfig(in_channels=0)), "`model.in_channels`"),
+    (RunConfig(model=ModelConfig(image_size=8)), "16x16"),
+    (RunConfig(train=TrainConfig(epochs=-1)), "`train.epochs`"),
+    (RunConfig(train=TrainConfig(batch_size=0)), "`train.batch_size`"),
+    (RunConfig(train=TrainConfig(lr=0)), "`train.lr`"),
+    (RunConfig(train=TrainConfig(weight_decay=-1)), "`train.weight_decay`"),
+    (RunConfig(train=TrainConfig(schedule="step")), "`train.schedule`"),
+    (RunConfig(train=TrainConfig(loss="l1")), "`train.loss`"),
+    (RunConfig(train=TrainConfig(noise_factor=-0.1)), "`train.noise_factor`"),
+    (RunConfig(train=TrainConfig(shards=-1)), "`train.shards`"),
+    (RunConfig(train=TrainConfig(precision="fp8")), "`train.precision`"),
+    (RunConfig(train=TrainConfig(keep="first")), "`train.keep`"),
+    (RunConfig(train=TrainConfig(recipe="slow")), "`train.recipe`"),
 ])
-def test_bad_values_name_the_option_and_a_fix(config, words):
-    with pytest.raises(AelabError, match=words) as error:
+def test_bad_values_name_the_setting_and_a_fix(config, words):
+    with pytest.raises(AelabError, match=re.escape(words)) as error:
         config.validate()
-    assert "try" in str(error.value) or "choose" in str(error.value) or "must be" in str(error.value)
+    assert FIX.search(str(error.value)), f"names no fix: {error.value}"
+
+
+def test_the_fix_check_fails_on_a_message_without_a_fix():
+    assert not FIX.search("`train.loss` must be mse or bce, got 'l1'")
+    assert FIX.search("unknown `train.loss` 'l1'; choose mse or bce")
 
 
 def test_a_config_from_before_shards_reads_as_one_shard():

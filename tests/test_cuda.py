@@ -22,7 +22,7 @@ def cuda_config(**train_settings):
 
 def train_cuda(tmp_path, name, monkeypatch, graphs: bool, splits=None, **train_settings):
     monkeypatch.setenv("AELAB_CUDA_GRAPHS", "1" if graphs else "0")
-    return train(cuda_config(**train_settings), tmp_path / name, quiet=True, report=False,
+    return train(cuda_config(**train_settings), tmp_path / name, report=False,
                  data=splits or make_splits(n_train=250))  # 250 = 7 full batches of 32 and one of 26
 
 
@@ -39,23 +39,25 @@ def test_graphed_training_computes_what_the_eager_loop_computes(tmp_path, monkey
 
 def test_the_graph_is_used_and_warm_up_leaves_no_trace(tmp_path, monkeypatch):
     monkeypatch.setenv("AELAB_CUDA_GRAPHS", "1")
-    trainer = Trainer(cuda_config(), tmp_path, make_splits(), quiet=True)
-    assert trainer.graph_step is not None
+    trainer = Trainer(cuda_config(), tmp_path, make_splits())
+    graph = trainer.train_step.graph
+    assert graph is not None
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     index = torch.arange(32, device="cuda")
-    trainer.graph_step.capture()  # warm-up steps run, then everything is put back
+    graph.capture()  # warm-up steps run, then everything is put back
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert all(float(v.abs().sum()) == 0 for s in trainer.optimizer.state.values() for v in s.values())
-    loss = trainer.step_at(index)
-    assert trainer.graph_step is not None and torch.isfinite(loss)
-    assert float(trainer.graph_step.lr) == pytest.approx(trainer.config.train.lr / 25, rel=1e-6)  # the first rate
+    with trainer.train_step as step:
+        loss = step(index)
+    assert trainer.train_step.graph is graph and torch.isfinite(loss)
+    assert float(graph.lr) == pytest.approx(trainer.config.train.lr / 25, rel=1e-6)  # the first rate
     assert not torch.equal(before["encoder.encoder_cnn.0.weight"], trainer.model.encoder.encoder_cnn[0].weight)
 
 
 def test_a_cuda_run_resumes_and_moves_to_the_cpu(tmp_path, monkeypatch):
     train_cuda(tmp_path, "run", monkeypatch, graphs=True, epochs=2)
     config = RunConfig(train=train_config_for("fast", epochs=3, device="cpu"))
-    result = train(config, tmp_path / "run", resume=True, quiet=True, report=False, data=make_splits(n_train=250),
+    result = train(config, tmp_path / "run", resume=True, report=False, data=make_splits(n_train=250),
                    explicit={"train.epochs", "train.device"})
     assert len(result.metrics) == 3 and next(result.model.parameters()).device.type == "cpu"
     assert load_run(tmp_path / "run").config.train.device == "cpu"

@@ -53,7 +53,7 @@ def test_stratified_subset_keeps_label_proportions():
 @pytest.mark.parametrize("method", ["scatter", "pca", "tsne"])
 def test_projections_are_2d(method, trained_run):
     codes = latent.embed(load_run(trained_run), make_splits()["test"]).codes
-    xy, names = latent.project(codes, method, perplexity=10, quiet=True)
+    xy, names = latent.project(codes, method, perplexity=10)
     assert xy.shape == (64, 2) and np.isfinite(xy).all() and len(names) == 2
 
 
@@ -61,7 +61,7 @@ def test_tsne_separates_clusters():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(5), 60)
     codes = rng.normal(0, 0.3, (300, 4)) + np.eye(5, 4)[labels] * 4
-    xy, _ = latent.project(codes, "tsne", perplexity=20, quiet=True)
+    xy, _ = latent.project(codes, "tsne", perplexity=20)
     assert neighbour_agreement(xy, labels) > 0.95
 
 
@@ -88,7 +88,7 @@ def test_generation_shapes(trained_run):
     run = load_run(trained_run)
     splits = make_splits()
     train_codes = latent.encode(run.model, splits["train"].images)
-    assert latent.grid_images(run, train_codes, 5).shape == (25, 1, 28, 28)
+    assert latent.grid_images(run, latent.latent_plane(train_codes), 5).shape == (25, 1, 28, 28)
     assert latent.sample_images(run, train_codes, 7).shape == (7, 1, 28, 28)
     line = latent.interpolate_images(run, splits["test"], 0, 1, steps=6)
     assert line.shape == (6, 1, 28, 28)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from aelab import AelabError, RunConfig, load_run, train
-from aelab.checkpoint import read_metrics
+from aelab.callbacks import Callback
+from aelab.run import read_metrics
 from aelab.cli import main
 from aelab.config import train_config_for
 from aelab.training import NumericalFault, TrainingInterrupted
@@ -46,17 +47,18 @@ def same_metrics(a: list[dict], b: list[dict]) -> bool:
 @pytest.mark.parametrize("shards", [1, 2])
 def test_resume_is_bit_identical_to_a_straight_run(tmp_path, shards):
     data = make_splits()
-    straight = train(config(noise_factor=0.2, shards=shards), tmp_path / "straight", quiet=True, report=False, data=data)
+    straight = train(config(noise_factor=0.2, shards=shards), tmp_path / "straight", report=False, data=data)
 
-    def interrupt_after_epoch_2(row):
-        if row["epoch"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, caught by the trainer: checkpoint, then stop
+    class InterruptAfterEpoch2(Callback):
+        def on_epoch_end(self, trainer, row):
+            if row["epoch"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, caught by the trainer: checkpoint, then stop
 
     with pytest.raises(TrainingInterrupted, match="after epoch 2") as stopped:
-        train(config(noise_factor=0.2, shards=shards), tmp_path / "split", quiet=True, report=False, data=data,
-              on_epoch=interrupt_after_epoch_2)
+        train(config(noise_factor=0.2, shards=shards), tmp_path / "split", report=False, data=data,
+              callbacks=[InterruptAfterEpoch2()])
     assert stopped.value.exit_code == 130
-    resumed = train(None, tmp_path / "split", resume=True, quiet=True, report=False, data=data)
+    resumed = train(None, tmp_path / "split", resume=True, report=False, data=data)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert same_metrics(straight.metrics, resumed.metrics)
@@ -65,22 +67,22 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, shards):
 
 def test_resume_refuses_another_architecture_or_data(tmp_path):
     data = make_splits()
-    train(config(epochs=1), tmp_path / "run", quiet=True, report=False, data=data)
+    train(config(epochs=1), tmp_path / "run", report=False, data=data)
     bigger = RunConfig(model=RunConfig().model.__class__(latent_dim=8), train=config().train)
-    with pytest.raises(AelabError, match="latent_dim=4, not 8"):
-        train(bigger, tmp_path / "run", resume=True, explicit={"model.latent_dim"}, quiet=True, data=data)
+    with pytest.raises(AelabError, match="`model.latent_dim` 4, not 8"):
+        train(bigger, tmp_path / "run", resume=True, explicit={"model.latent_dim"}, data=data)
     with pytest.raises(AelabError, match="training data differ"):
-        train(None, tmp_path / "run", resume=True, quiet=True, data=make_splits(seed=3))
+        train(None, tmp_path / "run", resume=True, data=make_splits(seed=3))
     with pytest.raises(AelabError, match="no checkpoint to resume"):
         (tmp_path / "empty").mkdir()
         shutil.copy(tmp_path / "run" / "config.json", tmp_path / "empty" / "config.json")
-        train(None, tmp_path / "empty", resume=True, quiet=True, data=data)
+        train(None, tmp_path / "empty", resume=True, data=data)
 
 
 def test_a_finished_run_can_be_extended(tmp_path):
     data = make_splits()
-    train(config(epochs=2), tmp_path / "run", quiet=True, report=False, data=data)
-    result = train(config(epochs=3), tmp_path / "run", resume=True, explicit={"train.epochs"}, quiet=True,
+    train(config(epochs=2), tmp_path / "run", report=False, data=data)
+    result = train(config(epochs=3), tmp_path / "run", resume=True, explicit={"train.epochs"},
                    report=False, data=data)
     assert [row["epoch"] for row in result.metrics] == [1, 2, 3]
 
@@ -261,19 +263,22 @@ def test_damaged_run_folders_are_named(tmp_path, trained_run):
 # --- numerical faults -------------------------------------------------------------------------
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import aelab.training
+    import aelab.optim
 
     data = make_splits()  # 256 training images: 8 steps of 32 an epoch
     run_dir = tmp_path / "run"
-    real_schedule = aelab.training.one_cycle
+    real_schedule = aelab.optim.one_cycle
     # from the second epoch on, a rate of 1e30: the weights explode and the loss becomes NaN for real
-    monkeypatch.setattr(aelab.training, "one_cycle", lambda step, total: 1e30 if step >= 8 else real_schedule(step, total))
+    monkeypatch.setattr(aelab.optim, "one_cycle", lambda step, total: 1e30 if step >= 8 else real_schedule(step, total))
 
-    def remember(row):
-        remember.saved = (run_dir / "model.safetensors").read_bytes(), (run_dir / "state" / "last.json").read_text()
+    class Remember(Callback):
+        def on_epoch_end(self, trainer, row):
+            self.saved = (run_dir / "model.safetensors").read_bytes(), (run_dir / "state" / "last.json").read_text()
 
-    with pytest.raises(NumericalFault, match=r"at epoch 2, step \d+.*last good checkpoint \(epoch 1\).*lower --lr"):
-        train(config(epochs=3), run_dir, quiet=True, report=False, data=data, on_epoch=remember)
+    remember = Remember()
+
+    with pytest.raises(NumericalFault, match=r"at epoch 2, step \d+.*last good checkpoint \(epoch 1\).*lower `train.lr`"):
+        train(config(epochs=3), run_dir, report=False, data=data, callbacks=[remember])
     assert (run_dir / "model.safetensors").read_bytes() == remember.saved[0]
     assert (run_dir / "state" / "last.json").read_text() == remember.saved[1]
     assert len(read_metrics(run_dir)) == 1
@@ -294,7 +299,7 @@ def test_a_full_disk_during_a_save_loses_nothing(tmp_path, monkeypatch):
 
     data = make_splits()
     run_dir = tmp_path / "run"
-    train(config(epochs=1), run_dir, quiet=True, report=False, data=data)
+    train(config(epochs=1), run_dir, report=False, data=data)
     before = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     real_write = aelab.fsutil._write_all
 
@@ -306,13 +311,13 @@ def test_a_full_disk_during_a_save_loses_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(aelab.fsutil, "_write_all", full_disk)
     with pytest.raises(AelabError, match="disk is full while writing .*previous copy is kept"):
-        train(config(epochs=2), run_dir, resume=True, explicit={"train.epochs"}, quiet=True, report=False, data=data)
+        train(config(epochs=2), run_dir, resume=True, explicit={"train.epochs"}, report=False, data=data)
     monkeypatch.setattr(aelab.fsutil, "_write_all", real_write)
     for name in ("model.safetensors", "state/last.json", "metrics.csv"):
         assert (run_dir / name).read_bytes() == before[Path(name)], name
     assert not [p for p in run_dir.rglob("*.tmp")]
     load_run(run_dir)
-    result = train(config(epochs=2), run_dir, resume=True, explicit={"train.epochs"}, quiet=True, report=False, data=data)
+    result = train(config(epochs=2), run_dir, resume=True, explicit={"train.epochs"}, report=False, data=data)
     assert len(result.metrics) == 2
 
 
@@ -332,7 +337,7 @@ def test_a_real_small_disk_fills_during_training(small_disk):
     data = make_splits()
     run_dir = small_disk / "run"
     with pytest.raises(AelabError, match="disk is full"):
-        train(config(epochs=30), run_dir, quiet=True, report=False, data=data)
+        train(config(epochs=30), run_dir, report=False, data=data)
     done = len(read_metrics(run_dir))
     assert done >= 1
     run = load_run(run_dir)  # what was saved before is complete and loadable

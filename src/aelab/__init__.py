@@ -21,8 +21,12 @@ _EXPORTS = {
     "Encoder": "model", "Decoder": "model", "ConvAutoencoder": "model",
     "ImageSet": "data.sets", "load_split": "data.sets", "load_splits": "data.sets",
     "fetch": "data.sources",
-    "train": "training", "TrainResult": "training", "TrainingInterrupted": "training",
-    "load_run": "checkpoint", "Run": "checkpoint",
+    "train": "training", "Trainer": "training", "TrainResult": "training", "TrainingInterrupted": "training",
+    "NumericalFault": "training",
+    "Callback": "callbacks", "ProgressBar": "callbacks", "Console": "callbacks", "TensorBoard": "callbacks",
+    "MLflow": "callbacks",
+    "load_run": "run", "Run": "run",
+    "infer": "infer", "Inference": "infer",
     "evaluate": "evaluation", "reconstruction_loss": "evaluation", "Evaluation": "evaluation",
 }
 

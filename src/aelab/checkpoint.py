@@ -1,133 +1,33 @@
-"""Run folders: saving and loading. One loading function (``load_run``) serves every tool.
+"""The training state that resuming needs: checkpoints, RNG states, the data's fingerprint.
 
 ```
-RUN/
-  config.json            RunConfig + format and versions
-  model.safetensors      the chosen weights (--keep best|last)
-  metrics.csv            one row per epoch
-  figures/               PNGs
-  state/
-    last.json            points at the newest complete checkpoint folder (renamed into place last)
-    ckpt-NNNN-SSSSS/     weights.safetensors + trainer.pt (optimizer, scheduler, RNG, position)
-    best.safetensors     the weights with the lowest validation loss so far
+RUN/state/
+  last.json            points at the newest complete checkpoint folder (replaced last)
+  ckpt-EEEE-SSSSS/     weights.safetensors + trainer.pt (optimizer, scheduler, RNG, position)
+  best.safetensors     the weights with the lowest validation loss so far
 ```
 
-Weights are only ever read from safetensors. ``trainer.pt`` holds only tensors, numbers,
-strings, lists and dicts and is read with ``torch.load(weights_only=True)``: nothing is unpickled.
+``trainer.pt`` holds only tensors, numbers, strings, lists and dicts and is read with
+``torch.load(weights_only=True)``: nothing is unpickled.
 """
 
 from __future__ import annotations
 
-import csv
+import hashlib
 import io
 import json
+import random
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .config import RunConfig
 from .errors import AelabError
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .model import ConvAutoencoder
+from .run import FORMAT_VERSION, load_weights_into, read_weights, save_weights
 
-FORMAT_VERSION = 1
-METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
-
-
-def versions() -> dict[str, str]:
-    from . import __version__
-
-    return {"aelab": __version__, "torch": torch.__version__}
-
-
-# --- weights ----------------------------------------------------------------------------------
-
-def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Weights as safetensors, written atomically (serialised in memory first: the model is small)."""
-    from safetensors.torch import save
-
-    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    atomic_write_bytes(path, save(tensors, metadata=metadata or {}))
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file; a clear AelabError for a missing or foreign file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise AelabError(f"{path} is missing; the run folder is incomplete (train again, or --resume it)")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise AelabError(f"{path} is not a valid safetensors file ({error}); the weights are damaged "
-                         "or the file is of another kind (aelab never reads pickled weights)") from None
-
-
-def load_weights_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
-    """Load ``tensors`` into ``model`` after checking names, shapes and finiteness."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise AelabError(f"{source} does not match the model in config.json: "
-                         f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                         f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}; "
-                         "the weights and config.json come from different runs")
-    for name, value in tensors.items():
-        if value.shape != expected[name].shape:
-            raise AelabError(f"{source}: {name} has shape {tuple(value.shape)}, the model expects "
-                             f"{tuple(expected[name].shape)}; the weights and config.json come from different runs")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise AelabError(f"{source}: {name} holds NaN or infinite values; these weights are unusable "
-                             "(train again, or use state/best.safetensors if it is finite)")
-    model.load_state_dict(tensors)
-
-
-# --- config -----------------------------------------------------------------------------------
-
-def save_config(config: RunConfig, run_dir: Path) -> None:
-    values = {"format_version": FORMAT_VERSION, "versions": versions(), **config.to_dict()}
-    atomic_write_text(run_dir / "config.json", json.dumps(values, indent=2) + "\n")
-
-
-def load_config(run_dir: Path) -> RunConfig:
-    path = run_dir / "config.json"
-    config = RunConfig.load(path)
-    version = json.loads(path.read_text()).get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise AelabError(f"{path}: run folder format {version!r} is not supported by this aelab "
-                         f"(it reads format {FORMAT_VERSION} and older); upgrade aelab")
-    return config
-
-
-# --- metrics ----------------------------------------------------------------------------------
-
-def write_metrics(rows: list[dict[str, float]], run_dir: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: row[key] for key in METRIC_FIELDS})
-    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        try:
-            return [{key: (int(row[key]) if key == "epoch" else float(row[key])) for key in METRIC_FIELDS}
-                    for row in csv.DictReader(handle)]
-        except (KeyError, TypeError, ValueError) as error:
-            raise AelabError(f"{path} is damaged ({error}); delete it or train again") from None
-
-
-# --- the training state (resume) --------------------------------------------------------------
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, trainer_state: dict[str, Any], name: str) -> None:
     """Write a complete checkpoint folder, then point ``state/last.json`` at it, then prune.
@@ -180,51 +80,40 @@ def load_trusted_state(path: Path) -> dict[str, Any]:
     return state
 
 
-# --- loading a run for the tools --------------------------------------------------------------
-
-@dataclass
-class Run:
-    """A trained run loaded from its folder: config, model (eval mode) and metrics."""
-
-    path: Path
-    config: RunConfig
-    model: ConvAutoencoder
-    metrics: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
 
-def check_run_dir(run_dir: str | Path) -> Path:
-    path = Path(run_dir)
-    if not path.exists():
-        raise AelabError(f"run folder {path} does not exist; give the folder that `aelab train --out` wrote")
-    if not path.is_dir():
-        raise AelabError(f"{path} is a file, not a run folder; give the folder that `aelab train --out` wrote")
-    return path
+def has_checkpoint(run_dir: Path) -> bool:
+    return (run_dir / "state" / "last.json").is_file()
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Load a run folder: config.json + model.safetensors, checked, the model in eval mode."""
-    path = check_run_dir(run_dir)
-    config = load_config(path)
-    model = ConvAutoencoder.from_config(config.model)
-    load_weights_into(model, read_weights(path / "model.safetensors"), path / "model.safetensors")
-    model.to(device, memory_format=torch.channels_last).eval()  # the layout training uses: identical outputs
-    return Run(path, config, model, read_metrics(path))
+# --- RNG state as plain tensors and lists (so torch.load(weights_only=True) can read it) ---------
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+        "python": [list(random.getstate()[1]), random.getstate()[0]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def write_json(path: Path, values: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(values, indent=2) + "\n")
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    values, version = state["python"]
+    random.setstate((version, tuple(values), None))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a run folder; {} when the file is missing."""
-    if not path.is_file():
-        return {}
-    try:
-        values = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise AelabError(f"{path} is damaged ({error}); delete it or train again") from None
-    return values if isinstance(values, dict) else {}
+def data_fingerprint(splits: dict) -> str:
+    """A short hash of the training and validation images and labels (checked on resume)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name in ("train", "val"):
+        digest.update(splits[name].images.numpy().tobytes())
+        digest.update(splits[name].labels.numpy().tobytes())
+    return digest.hexdigest()

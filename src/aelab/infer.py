@@ -1,0 +1,81 @@
+"""One batched pass of a model over images: per-image errors, codes and reconstructions.
+
+Every tool that runs a trained model over a set of images goes through ``infer``: the validation
+loss during training, ``evaluate``, the latent codes of ``embed``/``plot``/the report, and scores.
+It works in chunks (any number of images, on any device) and synchronises with the device once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.batches import add_noise, noise_generator, to_unit
+from .errors import AelabError
+
+LOSSES = ("mse", "bce")
+
+
+@dataclass
+class Inference:
+    """Results of one pass, row ``i`` for image ``i``; a field is None when it was not asked for."""
+
+    mse: np.ndarray | None = None  # float64 [N]: mean squared error per pixel of each image (output in [0, 1])
+    bce: np.ndarray | None = None  # float64 [N]: mean binary cross-entropy per pixel (from the logits)
+    codes: np.ndarray | None = None  # float32 [N, latent_dim]
+    reconstructions: torch.Tensor | None = None  # float32 [N, C, H, W] in [0, 1], on the CPU
+
+    def mean(self, loss: str = "mse") -> float:
+        """The loss over every pixel of every image (all images have the same size)."""
+        errors = self.mse if loss == "mse" else self.bce
+        if errors is None:
+            raise AelabError(f"this inference did not compute `{loss}`; ask infer() for it")
+        return float(errors.mean()) if len(errors) else float("nan")
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce: bool = False,
+          codes: bool = False, reconstructions: bool = False, noise_factor: float = 0.0, seed: int = 0,
+          batch_size: int = 1024) -> Inference:
+    """Run ``model`` (an autoencoder with ``encoder`` and ``decoder.logits``) over uint8 images
+    [N, C, H, W] in chunks of ``batch_size``, in eval mode, on the model's device.
+
+    With ``noise_factor`` > 0 the input is the image with seeded Gaussian noise (``seed``) and every
+    error is measured against the clean image: the denoising error.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = noise_generator(seed, device) if noise_factor > 0 else None
+    parts: dict[str, list[torch.Tensor]] = {"mse": [], "bce": [], "codes": [], "reconstructions": []}
+    try:
+        for start in range(0, len(images), batch_size):
+            clean = to_unit(images[start: start + batch_size], device)  # [B, C, H, W]
+            inputs = add_noise(clean, noise_factor, generator) if generator is not None else clean
+            z = model.encoder(inputs)  # [B, latent_dim]
+            logits = model.decoder.logits(z)  # [B, C, H, W]
+            pixels = clean[0].numel()
+            if mse or reconstructions:
+                output = torch.sigmoid(logits)
+                if mse:
+                    parts["mse"].append((output - clean).square().sum((1, 2, 3), dtype=torch.float64) / pixels)
+                if reconstructions:
+                    parts["reconstructions"].append(output.float().cpu())
+            if bce:
+                loss = F.binary_cross_entropy_with_logits(logits, clean, reduction="none")
+                parts["bce"].append(loss.sum((1, 2, 3), dtype=torch.float64) / pixels)
+            if codes:
+                parts["codes"].append(z.float())
+    finally:
+        model.train(was_training)
+    empty = {"mse": (0,), "bce": (0,), "codes": (0, model.config.latent_dim), "reconstructions": (0, *images.shape[1:])}
+    joined = {name: (torch.cat(chunks) if chunks else torch.zeros(empty[name])).cpu() for name, chunks in parts.items()}
+    return Inference(
+        mse=joined["mse"].double().numpy() if mse else None,
+        bce=joined["bce"].double().numpy() if bce else None,
+        codes=joined["codes"].numpy() if codes else None,
+        reconstructions=joined["reconstructions"] if reconstructions else None,
+    )

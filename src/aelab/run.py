@@ -1,0 +1,282 @@
+"""The run folder: its rules, its files, its lock, and ``load_run``, which every tool uses.
+
+```
+RUN/
+  config.json            RunConfig + format and versions
+  model.safetensors      the chosen weights (train.keep: best | last)
+  metrics.csv            one row per epoch
+  evaluation.json        test and validation MSE after training
+  figures/               PNGs
+  state/                 what resuming needs (aelab.checkpoint)
+  report.html            the page that shows the run
+  .lock                  held by the process that trains the run (an OS lock: gone when it dies)
+```
+
+Weights are only ever read from safetensors: nothing a user hands in is unpickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .errors import AelabError
+from .fsutil import atomic_write_bytes, atomic_write_text
+from .model import ConvAutoencoder
+
+FORMAT_VERSION = 1
+METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
+# what a run folder holds (besides files a user puts there): replaced together by overwrite=True
+RUN_FILES = ("config.json", "model.safetensors", "metrics.csv", "state", "figures", "report.html", "evaluation.json",
+             "tensorboard", "mlflow.json")
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+
+    return {"aelab": __version__, "torch": torch.__version__}
+
+
+# --- weights ----------------------------------------------------------------------------------
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Weights as safetensors, written atomically (serialised in memory first: the model is small)."""
+    from safetensors.torch import save
+
+    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata or {}))
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file; a clear AelabError for a missing or foreign file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise AelabError(f"{path} is missing; the run folder is incomplete (train again, or --resume it)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AelabError(f"{path} is not a valid safetensors file ({error}); the weights are damaged "
+                         "or the file is of another kind (aelab never reads pickled weights)") from None
+
+
+def load_weights_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load ``tensors`` into ``model`` after checking names, shapes and finiteness."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise AelabError(f"{source} does not match the model in config.json: "
+                         f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                         f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}; "
+                         "the weights and config.json come from different runs")
+    for name, value in tensors.items():
+        if value.shape != expected[name].shape:
+            raise AelabError(f"{source}: {name} has shape {tuple(value.shape)}, the model expects "
+                             f"{tuple(expected[name].shape)}; the weights and config.json come from different runs")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise AelabError(f"{source}: {name} holds NaN or infinite values; these weights are unusable "
+                             "(train again, or use state/best.safetensors if it is finite)")
+    model.load_state_dict(tensors)
+
+
+# --- config -----------------------------------------------------------------------------------
+
+def save_config(config: RunConfig, run_dir: Path) -> None:
+    values = {"format_version": FORMAT_VERSION, "versions": versions(), **config.to_dict()}
+    atomic_write_text(run_dir / "config.json", json.dumps(values, indent=2) + "\n")
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    path = run_dir / "config.json"
+    config = RunConfig.load(path)
+    version = json.loads(path.read_text()).get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise AelabError(f"{path}: run folder format {version!r} is not supported by this aelab "
+                         f"(it reads format {FORMAT_VERSION} and older); upgrade aelab")
+    return config
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+def write_metrics(rows: list[dict[str, float]], run_dir: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row[key] for key in METRIC_FIELDS})
+    atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        try:
+            return [{key: (int(row[key]) if key == "epoch" else float(row[key])) for key in METRIC_FIELDS}
+                    for row in csv.DictReader(handle)]
+        except (KeyError, TypeError, ValueError) as error:
+            raise AelabError(f"{path} is damaged ({error}); delete it or train again") from None
+
+
+# --- loading a run for the tools --------------------------------------------------------------
+
+@dataclass
+class Run:
+    """A trained run loaded from its folder: config, model (eval mode) and metrics."""
+
+    path: Path
+    config: RunConfig
+    model: ConvAutoencoder
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    if not path.exists():
+        raise AelabError(f"run folder {path} does not exist; give the folder that `aelab train --out` wrote")
+    if not path.is_dir():
+        raise AelabError(f"{path} is a file, not a run folder; give the folder that `aelab train --out` wrote")
+    return path
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Load a run folder: config.json + model.safetensors, checked, the model in eval mode."""
+    path = check_run_dir(run_dir)
+    config = load_config(path)
+    model = ConvAutoencoder.from_config(config.model)
+    load_weights_into(model, read_weights(path / "model.safetensors"), path / "model.safetensors")
+    model.to(device, memory_format=torch.channels_last).eval()  # the layout training uses: identical outputs
+    return Run(path, config, model, read_metrics(path))
+
+
+def write_json(path: Path, values: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(values, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a run folder; {} when the file is missing."""
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise AelabError(f"{path} is damaged ({error}); delete it or train again") from None
+    return values if isinstance(values, dict) else {}
+
+
+# --- the rules: one process per run; new, resumed, replaced -------------------------------------
+
+class RunLock:
+    """An OS lock on ``RUN/.lock``, held by the one process that trains, resumes or replaces a run.
+
+    The operating system releases it when the process ends in any way, so a crash never leaves a
+    stale lock. A second process is refused with the holder's process id. (Where the OS has no
+    ``fcntl``, as on Windows, runs are not locked.)
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self._handle = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise AelabError(f"{self.path.parent} is in use: process {holder} is training it; wait for it to "
+                             f"finish (or stop it), or choose another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file releases the lock (the file stays: removing it would race)
+            self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_new_run(run_dir: Path, overwrite: bool) -> RunLock:
+    """Make (or, with ``overwrite``, empty) the folder of a new run and lock it.
+
+    A folder that already holds a run is refused unless ``overwrite``; the lock is taken before
+    anything is removed, so a run that another process trains is never deleted under it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise AelabError(f"{run_dir} is a file; give a folder for the run as `out`")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AelabError(f"cannot create the run folder {run_dir} ({error.strerror}); choose another `out` folder") from None
+    lock = RunLock(run_dir).acquire()
+    present = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if present and not overwrite:
+        lock.release()
+        raise AelabError(f"{run_dir} already holds a run ({', '.join(present)}); continue it with `resume`, "
+                         "replace it with `overwrite`, or choose another `out` folder")
+    for name in present:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return lock
+
+
+def lock_existing_run(run_dir: Path) -> RunLock:
+    """Lock the folder of a run that is resumed."""
+    return RunLock(check_run_dir(run_dir)).acquire()
+
+
+# settings a resumed run may change; the data themselves are checked by their fingerprint
+RESUMABLE = ("train.epochs", "train.device", "train.keep", "data.data_dir")
+
+
+def resumed_config(run_dir: Path, requested: RunConfig | None, explicit: set[str]) -> RunConfig:
+    """The run's own config, with the settings named in ``explicit`` (``"train.epochs"``) taken from
+    ``requested``; only those in ``RESUMABLE`` may differ from the run's."""
+    saved = load_config(check_run_dir(run_dir))
+    if requested is None:
+        return saved
+    for name in sorted(explicit - set(RESUMABLE)):
+        section, key = name.split(".")
+        asked, have = getattr(getattr(requested, section), key), getattr(getattr(saved, section), key)
+        if asked != have:
+            raise AelabError(f"resume: the run was trained with `{name}` {have!r}, not {asked!r}; a resumed run keeps "
+                             f"its architecture, data and recipe (only {', '.join(f'`{n}`' for n in RESUMABLE)} may "
+                             "change); start a new run in another folder instead")
+    changes: dict[str, dict[str, Any]] = {"data": {}, "train": {}}
+    for name in explicit & set(RESUMABLE):
+        section, key = name.split(".")
+        changes[section][key] = getattr(getattr(requested, section), key)
+    return replace(saved, data=replace(saved.data, **changes["data"]), train=replace(saved.train, **changes["train"]))
