@@ -43,11 +43,39 @@ def test_debug_shows_the_traceback():
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
-def test_every_command_has_help():
-    for command in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["data", "fetch", "--help"]):
+def commands(parser, prefix=()):
+    """Every command and subcommand the parser knows, found by walking it (a new one is included)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name)
+                yield from commands(sub, (*prefix, name))
+
+
+def test_every_command_has_help(capsys):
+    from aelab.cli import build_parser
+
+    found = list(commands(build_parser()))
+    assert {" ".join(c) for c in found} >= {"data", "data fetch", "train", "evaluate", "embed", "plot", "generate",
+                                           "report"}
+    for command in [(), *found]:
         with pytest.raises(SystemExit) as exit_info:
-            main(command)
-        assert exit_info.value.code == 0
+            main([*command, "--help"])
+        assert exit_info.value.code == 0, command
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: {' '.join(('aelab', *command))}") and len(out.splitlines()) > 3, command
+
+
+def test_library_names_become_this_commands_options():
+    from aelab.cli import build_parser, for_the_command_line
+
+    parser = build_parser()
+    train = next(a for a in parser._actions if hasattr(a, "choices") and a.choices and "train" in a.choices).choices["train"]
+    message = "`train.lr` (now 1000); `model.latent_dim` 4, not 8; `data.val_fraction`; `overwrite`; `out`; `aelab x`"
+    assert for_the_command_line(message, train) == \
+        "--lr (now 1000); --latent-dim 4, not 8; --val-fraction; --overwrite; --out; `aelab x`"
 
 
 def test_train_then_evaluate_json(fake_mnist, tmp_path, capsys):

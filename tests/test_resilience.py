@@ -344,3 +344,74 @@ def test_a_real_small_disk_fills_during_training(small_disk):
     assert run.config.train.epochs == 30
     pointer = json.loads((run_dir / "state" / "last.json").read_text())["checkpoint"]
     assert (run_dir / "state" / pointer / "trainer.pt").exists()
+
+
+def test_infinite_weights_stop_training_like_a_nan_loss(tmp_path, monkeypatch):
+    """A rate of 1e3 from the second epoch on: the losses stay finite but a BatchNorm running variance
+    becomes infinite; training stops there and the last good checkpoint stays the one in use."""
+    import aelab.optim
+
+    data = make_splits()  # 8 steps an epoch
+    run_dir = tmp_path / "run"
+    real_schedule = aelab.optim.one_cycle
+    monkeypatch.setattr(aelab.optim, "one_cycle", lambda step, total: 1e3 / 3e-3 if step >= 8 else real_schedule(step, total))
+    train(config(epochs=1), run_dir, report=False, data=data)
+    saved = (run_dir / "model.safetensors").read_bytes(), (run_dir / "state" / "last.json").read_text()
+    with pytest.raises(NumericalFault, match=r"weights became NaN or infinite \(.*running_var\) at epoch 2.*"
+                                             r"last good checkpoint \(epoch 1\).*lower `train.lr`"):
+        train(config(epochs=3), run_dir, resume=True, explicit={"train.epochs"}, report=False, data=data)
+    assert (run_dir / "model.safetensors").read_bytes() == saved[0]
+    assert (run_dir / "state" / "last.json").read_text() == saved[1]
+    assert len(read_metrics(run_dir)) == 1
+    load_run(run_dir)
+
+
+def test_a_rate_of_1e3_is_named_on_the_command_line(fake_mnist, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--batch-size", "32", "--lr", "1e3", "--out", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN or infinite" in err[0] and "lower --lr (now 1000" in err[0]
+    assert "--overwrite replaces this run" in err[0] and not (run_dir / "model.safetensors").exists()
+    assert main(["train", "--epochs", "1", "--out", str(run_dir), "--overwrite", "--quiet", "--no-report"]) == 0
+
+
+# --- one process per run folder -----------------------------------------------------------------
+
+def test_a_run_folder_in_use_is_refused_with_the_holders_pid(tmp_path):
+    from aelab.run import RunLock
+
+    data = make_splits()
+    run_dir = tmp_path / "run"
+    train(config(epochs=1), run_dir, report=False, data=data)
+    before = (run_dir / "model.safetensors").read_bytes()
+    with RunLock(run_dir):  # as another process would hold it (flock is per open file)
+        for kwargs in ({"overwrite": True}, {"resume": True, "explicit": {"train.epochs"}}):
+            with pytest.raises(AelabError, match=f"in use: process {os.getpid()} is training it"):
+                train(config(epochs=2), run_dir, report=False, data=data, **kwargs)
+        load_run(run_dir)  # reading is not blocked
+    assert (run_dir / "model.safetensors").read_bytes() == before
+    train(config(epochs=2), run_dir, resume=True, explicit={"train.epochs"}, report=False, data=data)  # released
+
+
+def test_two_processes_on_one_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    first = start_training(tmp_path, *TRAIN_ARGS, "--epochs", "1000", "--out", str(run_dir))  # stopped below
+    wait_for_epochs(run_dir, 1, first)
+    for args in (["--out", str(run_dir), "--overwrite"], ["--resume", str(run_dir)]):
+        second = start_training(tmp_path, "train", *args, "--quiet", "--no-report")
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2, err
+        assert err.strip() == f"aelab: error: {run_dir} is in use: process {first.pid} is training it; wait for it " \
+                              "to finish (or stop it), or choose another folder"
+    assert first.poll() is None  # still training, its folder untouched
+    reader = start_training(tmp_path, "evaluate", str(run_dir), "--json")  # readers are not blocked
+    out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0 and json.loads(out)["n_images"] == 100, err
+    first.kill()  # a crash: the OS releases the lock
+    first.communicate(timeout=60)
+    done = len(read_metrics(run_dir))
+    resumed = start_training(tmp_path, "train", "--resume", str(run_dir), "--epochs", str(done + 1), "--quiet",
+                             "--no-report")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert len(read_metrics(run_dir)) == done + 1
