@@ -40,7 +40,7 @@ from aelab.config import train_config_for
 for graphs in ("0", "0", "1", "1"):
     os.environ["AELAB_CUDA_GRAPHS"] = graphs
     config = RunConfig(train=train_config_for("fast", epochs=3, batch_size=32, lr=3e-3, device="cuda"))
-    result = train(config, f"/tmp/det-{graphs}", overwrite=True, quiet=True, report=False, data=make_splits(n_train=250))
+    result = train(config, f"/tmp/det-{graphs}", overwrite=True, report=False, data=make_splits(n_train=250))
     print("graphs" if graphs == "1" else "eager ", [f"{row['val_loss']:.9f}" for row in result.metrics])
 PY
 } 2>&1 | tail -150 | tee "$out/tests.txt"

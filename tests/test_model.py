@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from aelab.model import ConvAutoencoder, ConvTranspose2d, encoder_sizes
+from aelab.model import ConvAutoencoder, encoder_sizes
+from aelab.ops import ConvTranspose2d
 from tutorial_pipeline import Decoder as TutorialDecoder
 from tutorial_pipeline import Encoder as TutorialEncoder
 

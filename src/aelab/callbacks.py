@@ -41,6 +41,9 @@ class Callback:
     def on_close(self, trainer: "Trainer") -> None: ...
 
 
+EVENTS = ("on_train_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_interrupt", "on_train_end")
+
+
 class CallbackList(Callback):
     """Calls each callback in order; ``on_close`` reaches every one even when another fails."""
 
@@ -51,30 +54,6 @@ class CallbackList(Callback):
                 raise AelabError(f"callbacks must be aelab.callbacks.Callback objects, got {type(callback).__name__}; "
                                  "subclass Callback and override its on_* methods")
 
-    def on_train_start(self, trainer):
-        for callback in self.callbacks:
-            callback.on_train_start(trainer)
-
-    def on_epoch_start(self, trainer):
-        for callback in self.callbacks:
-            callback.on_epoch_start(trainer)
-
-    def on_step_end(self, trainer):
-        for callback in self.callbacks:
-            callback.on_step_end(trainer)
-
-    def on_epoch_end(self, trainer, row):
-        for callback in self.callbacks:
-            callback.on_epoch_end(trainer, row)
-
-    def on_interrupt(self, trainer):
-        for callback in self.callbacks:
-            callback.on_interrupt(trainer)
-
-    def on_train_end(self, trainer, result):
-        for callback in self.callbacks:
-            callback.on_train_end(trainer, result)
-
     def on_close(self, trainer):
         first_error = None
         for callback in self.callbacks:
@@ -84,6 +63,19 @@ class CallbackList(Callback):
                 first_error = first_error or error
         if first_error is not None:
             raise first_error
+
+
+def _in_order(event: str):
+    def call(self: CallbackList, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(*args)
+
+    call.__name__ = event
+    return call
+
+
+for _event in EVENTS:
+    setattr(CallbackList, _event, _in_order(_event))
 
 
 # --- the run folder -------------------------------------------------------------------------------

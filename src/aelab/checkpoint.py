@@ -54,14 +54,14 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
     pointer = run_dir / "state" / "last.json"
     if not pointer.is_file():
         raise AelabError(f"{run_dir} has no checkpoint to resume (state/last.json is missing); "
-                         "start a new run instead of --resume")
+                         "start a new run instead of `resume`")
     try:
         name = json.loads(pointer.read_text())["checkpoint"]
     except (ValueError, KeyError, TypeError):
-        raise AelabError(f"{pointer} is damaged; the run cannot be resumed (start it again with --overwrite)") from None
+        raise AelabError(f"{pointer} is damaged; the run cannot be resumed (start it again with `overwrite`)") from None
     folder = run_dir / "state" / str(name)
     if Path(str(name)).name != str(name) or not folder.is_dir():
-        raise AelabError(f"{pointer} points at a checkpoint that does not exist ({name}); start again with --overwrite")
+        raise AelabError(f"{pointer} points at a checkpoint that does not exist ({name}); start again with `overwrite`")
     load_weights_into(model, read_weights(folder / "weights.safetensors"), folder / "weights.safetensors")
     return load_trusted_state(folder / "trainer.pt")
 

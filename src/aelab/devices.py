@@ -23,11 +23,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     except (RuntimeError, ValueError):
         raise AelabError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise AelabError(f"--device {name}: no CUDA GPU is available here; use --device cpu or auto")
+        raise AelabError(f"`device` {name}: no CUDA GPU is available here; use `device` cpu or auto")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise AelabError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+        raise AelabError(f"`device` {name}: there are only {torch.cuda.device_count()} CUDA devices; choose cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise AelabError(f"--device {name}: MPS is not available here; use --device cpu or auto")
+        raise AelabError(f"`device` {name}: MPS is not available here; use `device` cpu or auto")
     return device
 
 

@@ -81,7 +81,7 @@ def _fsync_dir(folder: Path) -> None:
 def _write_error(path: Path, error: OSError) -> AelabError:
     if error.errno == errno.ENOSPC:
         return AelabError(f"the disk is full while writing {path}; the previous copy is kept. "
-                          "Free some space (or choose another --out) and run again")
+                          "Free some space (or choose another `out` folder) and run again")
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return AelabError(f"cannot write {path} ({error.strerror}); choose a folder you can write to")
     return AelabError(f"cannot write {path} ({error.strerror or error}); nothing was replaced")

@@ -63,7 +63,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise AelabError(f"{path} is missing; the run folder is incomplete (train again, or --resume it)")
+        raise AelabError(f"{path} is missing; the run folder is incomplete (train again, or `resume` it)")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
