@@ -23,6 +23,31 @@ def test_shapes_are_computed_from_the_input_size(size, channels):
     assert model(torch.rand(2, channels, size, size)).shape == (2, channels, size, size)
 
 
+@pytest.mark.parametrize("height, width", [(28, 40), (17, 16), (64, 30), (33, 100)])
+def test_non_square_images_of_any_size_and_channels(height, width):
+    model = ConvAutoencoder(latent_dim=3, in_channels=3, image_size=height, image_width=width)
+    x = torch.rand(2, 3, height, width)
+    assert model(x).shape == (2, 3, height, width) and model.encode(x).shape == (2, 3)
+    model.train()
+    model(x).mean().backward()  # the fast CPU transposed convolutions take these shapes too
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_width_and_hidden_make_a_bigger_network():
+    small, big = ConvAutoencoder(), ConvAutoencoder(width=16, hidden=256)
+    assert big.encoder.encoder_cnn[0].out_channels == 16 and big.encoder.encoder_cnn[5].out_channels == 64
+    assert big.encoder.encoder_lin[0].out_features == 256 and big.decoder.decoder_lin[2].out_features == 64 * 3 * 3
+    assert sum(p.numel() for p in big.parameters()) > 2 * sum(p.numel() for p in small.parameters())
+    assert big(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+
+
+def test_images_smaller_than_16_pixels_are_refused_with_a_fix():
+    from aelab import AelabError
+
+    with pytest.raises(AelabError, match="at least 16x16.*choose larger"):
+        ConvAutoencoder(image_size=28, image_width=12)
+
+
 def test_same_layers_and_names_as_the_tutorial():
     torch.manual_seed(0)
     ours = ConvAutoencoder(latent_dim=4)
@@ -57,7 +82,8 @@ def test_tutorial_weights_load_into_aelab_and_back():
 
 @pytest.mark.parametrize("c_in, c_out, size, padding, output_padding",
                          [(32, 16, 3, 0, 0), (16, 8, 7, 1, 1), (8, 1, 14, 1, 1), (4, 3, 5, 1, 0), (3, 2, 6, 0, 1),
-                          (3, 8, 5, 0, 1), (2, 9, 4, 1, 0)])  # both formulations: fewer than 8 outputs, or 8+
+                          (3, 8, 5, 0, 1), (2, 9, 4, 1, 0), (16, 8, 7, 1, (1, 0)), (8, 1, 6, 1, (0, 1))])
+# both formulations (fewer than 8 outputs, or 8+), and output paddings that differ by axis (non-square images)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fast_transposed_convolution_equals_pytorchs(c_in, c_out, size, padding, output_padding, channels_last):
     ours = ConvTranspose2d(c_in, c_out, 3, stride=2, padding=padding, output_padding=output_padding)

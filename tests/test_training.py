@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,3 +222,29 @@ def test_an_error_in_a_shard_thread_reaches_the_caller(tmp_path, splits, monkeyp
     with pytest.raises(RuntimeError, match="planted failure"):
         train(tiny_config(shards=2), tmp_path / "run", report=False, data=splits)
     assert threading.active_count() == before  # the worker threads ended
+
+
+def test_colour_non_square_images_train_and_reload(tmp_path):
+    from aelab.config import ModelConfig
+    from aelab.data.sets import ImageSet
+
+    rng = np.random.default_rng(0)
+    base = (rng.random((3, 20, 36)) * 255).astype(np.uint8)  # one colour pattern, shifted and noised per image
+    images = np.stack([np.roll(base, k % 7, axis=2) // 2 + rng.integers(0, 20, base.shape, dtype=np.uint8)
+                       for k in range(160)])
+    splits = {name: ImageSet.from_arrays(images[a:b], np.zeros(b - a, int)) for name, (a, b) in
+              {"train": (0, 96), "val": (96, 128), "test": (128, 160)}.items()}
+    config = RunConfig(model=ModelConfig(latent_dim=3, width=4, hidden=32),
+                       train=train_config_for("fast", epochs=2, batch_size=32, lr=3e-3))
+    result = train(config, tmp_path / "run", report=False, data=splits)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert (saved["in_channels"], saved["image_size"], saved["image_width"], saved["width"], saved["hidden"]) == \
+        (3, 20, 36, 4, 32)
+    run = load_run(tmp_path / "run")
+    x = splits["test"].images.float().div(255)
+    result.model.eval()
+    with torch.no_grad():
+        assert run.model(x).shape == (32, 3, 20, 36) and torch.equal(run.model(x), result.model(x))
+    wider = RunConfig(model=ModelConfig(width=8), train=config.train)
+    with pytest.raises(AelabError, match="`model.width` 4, not 8"):
+        train(wider, tmp_path / "run", resume=True, explicit={"model.width"}, data=splits)

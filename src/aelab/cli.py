@@ -42,7 +42,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 # option dest -> (config section, field)
 TRAIN_OPTIONS = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "val_fraction": ("data", "val_fraction"),
-    "latent_dim": ("model", "latent_dim"),
+    "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "hidden": ("model", "hidden"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "loss": ("train", "loss"), "noise_factor": ("train", "noise_factor"),
     "seed": ("train", "seed"), "device": ("train", "device"), "keep": ("train", "keep"),
@@ -262,6 +262,10 @@ def _add_train(sub) -> None:
     p.add_argument("--recipe", choices=sorted(RECIPES), help="a set of training settings (default: fast)")
     p.add_argument("--dataset", choices=DATASETS, help=f"default: {d.dataset}")
     p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim})")
+    p.add_argument("--width", type=int, metavar="N", help="channels of the first convolution, doubled at each of the "
+                   f"three stages; more for bigger images (default: {m.width}, the tutorial's)")
+    p.add_argument("--hidden", type=int, metavar="N", help="width of the fully connected layers "
+                   f"(default: {m.hidden}, the tutorial's)")
     p.add_argument("--epochs", type=int, metavar="N", help=f"default: {t.epochs}")
     p.add_argument("--batch-size", type=int, metavar="N", help=f"default: {t.batch_size}")
     p.add_argument("--lr", type=float, metavar="RATE",

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data.catalog import DATASETS
 from .errors import AelabError
 
-DATASETS = ("mnist", "fashion-mnist")
 LOSSES = ("mse", "bce")
 SCHEDULES = ("onecycle", "constant")
 KEEP = ("best", "last")
@@ -44,19 +44,28 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The tutorial's convolutional autoencoder; only the latent size is a choice."""
+    """The tutorial's convolutional autoencoder, sized for the images; its defaults are the tutorial's."""
 
     latent_dim: int = 4  # size of the code between encoder and decoder (the tutorial's d)
     in_channels: int = 1  # set from the data
-    image_size: int = 28  # set from the data (square images)
+    image_size: int = 28  # image height, set from the data
+    image_width: int | None = None  # set from the data; None: square (= image_size)
+    width: int = 8  # channels of the first convolution, doubled at each of the three stages (the tutorial's 8)
+    hidden: int = 128  # width of the fully connected layers (the tutorial's 128)
 
     def validate(self) -> None:
         if self.latent_dim < 1:
             raise AelabError(f"`model.latent_dim` must be at least 1, got {self.latent_dim}; try 4")
         if self.in_channels < 1:
             raise AelabError(f"`model.in_channels` must be at least 1, got {self.in_channels}; try 1 (it is set from the data)")
-        if self.image_size < 16:
-            raise AelabError(f"images must be at least 16x16 pixels, got {self.image_size}; choose larger images")
+        for size in (self.image_size, self.image_width or self.image_size):
+            if size < 16:
+                raise AelabError(f"images must be at least 16x16 pixels, got {self.image_size}x"
+                                 f"{self.image_width or self.image_size}; choose larger images")
+        if self.width < 1:
+            raise AelabError(f"`model.width` must be at least 1, got {self.width}; try 8")
+        if self.hidden < 1:
+            raise AelabError(f"`model.hidden` must be at least 1, got {self.hidden}; try 128")
 
 
 @dataclass

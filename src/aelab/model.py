@@ -15,17 +15,17 @@ from .config import ModelConfig
 from .errors import AelabError
 from .ops import ConvTranspose2d
 
-CHANNELS = (8, 16, 32)  # the tutorial's convolution widths
+WIDTH = 8  # the tutorial's first convolution width (doubled at each stage: 8, 16, 32)
 HIDDEN = 128  # the tutorial's fully connected width
 
 
 def encoder_sizes(image_size: int) -> list[int]:
-    """Spatial size after each encoder convolution: [28, 14, 7, 3] for 28x28 input."""
+    """Size along one axis after each encoder convolution: [28, 14, 7, 3] for 28 pixels."""
     sizes = [image_size]
     for padding in (1, 1, 0):  # kernel 3, stride 2
         sizes.append((sizes[-1] + 2 * padding - 3) // 2 + 1)
     if sizes[-1] < 1:
-        raise AelabError(f"images of {image_size}x{image_size} are too small for this model (at least 16x16)")
+        raise AelabError(f"images of {image_size} pixels are too small for this model; choose at least 16")
     return sizes
 
 
@@ -37,64 +37,74 @@ def _output_padding(size_in: int, size_out: int, padding: int) -> int:
     return extra
 
 
-class Encoder(nn.Module):
-    """Image [B, C, H, W] -> code [B, latent_dim]."""
+def _shape(image_size: int, image_width: int | None) -> tuple[list[int], list[int]]:
+    """Encoder sizes along the height and the width ([28, 14, 7, 3] each for 28x28)."""
+    return encoder_sizes(image_size), encoder_sizes(image_width or image_size)
 
-    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28):
+
+class Encoder(nn.Module):
+    """Image [B, C, H, W] -> code [B, latent_dim]. H = ``image_size``, W = ``image_width`` (default: H)."""
+
+    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
+                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN):
         super().__init__()
-        side = encoder_sizes(image_size)[-1]
+        heights, widths = _shape(image_size, image_width)
+        channels = (width, 2 * width, 4 * width)
         self.encoder_cnn = nn.Sequential(
-            nn.Conv2d(in_channels, CHANNELS[0], 3, stride=2, padding=1),
+            nn.Conv2d(in_channels, channels[0], 3, stride=2, padding=1),
             nn.ReLU(True),
-            nn.Conv2d(CHANNELS[0], CHANNELS[1], 3, stride=2, padding=1),
-            nn.BatchNorm2d(CHANNELS[1]),
+            nn.Conv2d(channels[0], channels[1], 3, stride=2, padding=1),
+            nn.BatchNorm2d(channels[1]),
             nn.ReLU(True),
-            nn.Conv2d(CHANNELS[1], CHANNELS[2], 3, stride=2, padding=0),
+            nn.Conv2d(channels[1], channels[2], 3, stride=2, padding=0),
             nn.ReLU(True),
         )
         self.flatten = nn.Flatten(start_dim=1)
         self.encoder_lin = nn.Sequential(
-            nn.Linear(side * side * CHANNELS[2], HIDDEN),
+            nn.Linear(heights[-1] * widths[-1] * channels[2], hidden),
             nn.ReLU(True),
-            nn.Linear(HIDDEN, latent_dim),
+            nn.Linear(hidden, latent_dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.encoder_cnn(x)  # [B, 32, 3, 3]
+        x = self.encoder_cnn(x)  # [B, 32, 3, 3] for MNIST
         x = self.flatten(x)  # [B, 288]
         return self.encoder_lin(x)  # [B, latent_dim]
 
 
 class Decoder(nn.Module):
-    """Code [B, latent_dim] -> image [B, C, H, W] in (0, 1)."""
+    """Code [B, latent_dim] -> image [B, C, H, W] in (0, 1); the encoder's mirror."""
 
-    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28):
+    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
+                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN):
         super().__init__()
-        sizes = encoder_sizes(image_size)  # [28, 14, 7, 3]
-        side = sizes[-1]
+        heights, widths = _shape(image_size, image_width)  # [28, 14, 7, 3] each for MNIST
+        channels = (width, 2 * width, 4 * width)
+
+        def output_padding(stage: int, padding: int) -> tuple[int, int]:
+            return (_output_padding(heights[stage + 1], heights[stage], padding),
+                    _output_padding(widths[stage + 1], widths[stage], padding))
+
         self.decoder_lin = nn.Sequential(
-            nn.Linear(latent_dim, HIDDEN),
+            nn.Linear(latent_dim, hidden),
             nn.ReLU(True),
-            nn.Linear(HIDDEN, side * side * CHANNELS[2]),
+            nn.Linear(hidden, heights[-1] * widths[-1] * channels[2]),
             nn.ReLU(True),
         )
-        self.unflatten = nn.Unflatten(dim=1, unflattened_size=(CHANNELS[2], side, side))
+        self.unflatten = nn.Unflatten(dim=1, unflattened_size=(channels[2], heights[-1], widths[-1]))
         self.decoder_conv = nn.Sequential(
-            ConvTranspose2d(CHANNELS[2], CHANNELS[1], 3, stride=2,
-                               output_padding=_output_padding(sizes[3], sizes[2], 0)),
-            nn.BatchNorm2d(CHANNELS[1]),
+            ConvTranspose2d(channels[2], channels[1], 3, stride=2, output_padding=output_padding(2, 0)),
+            nn.BatchNorm2d(channels[1]),
             nn.ReLU(True),
-            ConvTranspose2d(CHANNELS[1], CHANNELS[0], 3, stride=2, padding=1,
-                               output_padding=_output_padding(sizes[2], sizes[1], 1)),
-            nn.BatchNorm2d(CHANNELS[0]),
+            ConvTranspose2d(channels[1], channels[0], 3, stride=2, padding=1, output_padding=output_padding(1, 1)),
+            nn.BatchNorm2d(channels[0]),
             nn.ReLU(True),
-            ConvTranspose2d(CHANNELS[0], in_channels, 3, stride=2, padding=1,
-                               output_padding=_output_padding(sizes[1], sizes[0], 1)),
+            ConvTranspose2d(channels[0], in_channels, 3, stride=2, padding=1, output_padding=output_padding(0, 1)),
         )
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """The output before the sigmoid (for a numerically stable BCE loss)."""
-        x = self.decoder_lin(z)  # [B, 288]
+        x = self.decoder_lin(z)  # [B, 288] for MNIST
         x = self.unflatten(x)  # [B, 32, 3, 3]
         return self.decoder_conv(x)  # [B, C, 28, 28]
 
@@ -105,16 +115,20 @@ class Decoder(nn.Module):
 class ConvAutoencoder(nn.Module):
     """Encoder and decoder together: ``model(x)`` reconstructs, ``encode``/``decode`` go halfway."""
 
-    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28):
+    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
+                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN):
         super().__init__()
-        self.config = ModelConfig(latent_dim=latent_dim, in_channels=in_channels, image_size=image_size)
+        self.config = ModelConfig(latent_dim=latent_dim, in_channels=in_channels, image_size=image_size,
+                                  image_width=image_width, width=width, hidden=hidden)
         self.config.validate()
-        self.encoder = Encoder(latent_dim, in_channels, image_size)
-        self.decoder = Decoder(latent_dim, in_channels, image_size)
+        shape = {"image_width": image_width, "width": width, "hidden": hidden}
+        self.encoder = Encoder(latent_dim, in_channels, image_size, **shape)
+        self.decoder = Decoder(latent_dim, in_channels, image_size, **shape)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "ConvAutoencoder":
-        return cls(config.latent_dim, config.in_channels, config.image_size)
+        return cls(config.latent_dim, config.in_channels, config.image_size, image_width=config.image_width,
+                   width=config.width, hidden=config.hidden)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

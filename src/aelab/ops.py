@@ -97,11 +97,10 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         fast = (output_size is None and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
                 and self.kernel_size == (3, 3) and self.stride == (2, 2) and self.dilation == (1, 1)
-                and self.groups == 1 and self.padding[0] == self.padding[1]
-                and self.output_padding[0] == self.output_padding[1] and self.padding_mode == "zeros"
+                and self.groups == 1 and self.padding[0] == self.padding[1] and self.padding_mode == "zeros"
                 and not torch.is_autocast_enabled("cpu"))
         if not fast:
             return super().forward(x, output_size)
-        padding, output_padding = self.padding[0], self.output_padding[0]
-        out_size = tuple((n - 1) * 2 - 2 * padding + 3 + output_padding for n in x.shape[2:])
+        padding = self.padding[0]
+        out_size = tuple((n - 1) * 2 - 2 * padding + 3 + extra for n, extra in zip(x.shape[2:], self.output_padding))
         return _ConvTranspose3x3Stride2.apply(x, self.weight, self.bias, padding, out_size)

@@ -300,9 +300,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
 def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
     """The config with the model sized for the data, and the number of shards that auto resolves to."""
     channels, height, width = splits["train"].image_shape
-    if height != width:
-        raise AelabError(f"images must be square, got {height}x{width}; crop or pad them to a square")
-    config = replace(config, model=replace(config.model, in_channels=channels, image_size=height))
+    config = replace(config, model=replace(config.model, in_channels=channels, image_size=height,
+                                           image_width=None if width == height else width))
     if config.train.shards == 0:  # auto: the run records the number it uses
         shards = resolve_shards(0, resolve_device(config.train.device), config.train.batch_size)
         config = replace(config, train=replace(config.train, shards=shards))

