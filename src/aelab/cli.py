@@ -42,6 +42,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 # option dest -> (config section, field)
 TRAIN_OPTIONS = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "val_fraction": ("data", "val_fraction"),
+    "test_fraction": ("data", "test_fraction"),
     "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "hidden": ("model", "hidden"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "loss": ("train", "loss"), "noise_factor": ("train", "noise_factor"),
@@ -260,7 +261,12 @@ def _add_train(sub) -> None:
                    "(--epochs may extend a finished run)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="a set of training settings (default: fast)")
-    p.add_argument("--dataset", choices=DATASETS, help=f"default: {d.dataset}")
+    p.add_argument("--data", "--dataset", dest="dataset", metavar="SOURCE",
+                   help=f"{' or '.join(DATASETS)}, or a .npy / .npz file of images: [N, H, W], [N, H, W, C] or "
+                        "[N, C, H, W], uint8 or floats in [0, 1]; a .npz holds `images` and optionally `labels` "
+                        f"(default: {d.dataset})")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help=f"a file: share of its images held out for testing (default: {d.test_fraction:g})")
     p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim})")
     p.add_argument("--width", type=int, metavar="N", help="channels of the first convolution, doubled at each of the "
                    f"three stages; more for bigger images (default: {m.width}, the tutorial's)")

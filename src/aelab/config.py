@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.catalog import DATASETS
+from .data.catalog import ARRAY_SUFFIXES, DATASETS
 from .errors import AelabError
 
 LOSSES = ("mse", "bce")
@@ -27,19 +27,24 @@ PRECISIONS = ("fp32", "bf16")
 class DataConfig:
     """Where the images come from and how the training set is split."""
 
-    dataset: str = "mnist"  # mnist | fashion-mnist
+    dataset: str = "mnist"  # the source: mnist | fashion-mnist | a .npy / .npz file of images
     data_dir: str | None = None  # None: $AELAB_DATA_DIR, else ~/.cache/aelab/data
-    val_fraction: float = 0.2  # share of the 60,000 training images kept for validation
-    split_seed: int = 0  # the train/val split depends on this only, not on the training seed
+    val_fraction: float = 0.2  # share of the training images kept for validation
+    test_fraction: float = 0.1  # an array file: share of its images held out for testing
+    split_seed: int = 0  # the splits depend on this only, not on the training seed
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise AelabError(f"unknown `data.dataset` {self.dataset!r}; choose one of {', '.join(DATASETS)}")
-        if not (0.0 < self.val_fraction < 1.0):
-            raise AelabError(
-                f"`data.val_fraction` must be between 0 and 1 (exclusive), got {self.val_fraction}; "
-                "try 0.2"
-            )
+        if self.dataset not in DATASETS and Path(self.dataset).suffix.lower() not in ARRAY_SUFFIXES:
+            raise AelabError(f"unknown `data.dataset` {self.dataset!r}; choose one of {', '.join(DATASETS)}, "
+                             "or a .npy / .npz file of images")
+        for name in ("val_fraction", "test_fraction"):
+            if not (0.0 < getattr(self, name) < 1.0):
+                raise AelabError(f"`data.{name}` must be between 0 and 1 (exclusive), got {getattr(self, name)}; "
+                                 "try 0.2")
+
+    def source_name(self) -> str:
+        """A short name of the source: the dataset's, or the file's without its suffix."""
+        return self.dataset if self.dataset in DATASETS else Path(self.dataset).stem
 
 
 @dataclass
@@ -181,7 +186,7 @@ class RunConfig:
 
     def default_run_dir(self) -> str:
         """Where a run goes when no folder is given: runs/DATASET-dLATENT (e.g. runs/mnist-d4)."""
-        return f"runs/{self.data.dataset}-d{self.model.latent_dim}"
+        return f"runs/{self.data.source_name()}-d{self.model.latent_dim}"
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

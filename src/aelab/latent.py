@@ -112,6 +112,11 @@ def stratified_subset(labels: np.ndarray, max_points: int | None, seed: int = 0)
     return np.sort(np.concatenate(chosen))
 
 
+def suggested_perplexity(n_points: int) -> float:
+    """t-SNE's usual perplexity, 30, or less for a few points (it must stay below their number)."""
+    return max(1.0, min(30.0, (n_points - 1) / 3))
+
+
 def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perplexity: float = 30.0,
             seed: int = 0) -> tuple[np.ndarray, tuple[str, str]]:
     """2-D coordinates [N, 2] of ``codes`` and the two axis names."""
@@ -135,7 +140,7 @@ def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perp
 
         if not (1 <= perplexity < len(codes)):
             raise AelabError(f"`perplexity` must be at least 1 and less than the number of points ({len(codes)}), "
-                             f"got {perplexity}; try 30")
+                             f"got {perplexity}; try {suggested_perplexity(len(codes)):g}")
         log.info("t-SNE of %d points (perplexity %g) ...", len(codes), perplexity)
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
         return tsne.fit_transform(codes.astype(np.float32)), ("t-SNE 1", "t-SNE 2")

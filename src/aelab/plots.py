@@ -104,6 +104,18 @@ def palette(n: int) -> list[str]:
     return [base[i % len(base)] for i in range(n)]
 
 
+def label_colour(label: int, class_names: tuple[str, ...]) -> str:
+    """A label's colour (``palette``); grey for -1 (images without labels)."""
+    return "#5a6478" if label < 0 else palette(max(len(class_names), label + 1))[label]
+
+
+def label_name(label: int, class_names: tuple[str, ...]) -> str:
+    """A label's class name; ``unlabelled`` for -1 (images without labels)."""
+    if label < 0:
+        return "unlabelled"
+    return class_names[label] if label < len(class_names) else str(label)
+
+
 def map_png(xy: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], axis_names: tuple[str, str],
             title: str, path: Path) -> Path:
     """A static 2-D map of points coloured by label, with a legend."""
@@ -113,11 +125,10 @@ def map_png(xy: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], ax
     figure = Figure(figsize=(7.5, 6.5), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    colours = palette(len(class_names))
     for label in np.unique(labels):
         mask = labels == label
-        name = class_names[label] if label < len(class_names) else str(label)
-        axes.scatter(xy[mask, 0], xy[mask, 1], s=4, alpha=0.7, color=colours[label % len(colours)], label=name,
+        name = label_name(label, class_names)
+        axes.scatter(xy[mask, 0], xy[mask, 1], s=4, alpha=0.7, color=label_colour(label, class_names), label=name,
                      linewidths=0)
     axes.set_xlabel(axis_names[0])
     axes.set_ylabel(axis_names[1])
@@ -138,13 +149,12 @@ def map_plotly(xy: np.ndarray, labels: np.ndarray, index: np.ndarray, class_name
     import plotly.graph_objects as go
 
     figure = go.Figure()
-    colours = palette(len(class_names))
     for label in np.unique(labels):
         positions = np.flatnonzero(labels == label)
-        name = class_names[label] if label < len(class_names) else str(label)
+        name = label_name(label, class_names)
         figure.add_trace(go.Scattergl(
             x=xy[positions, 0], y=xy[positions, 1], mode="markers", name=name,
-            marker={"size": 4, "color": colours[label % len(colours)], "opacity": 0.75},
+            marker={"size": 4, "color": label_colour(label, class_names), "opacity": 0.75},
             customdata=np.column_stack([index[positions], np.full(len(positions), name, dtype=object), positions]),
             hovertemplate="index %{customdata[0]}<br>label %{customdata[1]}<extra></extra>"))
     figure.update_layout(title=title, xaxis_title=axis_names[0], yaxis_title=axis_names[1], template="plotly_white",
@@ -174,18 +184,18 @@ def script_json(value) -> str:
 # Interactive maps with the image under the pointer: each map is a <div> whose parent also holds
 # a <canvas class="preview">; the images are one sprite sheet, in the order of customdata[2].
 MAP_CSS = """.map { position: relative; }
-.preview { position: absolute; right: 16px; top: 56px; width: 84px; height: 84px; border: 1px solid #ccd;
+.preview { position: absolute; right: 16px; top: 56px; width: 84px; height: auto; border: 1px solid #ccd;
   background: black; image-rendering: pixelated; display: none; }"""
 
-MAP_SCRIPT = """function aelabMaps(maps, spriteUri, columns, side) {
+MAP_SCRIPT = """function aelabMaps(maps, spriteUri, columns, width, height) {
   const sprite = new Image(); sprite.src = spriteUri;
   const plotted = Object.keys(maps).map(function (id) {
     const div = document.getElementById(id), canvas = div.parentElement.querySelector("canvas.preview");
-    canvas.width = side; canvas.height = side;
+    canvas.width = width; canvas.height = height;
     return Plotly.newPlot(div, maps[id].data, maps[id].layout, {responsive: true, displaylogo: false}).then(function () {
       div.on("plotly_hover", function (event) {
         const k = Number(event.points[0].customdata[2]);
-        canvas.getContext("2d").drawImage(sprite, (k % columns) * side, Math.floor(k / columns) * side, side, side, 0, 0, side, side);
+        canvas.getContext("2d").drawImage(sprite, (k % columns) * width, Math.floor(k / columns) * height, width, height, 0, 0, width, height);
         canvas.style.display = "block"; });
       div.on("plotly_unhover", function () { canvas.style.display = "none"; });
     });
@@ -201,7 +211,7 @@ def maps_script(figures: dict, images: torch.Tensor) -> str:
     sprite = tile(images, -(-len(images) // columns), columns, pad=0, value=0)
     figures_json = {name: json.loads(figure.to_json()) for name, figure in figures.items()}
     return (f"const AELAB_MAPS = aelabMaps({script_json(figures_json)}, {script_json(png_data_uri(sprite))}, "
-            f"{columns}, {images.shape[-1]});")
+            f"{columns}, {images.shape[-1]}, {images.shape[-2]});")
 
 
 def write_map_html(figure, images: torch.Tensor, path: Path, title: str) -> Path:

@@ -63,7 +63,8 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet) -> dict[str, Any]:
     embedding = latent.embed(run, test)
     subset = latent.stratified_subset(embedding.label, MAP_POINTS, seed=0)
     shown = embedding.subset(subset)
-    maps = {method: figures.latent_map(shown, method, "test") for method in ("scatter", "tsne")}
+    perplexity = latent.suggested_perplexity(len(shown))
+    maps = {method: figures.latent_map(shown, method, "test", perplexity=perplexity) for method in ("scatter", "tsne")}
     out["maps"] = {method: found.figure for method, found in maps.items()}
     out["n_map_points"] = len(shown)
     out["map_images"] = maps["scatter"].hover_images(test, subset)

@@ -21,7 +21,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .callbacks import Callback, CallbackList, Figures, Report, RunFolder
-from .config import RunConfig
+from .config import DATASETS, RunConfig
 from .data.batches import Batches, noise_generator
 from .data.sets import ImageSet, load_splits
 from .devices import resolve_device
@@ -298,10 +298,13 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
 
 
 def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
-    """The config with the model sized for the data, and the number of shards that auto resolves to."""
+    """The config with the model sized for the data, a data file's absolute path, and the number of
+    shards that auto resolves to."""
     channels, height, width = splits["train"].image_shape
     config = replace(config, model=replace(config.model, in_channels=channels, image_size=height,
                                            image_width=None if width == height else width))
+    if config.data.dataset not in DATASETS:  # a file: the run records where it is, whatever the working folder
+        config = replace(config, data=replace(config.data, dataset=str(Path(config.data.dataset).expanduser().resolve())))
     if config.train.shards == 0:  # auto: the run records the number it uses
         shards = resolve_shards(0, resolve_device(config.train.device), config.train.batch_size)
         config = replace(config, train=replace(config.train, shards=shards))

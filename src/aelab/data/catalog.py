@@ -40,3 +40,6 @@ DATASETS = {
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     ),
 }
+
+
+ARRAY_SUFFIXES = (".npy", ".npz")  # a source that is a numpy file of images (aelab.data.arrays)

@@ -1,4 +1,4 @@
-"""ImageSet: a whole dataset in memory as uint8, and the seeded train/validation split."""
+"""ImageSet: a whole dataset in memory as uint8, and the seeded splits of a source into train, val, test."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from ..config import DataConfig
 from ..errors import AelabError
 from . import sources
+from .arrays import is_array_file, read_array_file
 from .batches import to_unit
 
 SPLITS = ("train", "val", "test")
@@ -48,19 +49,27 @@ class ImageSet:
         """All images as float32 in [0, 1] on ``device``: [N, C, H, W]."""
         return to_unit(self.images, device)
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the images have labels (unlabelled images have label -1)."""
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
     @classmethod
-    def from_arrays(cls, images: np.ndarray | torch.Tensor, labels, class_names=None) -> "ImageSet":
-        """Build from uint8 images [N, H, W] or [N, C, H, W] and integer labels."""
+    def from_arrays(cls, images: np.ndarray | torch.Tensor, labels=None, class_names=None) -> "ImageSet":
+        """Build from uint8 images [N, H, W] or [N, C, H, W] and integer labels (None: unlabelled, -1)."""
         images = torch.as_tensor(np.asarray(images))
         if images.dim() == 3:
             images = images.unsqueeze(1)
+        if labels is None:
+            labels, class_names = torch.full((len(images),), -1, dtype=torch.int64), ()
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-        names = tuple(class_names) if class_names else tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
+        names = tuple(class_names) if class_names is not None and (class_names or not len(labels) or labels.max() < 0) \
+            else tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
         return cls(images.to(torch.uint8).contiguous(), labels, torch.arange(len(labels)), names)
 
 
 def load_file_set(data: DataConfig, train: bool) -> ImageSet:
-    """The 60,000 training (``train=True``) or 10,000 test images, fetched and verified first."""
+    """A named dataset's 60,000 training (``train=True``) or 10,000 test images, fetched and verified first."""
     folder = sources.fetch(data.dataset, data.data_dir)
     prefix = "train" if train else "t10k"
     images = sources.read_idx(folder / f"{prefix}-images-idx3-ubyte")
@@ -68,27 +77,40 @@ def load_file_set(data: DataConfig, train: bool) -> ImageSet:
     return ImageSet.from_arrays(images, labels, sources.DATASETS[data.dataset].class_names)
 
 
-def split_train_val(full: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """A seeded random split: the same fraction and seed always give the same two sets."""
+def split_off(full: ImageSet, fraction: float, seed: int, name: str = "val_fraction") -> tuple[ImageSet, ImageSet]:
+    """A seeded random split into the rest and ``fraction`` of the images: the same fraction and
+    seed always give the same two sets."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(full), generator=generator)
-    n_val = int(round(len(full) * val_fraction))
-    if n_val < 1 or n_val >= len(full):
-        raise AelabError(f"`data.val_fraction` {val_fraction} leaves no images for training or validation; try 0.2")
-    return full.subset(order[: len(full) - n_val]), full.subset(order[len(full) - n_val:])
+    n_part = int(round(len(full) * fraction))
+    if n_part < 1 or n_part >= len(full):
+        raise AelabError(f"`data.{name}` {fraction} of {len(full)} images leaves none on one side of the split; "
+                         "try 0.2 (or give more images)")
+    return full.subset(order[: len(full) - n_part]), full.subset(order[len(full) - n_part:])
 
 
-def load_split(data: DataConfig, split: str) -> ImageSet:
-    """One split: ``train`` or ``val`` (from the training file) or ``test``."""
-    if split not in SPLITS:
-        raise AelabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if split == "test":
-        return load_file_set(data, train=False)
-    train, val = split_train_val(load_file_set(data, train=True), data.val_fraction, data.split_seed)
-    return train if split == "train" else val
+def split_train_val(full: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """The training images and the validation images (``val_fraction`` of them, seeded)."""
+    return split_off(full, val_fraction, seed)
 
 
 def load_splits(data: DataConfig) -> dict[str, ImageSet]:
-    """All three splits, reading each file once."""
-    train, val = split_train_val(load_file_set(data, train=True), data.val_fraction, data.split_seed)
-    return {"train": train, "val": val, "test": load_file_set(data, train=False)}
+    """All three splits. A named dataset: its training file split into train and val, its test file.
+    An array file: ``data.test_fraction`` of its images for test, then ``data.val_fraction`` of the
+    rest for val (both seeded by ``data.split_seed``)."""
+    if is_array_file(data.dataset):
+        images, labels = read_array_file(data.dataset)
+        rest, test = split_off(ImageSet.from_arrays(images, labels), data.test_fraction, data.split_seed, "test_fraction")
+    else:
+        rest, test = load_file_set(data, train=True), load_file_set(data, train=False)
+    train, val = split_train_val(rest, data.val_fraction, data.split_seed)
+    return {"train": train, "val": val, "test": test}
+
+
+def load_split(data: DataConfig, split: str) -> ImageSet:
+    """One split: ``train``, ``val`` or ``test``."""
+    if split not in SPLITS:
+        raise AelabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if split == "test" and not is_array_file(data.dataset):
+        return load_file_set(data, train=False)  # (the training file is not needed)
+    return load_splits(data)[split]
