@@ -124,6 +124,7 @@ def test_mlflow_logs_params_metrics_and_the_run_folder(tmp_path, monkeypatch):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # MLflow puts a new experiment's artifacts in ./mlruns
     run_dir = tmp_path / "run"
     data = make_splits()
     train(tiny_config(epochs=2), run_dir, report=False, data=data, callbacks=[MLflow()])
