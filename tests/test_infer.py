@@ -56,9 +56,10 @@ def test_only_what_is_asked_for_is_computed(model_and_images):
 
 def test_noise_gives_the_denoising_error_against_the_clean_image(model_and_images):
     model, images = model_and_images
-    result = infer(model, images, noise_factor=0.3, seed=5)
+    result = infer(model, images, noise_factor=0.3, seed=5, inputs=True)
     x = to_unit(images)
     noisy = add_noise(x, 0.3, noise_generator(5, "cpu"))
+    assert torch.equal(result.inputs, noisy)  # what the model saw
     with torch.no_grad():
         expected = (model(noisy) - x).square().mean((1, 2, 3))
     assert np.allclose(result.mse, expected.double().numpy(), rtol=1e-5)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .callbacks import TRACKERS
 from .config import DATASETS, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, train_config_for
 from .errors import AelabError
 
@@ -296,7 +297,7 @@ def _add_train(sub) -> None:
                         "BatchNorm statistics (as multi-GPU data parallelism does); 1 = off; 0 = auto: 2 on a CPU "
                         "with 2+ threads and batches of 128+ (1.08x on 2 cores, see benchmarks/RESULTS.md) (default: 0)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
-    p.add_argument("--track", action="append", choices=("tensorboard", "mlflow"), metavar="TRACKER",
+    p.add_argument("--track", action="append", choices=TRACKERS, metavar="TRACKER",
                    help="also log to an experiment tracker (repeat for both): tensorboard (event files in "
                         "RUN/tensorboard/; pip install 'aelab[tensorboard]') or mlflow (params, metrics per epoch and "
                         "the run folder's files; $MLFLOW_TRACKING_URI, else MLflow's default; "

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import latent, plots
-from .data.batches import add_noise, noise_generator, to_unit
+from .data.batches import to_unit
 from .data.sets import ImageSet
 from .infer import infer
 from .run import Run
@@ -26,11 +26,9 @@ def reconstruction_examples(model: torch.nn.Module, images: torch.Tensor, noise_
                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Clean images, their noisy inputs (None without noise) and the model's outputs, all floats
     [N, C, H, W] in [0, 1] on the CPU, for uint8 ``images``."""
-    device = next(model.parameters()).device
-    result = infer(model, images, mse=False, reconstructions=True, noise_factor=noise_factor, seed=FIGURE_NOISE_SEED)
-    clean = to_unit(images, device)
-    noisy = add_noise(clean, noise_factor, noise_generator(FIGURE_NOISE_SEED, device)).cpu() if noise_factor > 0 else None
-    return clean.cpu(), noisy, result.reconstructions
+    result = infer(model, images, mse=False, reconstructions=True, inputs=noise_factor > 0, noise_factor=noise_factor,
+                   seed=FIGURE_NOISE_SEED)
+    return to_unit(images.cpu()), result.inputs, result.reconstructions
 
 
 def grid_picture(run: Run, plane: latent.LatentPlane, n: int) -> np.ndarray:

@@ -16,8 +16,6 @@ import torch.nn.functional as F
 from .data.batches import add_noise, noise_generator, to_unit
 from .errors import AelabError
 
-LOSSES = ("mse", "bce")
-
 
 @dataclass
 class Inference:
@@ -27,6 +25,7 @@ class Inference:
     bce: np.ndarray | None = None  # float64 [N]: mean binary cross-entropy per pixel (from the logits)
     codes: np.ndarray | None = None  # float32 [N, latent_dim]
     reconstructions: torch.Tensor | None = None  # float32 [N, C, H, W] in [0, 1], on the CPU
+    inputs: torch.Tensor | None = None  # float32 [N, C, H, W]: what the model saw (noisy in a denoising pass), CPU
 
     def mean(self, loss: str = "mse") -> float:
         """The loss over every pixel of every image (all images have the same size)."""
@@ -38,7 +37,8 @@ class Inference:
 
 @torch.no_grad()
 def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce: bool = False,
-          codes: bool = False, reconstructions: bool = False, noise_factor: float = 0.0, seed: int = 0,
+          codes: bool = False, reconstructions: bool = False, inputs: bool = False, noise_factor: float = 0.0,
+          seed: int = 0,
           batch_size: int = 1024) -> Inference:
     """Run ``model`` (an autoencoder with ``encoder`` and ``decoder.logits``) over uint8 images
     [N, C, H, W] in chunks of ``batch_size``, in eval mode, on the model's device.
@@ -50,12 +50,14 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
     model.eval()
     device = next(model.parameters()).device
     generator = noise_generator(seed, device) if noise_factor > 0 else None
-    parts: dict[str, list[torch.Tensor]] = {"mse": [], "bce": [], "codes": [], "reconstructions": []}
+    parts: dict[str, list[torch.Tensor]] = {"mse": [], "bce": [], "codes": [], "reconstructions": [], "inputs": []}
     try:
         for start in range(0, len(images), batch_size):
             clean = to_unit(images[start: start + batch_size], device)  # [B, C, H, W]
-            inputs = add_noise(clean, noise_factor, generator) if generator is not None else clean
-            z = model.encoder(inputs)  # [B, latent_dim]
+            seen = add_noise(clean, noise_factor, generator) if generator is not None else clean
+            if inputs:
+                parts["inputs"].append(seen.cpu())
+            z = model.encoder(seen)  # [B, latent_dim]
             logits = model.decoder.logits(z)  # [B, C, H, W]
             pixels = clean[0].numel()
             if mse or reconstructions:
@@ -71,11 +73,13 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
                 parts["codes"].append(z.float())
     finally:
         model.train(was_training)
-    empty = {"mse": (0,), "bce": (0,), "codes": (0, model.config.latent_dim), "reconstructions": (0, *images.shape[1:])}
+    empty = {"mse": (0,), "bce": (0,), "codes": (0, model.config.latent_dim), "reconstructions": (0, *images.shape[1:]),
+             "inputs": (0, *images.shape[1:])}
     joined = {name: (torch.cat(chunks) if chunks else torch.zeros(empty[name])).cpu() for name, chunks in parts.items()}
     return Inference(
         mse=joined["mse"].double().numpy() if mse else None,
         bce=joined["bce"].double().numpy() if bce else None,
         codes=joined["codes"].numpy() if codes else None,
         reconstructions=joined["reconstructions"] if reconstructions else None,
+        inputs=joined["inputs"] if inputs else None,
     )

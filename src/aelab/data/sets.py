@@ -49,11 +49,6 @@ class ImageSet:
         """All images as float32 in [0, 1] on ``device``: [N, C, H, W]."""
         return to_unit(self.images, device)
 
-    @property
-    def labelled(self) -> bool:
-        """Whether the images have labels (unlabelled images have label -1)."""
-        return bool(len(self.labels)) and bool((self.labels >= 0).all())
-
     @classmethod
     def from_arrays(cls, images: np.ndarray | torch.Tensor, labels=None, class_names=None) -> "ImageSet":
         """Build from uint8 images [N, H, W] or [N, C, H, W] and integer labels (None: unlabelled, -1)."""
@@ -61,10 +56,9 @@ class ImageSet:
         if images.dim() == 3:
             images = images.unsqueeze(1)
         if labels is None:
-            labels, class_names = torch.full((len(images),), -1, dtype=torch.int64), ()
+            labels = np.full(len(images), -1)  # (no class names: the range below is empty)
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
-        names = tuple(class_names) if class_names is not None and (class_names or not len(labels) or labels.max() < 0) \
-            else tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
+        names = tuple(class_names) if class_names else tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
         return cls(images.to(torch.uint8).contiguous(), labels, torch.arange(len(labels)), names)
 
 
