@@ -4,7 +4,7 @@ import re
 import pytest
 
 from aelab import AelabError
-from aelab.config import RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, train_config_for
+from aelab.config import RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, memory_budget, train_config_for
 
 
 def test_defaults_are_the_tutorials_settings_with_the_fast_schedule():
@@ -30,11 +30,16 @@ def test_json_round_trip():
     assert again == config
 
 
-FIX = re.compile(r"; (try|choose) \S")  # a message ends by naming a fix: "...; try 0.2", "...; choose mse or bce"
+FIX = re.compile(r"; (try|choose|give) \S")  # a message ends by naming a fix: "...; try 0.2", "...; choose mse or bce"
 
 
 @pytest.mark.parametrize("config, words", [
-    (RunConfig(data=DataConfig(dataset="cifar")), "`data.dataset`"),
+    (RunConfig(data=DataConfig(dataset="")), "`data.dataset`"),
+    (RunConfig(data=DataConfig(channels=2)), "`data.channels`"),
+    (RunConfig(data=DataConfig(image_size="8")), "`data.image_size`"),
+    (RunConfig(data=DataConfig(image_size="64xwide")), "`data.image_size`"),
+    (RunConfig(data=DataConfig(resize="zoom")), "`data.resize`"),
+    (RunConfig(data=DataConfig(memory_limit="lots")), "`data.memory_limit`"),
     (RunConfig(data=DataConfig(val_fraction=1.5)), "`data.val_fraction`"),
     (RunConfig(model=ModelConfig(latent_dim=0)), "`model.latent_dim`"),
     (RunConfig(model=ModelConfig(in_channels=0)), "`model.in_channels`"),
@@ -55,6 +60,13 @@ def test_bad_values_name_the_setting_and_a_fix(config, words):
     with pytest.raises(AelabError, match=re.escape(words)) as error:
         config.validate()
     assert FIX.search(str(error.value)), f"names no fix: {error.value}"
+
+
+def test_sizes_and_memory_limits_read_as_a_user_writes_them():
+    assert DataConfig(image_size="64").size() == (64, 64)
+    assert DataConfig(image_size="48x64").size() == (48, 64)
+    assert memory_budget("512MB") == 512 * 2**20 and memory_budget("1.5G") == int(1.5 * 2**30)
+    assert memory_budget("auto") > 0
 
 
 def test_the_fix_check_fails_on_a_message_without_a_fix():

@@ -81,13 +81,17 @@ for _event in EVENTS:
 # --- the run folder -------------------------------------------------------------------------------
 
 class RunFolder(Callback):
-    """Writes config.json, the checkpoint of every epoch (and of an interrupt), state/best.safetensors,
+    """Writes config.json, data-skipped.csv (the files of a folder that are not usable images, with
+    why), the checkpoint of every epoch (and of an interrupt), state/best.safetensors,
     model.safetensors (the weights ``train.keep`` chooses), metrics.csv and evaluation.json."""
 
     def on_train_start(self, trainer):
-        from .run import save_config
+        from .run import save_config, write_skipped
 
         save_config(trainer.config, trainer.run_dir)
+        source = trainer.splits["train"].source
+        if source is not None and source.skipped:
+            write_skipped(source.skipped, trainer.run_dir)
 
     def on_epoch_end(self, trainer, row):
         from .fsutil import atomic_save

@@ -43,7 +43,8 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 # option dest -> (config section, field)
 TRAIN_OPTIONS = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "val_fraction": ("data", "val_fraction"),
-    "test_fraction": ("data", "test_fraction"),
+    "test_fraction": ("data", "test_fraction"), "channels": ("data", "channels"), "image_size": ("data", "image_size"),
+    "resize": ("data", "resize"), "memory_limit": ("data", "memory_limit"),
     "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "hidden": ("model", "hidden"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "loss": ("train", "loss"), "noise_factor": ("train", "noise_factor"),
@@ -100,10 +101,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _data_config(config: RunConfig, args: argparse.Namespace) -> DataConfig:
-    """The run's data settings, with --data-dir replacing the folder when given."""
-    from dataclasses import replace
+    """The run's data settings (its source, prepared as it was trained), with what the options replace:
+    --data (another copy of the data, or new images), --data-dir, --memory-limit."""
+    from .data.sets import data_for_run
 
-    return replace(config.data, data_dir=args.data_dir) if getattr(args, "data_dir", None) else config.data
+    return data_for_run(config, getattr(args, "data", None), getattr(args, "data_dir", None),
+                        getattr(args, "memory_limit", None))
 
 
 def _dims(text: str) -> tuple[int, int]:
@@ -115,13 +118,13 @@ def _dims(text: str) -> tuple[int, int]:
 
 
 def _load(args: argparse.Namespace):
-    """The run and one split of its data (the run's dataset; --data-dir may move the folder)."""
-    from .data.sets import load_split
+    """The run and one split of its data (the run's source, or --data's, prepared as the run's was)."""
+    from .data.sets import load_run_split
     from .devices import resolve_device
     from .run import load_run
 
     run = load_run(args.run, device=resolve_device(getattr(args, "device", "cpu")))
-    return run, load_split(_data_config(run.config, args), args.split)
+    return run, load_run_split(run.config, _data_config(run.config, args), args.split)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -130,7 +133,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     run, data = _load(args)
     embedding = latent.embed(run, data)
     path = latent.write_table(embedding.columns(), Path(args.out))
-    print(f"{path}: {len(embedding)} rows (index, label, z0..z{embedding.codes.shape[1] - 1}) from the {args.split} split")
+    columns = ", ".join(name for name in embedding.columns() if not name.startswith("z"))
+    print(f"{path}: {len(embedding)} rows ({columns}, z0..z{embedding.codes.shape[1] - 1}) from the {args.split} split")
     return 0
 
 
@@ -148,15 +152,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = out or run.path / "figures" / f"{args.method}-{args.split}.html"
     plots.write_map_html(found.figure, found.hover_images(data, positions), out, found.title)
     plots.map_png(found.xy, shown.label, shown.class_names, found.axis_names, found.title, out.with_suffix(".png"))
-    latent.write_table({"index": shown.index, "label": shown.label, "x": found.xy[:, 0], "y": found.xy[:, 1]},
-                       out.with_suffix(".csv"))
+    table = {name: values for name, values in shown.columns().items() if not name.startswith("z")}
+    latent.write_table({**table, "x": found.xy[:, 0], "y": found.xy[:, 1]}, out.with_suffix(".csv"))
     print(f"{out}\n{out.with_suffix('.png')}\n{out.with_suffix('.csv')}")
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import figures, latent, plots
-    from .data.sets import load_split
+    from .data.sets import load_run_split
 
     modes = [bool(args.grid), args.n_samples is not None, args.interpolate is not None]
     if sum(modes) != 1:
@@ -166,7 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         picture = figures.interpolation_picture(run, data, *args.interpolate, steps=args.steps)
         default = f"interpolation-{args.interpolate[0]}-{args.interpolate[1]}.png"
     else:
-        train_codes = latent.encode(run.model, load_split(_data_config(run.config, args), "train").images)
+        train_codes = latent.encode(run.model, load_run_split(run.config, _data_config(run.config, args), "train").images)
         if args.grid:
             picture, default = figures.grid_picture(run, latent.latent_plane(train_codes, args.dims), args.n), "grid.png"
         else:
@@ -180,13 +184,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(write_report(args.run, data_dir=args.data_dir))
+    print(write_report(args.run, data_dir=args.data_dir, data=args.data))
     return 0
 
 
 def _add_explore(sub) -> None:
     p = sub.add_parser("embed", help="the latent codes of a split as a table (CSV or Parquet)",
-                       description="Write one row per image: index (in its file), label, z0 ... z{d-1}. "
+                       description="Write one row per image: index (in its source), path (images from a folder), "
+                                   "label (-1: unlabelled), z0 ... z{d-1}. "
                                    "A name ending in .parquet writes Parquet (pip install 'aelab[parquet]').")
     _add_run(p)
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
@@ -231,6 +236,8 @@ def _add_explore(sub) -> None:
                        description="Write RUN/report.html: configuration, metrics, loss curves, reconstructions per "
                                    "epoch, latent maps (interactive), generated images; it opens without a network.")
     p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
+    p.add_argument("--data", metavar="SOURCE", help="the images to show instead of the run's own source (another "
+                   "copy of the same data, or new images), prepared as the run's training images were")
     _add_common(p)
     p.set_defaults(func=cmd_report)
 
@@ -240,7 +247,8 @@ def _add_explore(sub) -> None:
 def _add_common(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
     if data_dir:
         parser.add_argument("--data-dir", metavar="DIR",
-                            help="folder for datasets (default: $AELAB_DATA_DIR, else ~/.cache/aelab/data)")
+                            help="folder for datasets and the image cache (default: $AELAB_DATA_DIR, else "
+                                 "~/.cache/aelab/data)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
     parser.set_defaults(parser=parser)  # error messages name this command's options
 
@@ -248,6 +256,30 @@ def _add_common(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
 def _add_run(parser: argparse.ArgumentParser, split_help: str = "default: test") -> None:
     parser.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
     parser.add_argument("--split", choices=SPLIT_CHOICES, default="test", help=split_help)
+    _add_data(parser)
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", metavar="SOURCE",
+                        help="the images to use instead of the run's own source: another copy of the same data, or "
+                             "new images (a folder, a .npy / .npz file, a named dataset), prepared as the run's "
+                             "training images were (channels, size)")
+    parser.add_argument("--memory-limit", metavar="SIZE",
+                        help="a folder larger than this is read from its cache on disk (default: the run's setting)")
+
+
+def _add_preparation(parser: argparse.ArgumentParser, train: bool = True) -> None:
+    """--channels, --image-size, --resize: how images are made uniform."""
+    when = "" if train else " (default: what the run was trained with)"
+    parser.add_argument("--channels", type=int, choices=(1, 3),
+                        help="1 (grey; colour images by their luma) or 3 (colour; grey images repeated); an alpha "
+                             "channel is composited on black" + (when or " (default: 3 if any image has colour, else 1)"))
+    parser.add_argument("--image-size", metavar="H[xW]",
+                        help="the size every image is made, e.g. 64 or 48x64" +
+                             (when or " (default: the most common size of the images)"))
+    parser.add_argument("--resize", choices=("stretch", "crop", "pad"),
+                        help="how an image of another size is fitted: stretch to the size, crop (scale to cover, cut "
+                             "the centre) or pad (scale to fit, black borders)" + (when or " (default: stretch)"))
 
 
 def _add_train(sub) -> None:
@@ -263,11 +295,20 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="a set of training settings (default: fast)")
     p.add_argument("--data", "--dataset", dest="dataset", metavar="SOURCE",
-                   help=f"{' or '.join(DATASETS)}, or a .npy / .npz file of images: [N, H, W], [N, H, W, C] or "
-                        "[N, C, H, W], uint8 or floats in [0, 1]; a .npz holds `images` and optionally `labels` "
+                   help=f"{' or '.join(DATASETS)}; a folder of images (PNG, JPEG, BMP, GIF, TIFF, WebP, searched in "
+                        "subfolders; class subfolders give labels; train/ test/ (val/) subfolders give the splits; "
+                        "decoded once into a cache under --data-dir; files that are not usable images are skipped and "
+                        "listed in RUN/data-skipped.csv); or a .npy / .npz file of images: [N, H, W], [N, H, W, C] or "
+                        "[N, C, H, W], uint8 or floats in [0, 1], a .npz with `images` and optionally `labels` "
                         f"(default: {d.dataset})")
     p.add_argument("--test-fraction", type=float, metavar="F",
-                   help=f"a file: share of its images held out for testing (default: {d.test_fraction:g})")
+                   help="a file, or a folder without train/ and test/ subfolders: share of its images held out for "
+                        f"testing (default: {d.test_fraction:g})")
+    _add_preparation(p)
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="a folder whose decoded images are larger than this is read from its cache on disk batch by "
+                        "batch (the same run, slower), e.g. 4GB; K, M, G are powers of 1024 (default: auto, half the "
+                        "machine's memory)")
     p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim})")
     p.add_argument("--width", type=int, metavar="N", help="channels of the first convolution, doubled at each of the "
                    f"three stages; more for bigger images (default: {m.width}, the tutorial's)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,26 +26,86 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass
 class DataConfig:
-    """Where the images come from and how the training set is split."""
+    """Where the images come from, how they are made uniform, and how they are split."""
 
-    dataset: str = "mnist"  # the source: mnist | fashion-mnist | a .npy / .npz file of images
-    data_dir: str | None = None  # None: $AELAB_DATA_DIR, else ~/.cache/aelab/data
+    # the source: mnist | fashion-mnist | a .npy / .npz file of images | a folder of image files
+    dataset: str = "mnist"
+    data_dir: str | None = None  # None: $AELAB_DATA_DIR, else ~/.cache/aelab/data (datasets, the folder cache)
     val_fraction: float = 0.2  # share of the training images kept for validation
-    test_fraction: float = 0.1  # an array file: share of its images held out for testing
+    test_fraction: float = 0.1  # a file or a folder without train/ test/ subfolders: share held out for testing
     split_seed: int = 0  # the splits depend on this only, not on the training seed
+    channels: int | None = None  # 1 or 3; None: 3 if any image has colour, else 1 (a run records what it used)
+    image_size: str | None = None  # "H" or "HxW"; None: the most common size (a run records what it used)
+    resize: str = "stretch"  # how images of another size are fitted: stretch | crop | pad
+    memory_limit: str = "auto"  # a folder larger than this is read from its cache on disk batch by batch
+    fingerprint: str | None = None  # of the images a run was trained on (set by training)
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS and Path(self.dataset).suffix.lower() not in ARRAY_SUFFIXES:
-            raise AelabError(f"unknown `data.dataset` {self.dataset!r}; choose one of {', '.join(DATASETS)}, "
-                             "or a .npy / .npz file of images")
+        if not self.dataset:
+            raise AelabError("`data.dataset` is empty; choose one of " + ", ".join(DATASETS) +
+                             ", a .npy / .npz file or a folder of images")
         for name in ("val_fraction", "test_fraction"):
             if not (0.0 < getattr(self, name) < 1.0):
                 raise AelabError(f"`data.{name}` must be between 0 and 1 (exclusive), got {getattr(self, name)}; "
                                  "try 0.2")
+        if self.channels not in (None, 1, 3):
+            raise AelabError(f"`data.channels` must be 1 or 3, got {self.channels}; choose 1 (grey) or 3 (colour)")
+        if self.image_size is not None:
+            parse_size(self.image_size)
+        if self.resize not in RESIZE_METHODS:
+            raise AelabError(f"unknown `data.resize` {self.resize!r}; choose one of {', '.join(RESIZE_METHODS)}")
+        memory_budget(self.memory_limit)
+
+    def kind(self) -> str:
+        """``named`` (mnist, fashion-mnist), ``array`` (.npy / .npz) or ``folder``."""
+        if self.dataset in DATASETS:
+            return "named"
+        return "array" if Path(self.dataset).suffix.lower() in ARRAY_SUFFIXES else "folder"
 
     def source_name(self) -> str:
-        """A short name of the source: the dataset's, or the file's without its suffix."""
-        return self.dataset if self.dataset in DATASETS else Path(self.dataset).stem
+        """A short name of the source: the dataset's, or the file's or folder's without its suffix."""
+        return self.dataset if self.dataset in DATASETS else (Path(self.dataset).expanduser().resolve().stem or "data")
+
+    def size(self) -> tuple[int, int] | None:
+        """``image_size`` as (height, width)."""
+        return None if self.image_size is None else parse_size(self.image_size)
+
+
+RESIZE_METHODS = ("stretch", "crop", "pad")
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """ "64" -> (64, 64); "48x64" -> (48, 64): height x width."""
+    parts = str(text).lower().replace(" ", "").split("x")
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers) < 16:
+        raise AelabError(f"`data.image_size` {text!r} is not a size of at least 16 pixels; give H or HxW, like 64 or 48x64")
+    return (numbers[0], numbers[-1])
+
+
+def memory_budget(text: str) -> int:
+    """A memory size in bytes: "auto" (half the machine's memory), or a number with K, M, G or T
+    (powers of 1024; "512MB", "2G", "1.5GiB")."""
+    value = str(text).strip().lower()
+    if value == "auto":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (ValueError, OSError, AttributeError):  # pragma: no cover (no sysconf)
+            return 4 * 2**30
+    number = value.rstrip("bgikmt")
+    unit = value[len(number):]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _UNITS or not (amount >= 0 and math.isfinite(amount)):
+        raise AelabError(f"`data.memory_limit` {text!r} is not a memory size; give auto or one like 512MB or 4GB")
+    return int(amount * _UNITS[unit])
 
 
 @dataclass

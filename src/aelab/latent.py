@@ -35,16 +35,18 @@ class Embedding:
     label: np.ndarray  # int64 [N]
     codes: np.ndarray  # float32 [N, d]
     class_names: tuple[str, ...]
+    path: np.ndarray | None = None  # str [N]: the image files (a folder source), relative to the folder
 
     def __len__(self) -> int:
         return len(self.index)
 
     def subset(self, positions: np.ndarray) -> "Embedding":
-        return Embedding(self.index[positions], self.label[positions], self.codes[positions], self.class_names)
+        return Embedding(self.index[positions], self.label[positions], self.codes[positions], self.class_names,
+                         None if self.path is None else self.path[positions])
 
     def columns(self) -> dict[str, np.ndarray]:
-        """Columns in table order: index, label, z0 ... z{d-1}."""
-        out = {"index": self.index, "label": self.label}
+        """Columns in table order: index, path (images from a folder), label, z0 ... z{d-1}."""
+        out = {"index": self.index, **({"path": self.path} if self.path is not None else {}), "label": self.label}
         out.update({f"z{i}": self.codes[:, i] for i in range(self.codes.shape[1])})
         return out
 
@@ -66,7 +68,8 @@ def decode(model: torch.nn.Module, codes: np.ndarray | torch.Tensor, batch_size:
 
 def embed(run: Run, data: ImageSet) -> Embedding:
     """The codes of every image of ``data`` under the run's model."""
-    return Embedding(data.indices.numpy(), data.labels.numpy(), encode(run.model, data.images), data.class_names)
+    return Embedding(data.indices.numpy(), data.labels.numpy(), encode(run.model, data.images), data.class_names,
+                     data.paths)
 
 
 def write_table(table: dict[str, np.ndarray], path: Path) -> Path:

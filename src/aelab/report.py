@@ -13,14 +13,13 @@ import importlib
 import logging
 import re
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import figures, latent, plots
-from .data.sets import ImageSet, load_split
+from .data.sets import ImageSet, data_for_run, load_run_splits
 from .errors import AelabError
 from .fsutil import atomic_write_text
 from .run import Run, load_run, read_json
@@ -79,11 +78,13 @@ def _interpolation_pair(test: ImageSet) -> tuple[int, int]:
     return first, int(others[0]) if len(others) else min(1, len(labels) - 1)
 
 
-def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[str, ImageSet] | None = None) -> Path:
+def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[str, ImageSet] | None = None,
+                 data: str | None = None) -> Path:
     """Write RUN/report.html and return its path.
 
-    The images come from the run's dataset (``data_dir`` may move its folder), or from
-    ``splits`` (``{"train", "test"}`` ImageSets) for a run trained on data given in memory.
+    The images come from the run's source (``data_dir`` may move its folder; ``data`` names another
+    source, prepared as the run's images were), or from ``splits`` (``{"train", "test"}`` ImageSets)
+    for a run trained on data given in memory.
     """
     started = time.perf_counter()
     for module, package in REPORT_LIBRARIES:  # an incomplete install: say so before any work
@@ -97,8 +98,9 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
     if splits is not None:
         test, train = splits["test"], splits["train"]
     else:
-        data = run.config.data if data_dir is None else replace(run.config.data, data_dir=data_dir)
-        test, train = load_split(data, "test"), load_split(data, "train")
+        settings = data_for_run(run.config, data, data_dir)
+        parts = load_run_splits(run.config, settings, ("test", "train"))
+        test, train = parts["test"], parts["train"]
     page = render(run, build_figures(run, test, train))
     path = run.path / "report.html"
     atomic_write_text(path, page)

@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
 # what a run folder holds (besides files a user puts there): replaced together by overwrite=True
 RUN_FILES = ("config.json", "model.safetensors", "metrics.csv", "state", "figures", "report.html", "evaluation.json",
-             "tensorboard", "mlflow.json")
+             "tensorboard", "mlflow.json", "data-skipped.csv")
 
 
 def versions() -> dict[str, str]:
@@ -117,6 +117,17 @@ def write_metrics(rows: list[dict[str, float]], run_dir: Path) -> None:
     for row in rows:
         writer.writerow({key: row[key] for key in METRIC_FIELDS})
     atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
+
+
+def write_skipped(skipped: list[tuple[str, str]], run_dir: Path) -> Path:
+    """RUN/data-skipped.csv: the files of the source that are not usable images (path, reason)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows(skipped)
+    path = run_dir / "data-skipped.csv"
+    atomic_write_text(path, buffer.getvalue())
+    return path
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
@@ -259,7 +270,8 @@ def lock_existing_run(run_dir: Path) -> RunLock:
 
 
 # settings a resumed run may change; the data themselves are checked by their fingerprint
-RESUMABLE = ("train.epochs", "train.device", "train.keep", "data.data_dir")
+# the data may move (the data fingerprint is checked on resume) and be read another way; nothing else changes
+RESUMABLE = ("train.epochs", "train.device", "train.keep", "data.data_dir", "data.dataset", "data.memory_limit")
 
 
 def resumed_config(run_dir: Path, requested: RunConfig | None, explicit: set[str]) -> RunConfig:

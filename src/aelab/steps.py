@@ -78,7 +78,8 @@ class TrainStep:
                  config: TrainConfig, shards: int = 1):
         self.model, self.optimizer, self.batches, self.config = model, optimizer, batches, config
         device = batches.device
-        self.graph = CudaGraphStep(model, optimizer, batches, config) if cuda_graphs_wanted(device, config.noise_factor) else None
+        wanted = cuda_graphs_wanted(device, config.noise_factor) and batches.resident  # (a graph gathers on the GPU)
+        self.graph = CudaGraphStep(model, optimizer, batches, config) if wanted else None
         self.sharded = ShardedStep(model, optimizer, config, shards) if shards > 1 else None
         self._fp32: contextlib.ExitStack | None = None
 

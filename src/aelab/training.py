@@ -21,7 +21,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .callbacks import Callback, CallbackList, Figures, Report, RunFolder
-from .config import DATASETS, RunConfig
+from .config import RunConfig
 from .data.batches import Batches, noise_generator
 from .data.sets import ImageSet, load_splits
 from .devices import resolve_device
@@ -97,7 +97,7 @@ class Trainer:
         self.train_step = TrainStep(self.model, self.optimizer, self.batches, cfg,
                                     resolve_shards(cfg.shards, self.device, cfg.batch_size))
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.epochs * len(self.batches))
-        self.val_images = splits["val"].images.to(self.device)
+        self.val_images = _on(splits["val"].images, self.device)
         self.fingerprint = ckpt.data_fingerprint(splits)
         # the position (the next step to run) and what the epochs so far left
         self.epoch, self.step = 0, 0
@@ -178,7 +178,7 @@ class Trainer:
         if cfg.keep == "best" and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
         self.model.eval()
-        test = self.splits["test"].images.to(self.device)
+        test = _on(self.splits["test"].images, self.device)
         test_mse = reconstruction_loss(self.model, test, "mse")
         evaluation: dict[str, Any] = {
             "test_mse": test_mse, "test_psnr": psnr_from_mse(test_mse),
@@ -260,6 +260,11 @@ class Trainer:
             self.noise.set_state(state["noise_rng"])
 
 
+def _on(images, device: torch.device):
+    """Images in memory moved to ``device`` once; images on disk stay there (read chunk by chunk)."""
+    return images.to(device) if torch.is_tensor(images) else images
+
+
 def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
           overwrite: bool = False, report: bool = True, data: dict[str, ImageSet] | None = None,
           explicit: set[str] | None = None, callbacks: Iterable[Callback] = ()) -> TrainResult:
@@ -298,13 +303,18 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
 
 
 def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
-    """The config with the model sized for the data, a data file's absolute path, and the number of
-    shards that auto resolves to."""
+    """The config with the model sized for the data, the images' channels, size and fingerprint (so
+    any tool prepares other images the same way), a file's or folder's absolute path, and the number
+    of shards that auto resolves to."""
     channels, height, width = splits["train"].image_shape
     config = replace(config, model=replace(config.model, in_channels=channels, image_size=height,
                                            image_width=None if width == height else width))
-    if config.data.dataset not in DATASETS:  # a file: the run records where it is, whatever the working folder
-        config = replace(config, data=replace(config.data, dataset=str(Path(config.data.dataset).expanduser().resolve())))
+    source = splits["train"].source
+    data = replace(config.data, channels=channels, image_size=f"{height}x{width}",
+                   fingerprint=source.fingerprint if source is not None else None)
+    if data.kind() != "named":  # a file or folder: the run records where it is, whatever the working folder
+        data = replace(data, dataset=str(Path(data.dataset).expanduser().resolve()))
+    config = replace(config, data=data)
     if config.train.shards == 0:  # auto: the run records the number it uses
         shards = resolve_shards(0, resolve_device(config.train.device), config.train.batch_size)
         config = replace(config, train=replace(config.train, shards=shards))

@@ -12,13 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AelabError
-from .catalog import ARRAY_SUFFIXES
 
 FIX = "save uint8 [N, H, W(, C)] or floats in [0, 1] with numpy.save, or numpy.savez(path, images=..., labels=...)"
-
-
-def is_array_file(source: str) -> bool:
-    return Path(source).suffix.lower() in ARRAY_SUFFIXES
 
 
 def read_array_file(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:

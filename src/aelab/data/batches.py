@@ -2,14 +2,18 @@
 
 ``to_unit`` turns uint8 images into floats in [0, 1]; ``add_noise`` makes a denoising input;
 ``Batches`` slices training batches by index from a device-resident uint8 tensor (no per-sample
-Python), in an order that depends on (seed, epoch) only.
+Python), or reads them from a cache on disk ahead of the step, in an order that depends on
+(seed, epoch) only: the same batches either way.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import torch
+
+from .mapped import MappedImages
 
 
 def to_unit(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
@@ -40,25 +44,44 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
 
 
 class Batches:
-    """Float batches in [0, 1] made from uint8 images already on ``device``."""
+    """Float batches in [0, 1] made from uint8 images: a tensor moved to ``device`` once, or images
+    on disk (``MappedImages``), each batch read on a thread while the step before it trains."""
 
-    def __init__(self, images: torch.Tensor, batch_size: int, device: torch.device | str):
-        self.images = images.to(device)  # uint8 [N, C, H, W]
+    def __init__(self, images: torch.Tensor | MappedImages, batch_size: int, device: torch.device | str):
+        self.resident = torch.is_tensor(images)
+        self.images = images.to(device) if self.resident else images  # uint8 [N, C, H, W]
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self._ahead: tuple[torch.Tensor, Future] | None = None
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
 
     def indices(self, seed: int, epoch: int, shuffle: bool, start: int = 0) -> Iterator[torch.Tensor]:
         """The image indices of each batch of ``epoch`` (on the device), from batch number ``start`` on."""
-        order = epoch_order(len(self.images), seed, epoch, shuffle).to(self.device)
-        for first in range(start * self.batch_size, len(order), self.batch_size):
-            yield order[first: first + self.batch_size]
+        order = epoch_order(len(self.images), seed, epoch, shuffle)
+        if self.resident:
+            order = order.to(self.device)
+        batches = [order[first: first + self.batch_size]
+                   for first in range(start * self.batch_size, len(order), self.batch_size)]
+        if self.resident:
+            yield from batches
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="aelab-read-ahead") as reader:
+            coming = reader.submit(self.images.__getitem__, batches[0]) if batches else None
+            for number, index in enumerate(batches):
+                self._ahead = (index, coming)
+                coming = reader.submit(self.images.__getitem__, batches[number + 1]) if number + 1 < len(batches) else None
+                yield index
+            self._ahead = None
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
         """The images at ``index`` as floats in [0, 1], [B, C, H, W]."""
-        return to_unit(self.images[index])
+        if self.resident:
+            return to_unit(self.images[index])
+        if self._ahead is not None and self._ahead[0] is index:
+            return to_unit(self._ahead[1].result(), self.device)
+        return to_unit(self.images[index.cpu()], self.device)
 
     def epoch(self, seed: int, epoch: int, shuffle: bool, start: int = 0) -> Iterator[torch.Tensor]:
         """The batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""

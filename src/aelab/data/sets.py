@@ -1,33 +1,55 @@
-"""ImageSet: a whole dataset in memory as uint8, and the seeded splits of a source into train, val, test."""
+"""ImageSet: a set of uint8 images (in memory or on disk) with labels, and the seeded splits of a
+source (a named dataset, an array file, a folder) into train, val and test."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import logging
+from pathlib import Path
+from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..config import DataConfig
+from ..config import DataConfig, memory_budget
 from ..errors import AelabError
 from . import sources
-from .arrays import is_array_file, read_array_file
+from .arrays import read_array_file
 from .batches import to_unit
+from .mapped import MappedImages
+
+log = logging.getLogger("aelab")
 
 SPLITS = ("train", "val", "test")
 
 
 @dataclass
-class ImageSet:
-    """Images held in memory as uint8 with their labels.
+class Source:
+    """How a set's images were made: shared by the splits of one source."""
 
-    ``indices`` are the positions of the images in the file they came from (the 60,000
-    training images or the 10,000 test images), so a row of any table can be traced back.
+    kind: str  # named | array | folder
+    fingerprint: str | None = None  # of the decoded images (a folder, an array file); None for a named dataset
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): files that are not usable images
+    on_disk: bool = False  # the images are read from the cache batch by batch (larger than `data.memory_limit`)
+
+
+@dataclass
+class ImageSet:
+    """Images as uint8 with their labels: in memory (a tensor), or on disk (``MappedImages``, for a
+    folder larger than the memory budget); either gives tensors when indexed.
+
+    ``indices`` are the positions of the images in what they came from (the 60,000 training images
+    or the 10,000 test images of a named dataset, the array file, the folder's files in path order),
+    so a row of any table can be traced back; ``paths`` are the files' paths for a folder.
     """
 
-    images: torch.Tensor  # uint8 [N, C, H, W]
-    labels: torch.Tensor  # int64 [N]
+    images: torch.Tensor | MappedImages  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]; -1: unlabelled
     indices: torch.Tensor  # int64 [N]
     class_names: tuple[str, ...]
+    paths: np.ndarray | None = None  # str [N], relative to the folder
+    source: Source | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -42,12 +64,27 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
+    @property
+    def on_disk(self) -> bool:
+        return isinstance(self.images, MappedImages)
+
     def subset(self, positions: torch.Tensor) -> "ImageSet":
-        return ImageSet(self.images[positions], self.labels[positions], self.indices[positions], self.class_names)
+        images = self.images.subset(positions) if self.on_disk else self.images[positions]
+        paths = None if self.paths is None else self.paths[np.asarray(positions)]
+        return ImageSet(images, self.labels[positions], self.indices[positions], self.class_names, paths, self.source)
+
+    def in_memory(self) -> "ImageSet":
+        """The same set with its images in memory."""
+        return replace(self, images=self.images.load()) if self.on_disk else self
+
+    def chunks(self, size: int = 4096) -> Iterator[torch.Tensor]:
+        """The uint8 images in order, ``size`` at a time."""
+        for start in range(0, len(self), size):
+            yield self.images[start: start + size]
 
     def floats(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """All images as float32 in [0, 1] on ``device``: [N, C, H, W]."""
-        return to_unit(self.images, device)
+        return to_unit(self.images[:], device)
 
     @classmethod
     def from_arrays(cls, images: np.ndarray | torch.Tensor, labels=None, class_names=None) -> "ImageSet":
@@ -68,33 +105,54 @@ def load_file_set(data: DataConfig, train: bool) -> ImageSet:
     prefix = "train" if train else "t10k"
     images = sources.read_idx(folder / f"{prefix}-images-idx3-ubyte")
     labels = sources.read_idx(folder / f"{prefix}-labels-idx1-ubyte")
-    return ImageSet.from_arrays(images, labels, sources.DATASETS[data.dataset].class_names)
+    full = ImageSet.from_arrays(images, labels, sources.DATASETS[data.dataset].class_names)
+    full = _conformed(full, data)
+    full.source = Source("named")
+    return full
 
 
-def split_off(full: ImageSet, fraction: float, seed: int, name: str = "val_fraction") -> tuple[ImageSet, ImageSet]:
+def split_off(full: ImageSet, fraction: float, seed: int, name: str = "val_fraction",
+              sort: bool = False) -> tuple[ImageSet, ImageSet]:
     """A seeded random split into the rest and ``fraction`` of the images: the same fraction and
-    seed always give the same two sets."""
+    seed always give the same two sets (with ``sort``, each in its original order)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(full), generator=generator)
     n_part = int(round(len(full) * fraction))
     if n_part < 1 or n_part >= len(full):
         raise AelabError(f"`data.{name}` {fraction} of {len(full)} images leaves none on one side of the split; "
                          "try 0.2 (or give more images)")
-    return full.subset(order[: len(full) - n_part]), full.subset(order[len(full) - n_part:])
+    rest, part = order[: len(full) - n_part], order[len(full) - n_part:]
+    if sort:
+        rest, part = rest.sort().values, part.sort().values
+    return full.subset(rest), full.subset(part)
 
 
-def split_train_val(full: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+def split_train_val(full: ImageSet, val_fraction: float, seed: int, sort: bool = False) -> tuple[ImageSet, ImageSet]:
     """The training images and the validation images (``val_fraction`` of them, seeded)."""
-    return split_off(full, val_fraction, seed)
+    return split_off(full, val_fraction, seed, sort=sort)
 
 
 def load_splits(data: DataConfig) -> dict[str, ImageSet]:
-    """All three splits. A named dataset: its training file split into train and val, its test file.
-    An array file: ``data.test_fraction`` of its images for test, then ``data.val_fraction`` of the
-    rest for val (both seeded by ``data.split_seed``)."""
-    if is_array_file(data.dataset):
+    """All three splits.
+
+    - A named dataset: its training file split into train and val, its test file.
+    - An array file: ``data.test_fraction`` of its images for test, then ``data.val_fraction`` of
+      the rest for val (both seeded by ``data.split_seed``).
+    - A folder: its train/ val/ test/ subfolders where it has them (val, if missing, split off
+      train); otherwise seeded fractions as for an array file, each split in path order. Read from
+      the folder's cache: in memory, or batch by batch from disk when the cache is larger than
+      ``data.memory_limit``.
+
+    ``data.channels`` and ``data.image_size`` (with ``data.resize``) convert every source's images.
+    """
+    kind = data.kind()
+    if kind == "folder":
+        return _folder_splits(data)
+    if kind == "array":
         images, labels = read_array_file(data.dataset)
-        rest, test = split_off(ImageSet.from_arrays(images, labels), data.test_fraction, data.split_seed, "test_fraction")
+        full = _conformed(ImageSet.from_arrays(images, labels), data)
+        full.source = Source("array", fingerprint=_fingerprint(full))
+        rest, test = split_off(full, data.test_fraction, data.split_seed, "test_fraction")
     else:
         rest, test = load_file_set(data, train=True), load_file_set(data, train=False)
     train, val = split_train_val(rest, data.val_fraction, data.split_seed)
@@ -105,6 +163,110 @@ def load_split(data: DataConfig, split: str) -> ImageSet:
     """One split: ``train``, ``val`` or ``test``."""
     if split not in SPLITS:
         raise AelabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if split == "test" and not is_array_file(data.dataset):
+    if split == "test" and data.kind() == "named":
         return load_file_set(data, train=False)  # (the training file is not needed)
     return load_splits(data)[split]
+
+
+def _folder_splits(data: DataConfig) -> dict[str, ImageSet]:
+    from .folders import load_folder
+
+    found = load_folder(data.dataset, sources.resolve_data_dir(data.data_dir), data.channels, data.size(), data.resize)
+    budget = memory_budget(data.memory_limit)
+    on_disk = found.images.nbytes > budget
+    source = Source("folder", found.fingerprint, found.skipped, on_disk)
+    full = ImageSet(found.images, torch.as_tensor(found.labels), torch.arange(len(found.labels)), found.class_names,
+                    found.paths, source)
+    if found.splits is not None:
+        parts = {name: full.subset(torch.as_tensor(np.flatnonzero(found.splits == name))) for name in SPLITS}
+        if len(parts["val"]) == 0:
+            parts["train"], parts["val"] = split_train_val(parts["train"], data.val_fraction, data.split_seed, sort=True)
+        for name in ("train", "test"):
+            if len(parts[name]) == 0:
+                raise AelabError(f"{found.root / name} holds no usable image; put images in it (or use a folder "
+                                 "without train/ and test/ subfolders, split by `data.test_fraction`)")
+    else:
+        rest, test = split_off(full, data.test_fraction, data.split_seed, "test_fraction", sort=True)
+        train, val = split_train_val(rest, data.val_fraction, data.split_seed, sort=True)
+        parts = {"train": train, "val": val, "test": test}
+    if on_disk:
+        log.info("the images (%s) are larger than the memory limit (%s): read from the cache on disk batch by batch",
+                 _size(found.images.nbytes), _size(budget))
+        return parts
+    return {name: part.in_memory() for name, part in parts.items()}
+
+
+def _conformed(full: ImageSet, data: DataConfig) -> ImageSet:
+    """A set in memory with the channel count and size ``data`` asks for (converted as a folder's files are)."""
+    channels, size = data.channels, data.size()
+    c, h, w = full.image_shape
+    if (channels in (None, c)) and (size in (None, (h, w))):
+        return full
+    from PIL import Image
+
+    from .decode import conform
+
+    channels, (height, width) = channels or c, size or (h, w)
+    log.info("converting %d images of %dx%dx%d to %dx%dx%d (%s)", len(full), c, h, w, channels, height, width,
+             data.resize)
+    pixels = full.images.numpy()
+    out = np.stack([conform(Image.fromarray(image[0] if c == 1 else image.transpose(1, 2, 0)), channels, height,
+                            width, data.resize) for image in pixels])
+    return replace(full, images=torch.from_numpy(out))
+
+
+def _fingerprint(full: ImageSet) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    for chunk in full.chunks():
+        digest.update(chunk.numpy().tobytes())
+    digest.update(full.labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_for_run(config, dataset: str | None = None, data_dir: str | None = None,
+                 memory_limit: str | None = None) -> DataConfig:
+    """A run's data settings (``config`` a RunConfig) with ``dataset`` (another copy of its data, or
+    new images), ``data_dir`` and ``memory_limit`` replaced where given. Images are prepared as the
+    training images were: the run's channel count and size (from its model, for runs that did not
+    record them), so they fit the model."""
+    model = config.model
+    changes = {"channels": config.data.channels or model.in_channels,
+               "image_size": config.data.image_size or f"{model.image_size}x{model.image_width or model.image_size}"}
+    for name, value in (("dataset", dataset), ("data_dir", data_dir), ("memory_limit", memory_limit)):
+        if value:
+            changes[name] = value
+    data = replace(config.data, **changes)
+    data.validate()
+    return data
+
+
+def load_run_split(config, data: DataConfig, split: str) -> ImageSet:
+    """One split of ``data`` (from ``data_for_run``) for a run with RunConfig ``config``."""
+    return load_run_splits(config, data, (split,))[split]
+
+
+def load_run_splits(config, data: DataConfig, names: tuple[str, ...] = SPLITS) -> dict[str, ImageSet]:
+    """The splits ``names`` of ``data`` (from ``data_for_run``) for a run with RunConfig ``config``;
+    says whether the images are the ones the run was trained on when its source is another."""
+    parts = {names[0]: load_split(data, names[0])} if len(names) == 1 else load_splits(data)
+    part = parts[names[0]]
+    trained, now = config.data.fingerprint, part.source.fingerprint if part.source is not None else None
+    if _where(data.dataset) != _where(config.data.dataset) and trained and now:
+        if trained == now:
+            log.info("%s holds the images the run was trained on (fingerprint %s)", data.dataset, now)
+        else:
+            log.warning("%s holds other images than the run was trained on (fingerprint %s, not %s); its splits "
+                        "are made the same way", data.dataset, now, trained)
+    return {name: parts[name] for name in names}
+
+
+def _where(source: str) -> str:
+    return source if source in sources.DATASETS else str(Path(source).expanduser().resolve())
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"

@@ -1,0 +1,329 @@
+"""A folder of image files as a uint8 cache: found recursively, decoded once, kept up to date.
+
+The folder is searched recursively for the files Pillow reads (``decode.IMAGE_SUFFIXES``; names
+starting with a dot are passed over). A class subfolder gives its images a label (torchvision
+``ImageFolder``'s convention: the classes are the subfolders' names, sorted); images directly in
+the folder are unlabelled. A folder with ``train/`` and ``test/`` (and optionally ``val/``)
+subfolders gives those splits, each with its own class subfolders.
+
+The first use reads every header (sizes and colour: they decide the default channel count and
+size), then decodes every image, in parallel over the cores, into one .npy file of uint8
+[N, C, H, W] under the data folder (``DATA_DIR/folders/NAME-HASH/``), beside a manifest of each
+file's path, size and modification time. Later uses only list the folder: unchanged files keep
+their rows, new or changed ones are decoded, removed ones drop out. The user's files are only
+ever read. A file that cannot be used is skipped with its reason, never silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import stat
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import AelabError
+from ..fsutil import atomic_path, atomic_write_text
+from . import decode
+from .mapped import MappedImages
+
+log = logging.getLogger("aelab")
+
+SPLIT_FOLDERS = ("train", "val", "test")
+FORMAT = 1
+PARALLEL_FROM = 256  # fewer files than this are decoded in this process (starting workers costs more)
+
+
+@dataclass
+class FileInfo:
+    path: str  # relative to the root, with "/"
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class FolderData:
+    """What the cache holds for one folder and one preprocessing (channels, size, resize)."""
+
+    root: Path
+    images: MappedImages  # the usable images, in path order
+    paths: np.ndarray  # str [N]: relative to the root
+    labels: np.ndarray  # int64 [N]; -1 unlabelled
+    splits: np.ndarray | None  # str [N] ("train", "val", "test") when the folder has split subfolders
+    class_names: tuple[str, ...]
+    skipped: list[tuple[str, str]]  # (path, reason)
+    channels: int
+    height: int
+    width: int
+    fingerprint: str
+
+
+def cache_dir(root: Path, data_dir: Path) -> Path:
+    digest = hashlib.blake2b(str(root).encode(), digest_size=6).hexdigest()
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in root.name)[:40] or "root"
+    return data_dir / "folders" / f"{name}-{digest}"
+
+
+def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = None,
+                size: tuple[int, int] | None = None, resize: str = "stretch") -> FolderData:
+    """The folder's images through the cache (built or brought up to date first)."""
+    given = root
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "is neither a named dataset nor an existing folder or file"
+        raise AelabError(f"`data.dataset` {str(given)!r} {what}; give a folder of images, a .npy / .npz file, "
+                         "or mnist / fashion-mnist")
+    where = cache_dir(root, Path(data_dir))
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AelabError(f"cannot create the image cache in {where} ({error.strerror}); choose a writable "
+                         "`data.data_dir`") from None
+    with _locked(where / ".lock"):
+        files, skipped, split_layout = walk(root)
+        headers = _headers(root, where, files)
+        good = [f for f in files if not isinstance(headers[f.path], str)]
+        skipped += [(f.path, headers[f.path]) for f in files if isinstance(headers[f.path], str)]
+        if not good:
+            found = f"{len(files)} image files, none readable" if files else "no image files"
+            raise AelabError(f"{root} holds {found} ({', '.join(decode.IMAGE_SUFFIXES)}, searched in subfolders too); "
+                             "give a folder of images")
+        channels = channels or (3 if any(headers[f.path][2] for f in good) else 1)
+        if size is None:
+            size = Counter(tuple(headers[f.path][:2]) for f in good).most_common(1)[0][0]
+            odd = sum(tuple(headers[f.path][:2]) != size for f in good)
+            if odd:
+                log.info("%d of %d images are not %dx%d (the most common size); they are resized (%s)",
+                         odd, len(good), size[0], size[1], resize)
+        images_path, rows = _decoded(root, where, good, channels, size, resize)
+        whole = MappedImages(images_path)  # opened under the lock: these rows, whatever happens later
+    usable = [(position, entry) for position, entry in enumerate(rows) if not entry[3].startswith("!")]
+    skipped += [(entry[0], entry[3][1:]) for entry in rows if entry[3].startswith("!")]
+    if not usable:
+        raise AelabError(f"{root}: none of its {len(rows)} image files could be decoded (see the reasons above); "
+                         "give a folder of images")
+    paths = np.array([entry[0] for _, entry in usable], dtype=object)
+    parts = [path.split("/") for path in paths]
+    if split_layout:
+        splits = np.array([p[0] for p in parts], dtype=object)
+        classes = [p[1] if len(p) > 2 else "" for p in parts]
+    else:
+        splits, classes = None, [p[0] if len(p) > 1 else "" for p in parts]
+    class_names = tuple(sorted(set(classes) - {""}))
+    number = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([number.get(name, -1) for name in classes], dtype=np.int64)
+    digest = hashlib.blake2b(f"{channels}x{size[0]}x{size[1]}".encode(), digest_size=12)
+    for _, entry in usable:
+        digest.update(f"\n{entry[0]}\t{entry[3]}".encode())
+    if skipped:
+        first = sorted(skipped)[0]
+        log.warning("%d files skipped, not usable images (such as %s: %s); training lists each with its reason in "
+                    "RUN/data-skipped.csv", len(skipped), first[0], first[1])
+    mapped = whole.subset(np.array([position for position, _ in usable], dtype=np.int64))
+    return FolderData(root, mapped, paths, labels, splits, class_names, sorted(skipped), channels, size[0], size[1],
+                      digest.hexdigest())
+
+
+# --- finding the files --------------------------------------------------------------------------
+
+def walk(root: Path) -> tuple[list[FileInfo], list[tuple[str, str]], bool]:
+    """The image files under ``root`` (sorted by path), what could not be searched, and whether the
+    folder is laid out as train/ test/ (val/) subfolders."""
+    top = {entry.name for entry in _scandir(root) if _is_dir(entry)}
+    split_layout = {"train", "test"} <= top
+    starts = [name for name in SPLIT_FOLDERS if name in top] if split_layout else [""]
+    files: list[FileInfo] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+    stack = list(reversed(starts))
+    while stack:
+        relative = stack.pop()
+        folder = root / relative
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen:  # a link back to a folder already searched
+                skipped.append((relative, "folder link loop (already searched)"))
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as error:
+            skipped.append((relative or ".", f"unreadable folder: {error.strerror or error}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = f"{relative}/{entry.name}" if relative else entry.name
+            if _is_dir(entry):
+                stack.append(path)
+                continue
+            if os.path.splitext(entry.name)[1].lower() not in decode.IMAGE_SUFFIXES:
+                continue
+            try:
+                info = entry.stat()  # follows links: a link loop or a dangling link fails here
+            except OSError as error:
+                reason = "symlink loop" if error.errno == 40 else f"unreadable: {error.strerror or error}"
+                skipped.append((path, reason))
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                skipped.append((path, "not a regular file"))
+                continue
+            files.append(FileInfo(path, info.st_size, info.st_mtime_ns))
+    files.sort(key=lambda f: f.path)
+    return files, skipped, split_layout
+
+
+def _scandir(folder: Path) -> list[os.DirEntry]:
+    try:
+        return list(os.scandir(folder))
+    except OSError as error:
+        raise AelabError(f"cannot read the folder {folder} ({error.strerror}); check its permissions") from None
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+# --- headers: size and colour of each file, remembered by (path, size, mtime) -----------------------
+
+def _headers(root: Path, where: Path, files: list[FileInfo]) -> dict[str, list | str]:
+    """(height, width, colour) or the reason it is unusable, for each file."""
+    index_path = where / "headers.json"
+    try:
+        known = json.loads(index_path.read_text())
+        known = known["files"] if known.get("format") == FORMAT else {}
+    except (OSError, ValueError, KeyError, AttributeError):
+        known = {}
+    out: dict[str, list | str] = {}
+    todo = []
+    for f in files:
+        entry = known.get(f.path)
+        if entry is not None and entry[:2] == [f.size, f.mtime_ns]:
+            out[f.path] = entry[2] if len(entry) == 3 else entry[2:]
+        else:
+            todo.append(f.path)
+    if todo:
+        found = _parallel(decode.headers_job, [(str(root), chunk) for chunk in _chunks(todo)], len(todo),
+                          "reading image headers", lambda args: len(args[1]))
+        for path, result in zip(todo, found):
+            out[path] = result if isinstance(result, str) else list(result)
+    if todo or len(known) != len(files):
+        index = {f.path: [f.size, f.mtime_ns, out[f.path]] if isinstance(out[f.path], str)
+                 else [f.size, f.mtime_ns, *out[f.path]] for f in files}
+        atomic_write_text(index_path, json.dumps({"format": FORMAT, "files": index}))
+    return out
+
+
+# --- the decoded images -------------------------------------------------------------------------
+
+def _decoded(root: Path, where: Path, good: list[FileInfo], channels: int, size: tuple[int, int],
+             resize: str) -> tuple[Path, list[list]]:
+    """The .npy of the decoded images (one row per file of ``good``, in order) and its manifest rows
+    [path, size, mtime_ns, hash or "!reason"], reusing the rows of files that did not change.
+
+    A new .npy gets a new name and the manifest (written last, atomically) names it, so a crash at
+    any point leaves the old cache whole; a process still reading the old file keeps reading it.
+    """
+    name = f"images-{channels}x{size[0]}x{size[1]}-{resize}"
+    manifest_path = where / f"{name}.json"
+    old_rows: list[list] = []
+    old_file: Path | None = None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") == FORMAT and (where / manifest["file"]).is_file():
+            old_rows, old_file = manifest["rows"], where / manifest["file"]
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        pass
+    for stale in where.glob(f"{name}-*.npy"):  # left by a build that did not finish
+        if stale != old_file:
+            stale.unlink(missing_ok=True)
+    wanted = [[f.path, f.size, f.mtime_ns] for f in good]
+    if old_file is not None and [row[:3] for row in old_rows] == wanted:
+        return old_file, old_rows  # nothing changed
+    old = {row[0]: (position, row) for position, row in enumerate(old_rows)}
+    rows, reuse, todo = [], [], []
+    for position, entry in enumerate(wanted):
+        before = old.get(entry[0])
+        if before is not None and before[1][:3] == entry:
+            rows.append(before[1])
+            reuse.append((position, before[0]))
+        else:
+            rows.append(entry + [""])
+            todo.append((position, entry[0]))
+    what = f"{len(todo)} new or changed images" if old_rows else f"{len(todo)} images"
+    log.info("decoding %s of %s into the cache %s (once; later runs reuse it)", what, root, where)
+    images_path = where / f"{name}-{os.urandom(4).hex()}.npy"
+    with atomic_path(images_path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), channels, *size))
+        if reuse:
+            previous = MappedImages(old_file)
+            for start in range(0, len(reuse), 4096):
+                part = np.array(reuse[start: start + 4096], dtype=np.int64)
+                out[part[:, 0]] = previous.read_rows(part[:, 1])
+            del previous
+        out.flush()
+        del out
+        if todo:
+            job_args = [(str(root), str(tmp), chunk, channels, size[0], size[1], resize) for chunk in _chunks(todo)]
+            results = _parallel(decode.decode_job, job_args, len(todo), "decoding images", lambda args: len(args[2]))
+            for (position, _), result in zip(todo, results):
+                rows[position][3] = result
+    atomic_write_text(manifest_path, json.dumps({"format": FORMAT, "file": images_path.name, "rows": rows}))
+    if old_file is not None:
+        old_file.unlink(missing_ok=True)
+    return images_path, rows
+
+
+def _chunks(items: list, parts_per_worker: int = 8) -> list[list]:
+    workers = os.cpu_count() or 1
+    size = max(16, min(1024, -(-len(items) // (workers * parts_per_worker))))
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def _parallel(function: Callable, jobs: list[tuple], total: int, what: str, count: Callable) -> list:
+    """``function(*job)`` for each job (each returns a list), over worker processes when there is
+    enough work, with a progress bar; the results joined in job order."""
+    from tqdm.auto import tqdm
+
+    workers = min(os.cpu_count() or 1, len(jobs))
+    quiet = not log.isEnabledFor(logging.INFO)
+    with tqdm(total=total, desc=what, unit="img", disable=True if quiet else None, leave=False) as bar:
+        if workers < 2 or total < PARALLEL_FROM:
+            results = []
+            for job in jobs:
+                results.append(function(*job))
+                bar.update(count(job))
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                futures = [pool.submit(function, *job) for job in jobs]
+                results = []
+                for job, future in zip(jobs, futures):
+                    results.append(future.result())
+                    bar.update(count(job))
+    return [item for part in results for item in part]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """One process at a time builds a folder's cache (a second waits for the first)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield
+        return
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
