@@ -58,8 +58,8 @@ class LatentMap:
     figure: object  # plotly Figure
 
     def hover_images(self, data: ImageSet, positions: np.ndarray) -> torch.Tensor:
-        """The images of the map's points (``positions`` in ``data``), for the hover previews."""
-        return to_unit(data.images[torch.as_tensor(positions)])
+        """The images of the map's points (``positions`` in ``data``), as thumbnails for the hover previews."""
+        return plots.thumbnails(to_unit(data.images[torch.as_tensor(positions)]))
 
 
 def latent_map(shown: latent.Embedding, method: str, split: str, dims: tuple[int, int] = (0, 1),

@@ -51,7 +51,7 @@ def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor
     rows = [originals] + ([noisy] if noisy is not None else []) + [reconstructions]
     n = len(originals)
     grid = tile(torch.cat(rows), len(rows), n)
-    scale = 4
+    scale = display_scale(*originals.shape[-2:])
     body = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).convert("RGB")
     names = ["original"] + (["noisy input"] if noisy is not None else []) + ["reconstruction"]
     margin_left, margin_top = 110, 22 if title else 4
@@ -163,17 +163,52 @@ def map_plotly(xy: np.ndarray, labels: np.ndarray, index: np.ndarray, class_name
     return figure
 
 
-def png_data_uri(source: Path | np.ndarray) -> str:
-    """A PNG file, or a uint8 picture, as a data: URI (for self-contained pages)."""
+def display_scale(height: int, width: int, most: int = 4) -> int:
+    """How many times to enlarge images of this size in a figure: 4 for MNIST's 28, 2 for 64, 1 from 128."""
+    return max(1, min(most, 128 // max(height, width)))
+
+
+def thumbnails(images: torch.Tensor, side: int = 32) -> torch.Tensor:
+    """Images [N, C, H, W] in [0, 1] shrunk (antialiased) so that neither side exceeds ``side``."""
+    height, width = images.shape[-2:]
+    if max(height, width) <= side:
+        return images
+    factor = side / max(height, width)
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    return torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear", antialias=True,
+                                           align_corners=False).clamp_(0, 1)
+
+
+def picture_uri(source: Path | np.ndarray, max_bytes: int, shrink: bool = True) -> str:
+    """A picture as a data: URI of at most about ``max_bytes``: PNG as it is when it fits; else JPEG
+    (colour pictures), then (with ``shrink``) smaller and smaller. Keeps self-contained pages light."""
+    from PIL import Image
+
     if isinstance(source, Path):
         data = source.read_bytes()
+        if len(data) <= max_bytes:
+            return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        image = Image.open(source)
+        image.load()
     else:
-        from PIL import Image
+        image = Image.fromarray(source)
+    image = image.convert("RGB") if image.mode not in ("L", "RGB") else image
+    for _ in range(8):
+        kind, data = "png", _encoded(image, "PNG")
+        if len(data) > max_bytes:
+            kind, data = "jpeg", _encoded(image, "JPEG", quality=85)
+        if len(data) <= max_bytes or not shrink:
+            break
+        factor = min(0.9, max(0.3, (max_bytes / len(data)) ** 0.5))
+        image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
+                             Image.Resampling.LANCZOS)
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
 
-        buffer = io.BytesIO()
-        Image.fromarray(source).save(buffer, format="PNG", optimize=True)
-        data = buffer.getvalue()
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+def _encoded(image, kind: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind, **options)
+    return buffer.getvalue()
 
 
 def script_json(value) -> str:
@@ -204,13 +239,18 @@ MAP_SCRIPT = """function aelabMaps(maps, spriteUri, columns, width, height) {
 }"""
 
 
+SPRITE_BYTES = 1_200_000  # the hover previews of a map: PNG, or JPEG where PNG is larger
+
+
 def maps_script(figures: dict, images: torch.Tensor) -> str:
     """JavaScript that draws ``figures`` ({div id: plotly figure}) with hover previews of ``images``
-    [N, C, H, W] in [0, 1] (N = the points, in customdata order). Needs plotly.js and MAP_SCRIPT."""
+    [N, C, H, W] in [0, 1] (N = the points, in customdata order; see ``thumbnails``). Needs plotly.js
+    and MAP_SCRIPT."""
     columns = max(1, min(100, len(images)))
     sprite = tile(images, -(-len(images) // columns), columns, pad=0, value=0)
     figures_json = {name: json.loads(figure.to_json()) for name, figure in figures.items()}
-    return (f"const AELAB_MAPS = aelabMaps({script_json(figures_json)}, {script_json(png_data_uri(sprite))}, "
+    uri = picture_uri(sprite, SPRITE_BYTES, shrink=False)
+    return (f"const AELAB_MAPS = aelabMaps({script_json(figures_json)}, {script_json(uri)}, "
             f"{columns}, {images.shape[-1]}, {images.shape[-2]});")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import figures, latent, plots
 from .data.sets import ImageSet, data_for_run, load_run_splits
@@ -27,7 +28,10 @@ from .run import Run, load_run, read_json
 log = logging.getLogger("aelab")
 
 REPORT_LIBRARIES = (("plotly", "plotly"), ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn"))
-MAP_POINTS = 3000  # points on each interactive map (stratified by label); keeps the page light
+MAP_POINTS = 3000  # points on each interactive map (stratified by label); fewer for big or colour images:
+MAP_PIXELS = MAP_POINTS * 28 * 28  # the hover thumbnails' pixels (MNIST's 3000 points)
+FIGURE_BYTES = 250_000  # each picture on the page at most (shrunk or JPEG beyond); the page stays under 10 MB
+SLIDER_BYTES = 1_000_000  # the reconstructions across epochs, all together (fewer epochs shown beyond)
 GRID_N = 12
 SAMPLES = 32
 INTERPOLATION_STEPS = 12
@@ -46,13 +50,14 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet) -> dict[str, Any]:
     log.info("report: decoded images (grid, samples, interpolation) ...")
     train_codes = latent.encode(run.model, train.images)
     plane = latent.latent_plane(train_codes)
-    out["grid"] = plots.save_png(figures.grid_picture(run, plane, GRID_N), figures_dir / "latent_grid.png", scale=2)
+    scale = plots.display_scale(config.model.image_size, config.model.image_width or config.model.image_size, 2)
+    out["grid"] = plots.save_png(figures.grid_picture(run, plane, GRID_N), figures_dir / "latent_grid.png", scale=scale)
     out["grid_plane"] = plane.names
     samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4)
-    out["samples"] = plots.save_png(samples, figures_dir / "samples.png", scale=2)
+    out["samples"] = plots.save_png(samples, figures_dir / "samples.png", scale=scale)
     first, second = _interpolation_pair(test)
     line = figures.interpolation_picture(run, test, first, second, INTERPOLATION_STEPS)
-    out["interpolation"] = plots.save_png(line, figures_dir / "interpolation.png", scale=3)
+    out["interpolation"] = plots.save_png(line, figures_dir / "interpolation.png", scale=min(3, scale + 1))
     out["interpolation_pair"] = (int(test.indices[first]), int(test.indices[second]))
     if config.train.noise_factor > 0:
         clean, noisy, denoised = figures.reconstruction_examples(run.model, test.images[:8], config.train.noise_factor)
@@ -60,7 +65,7 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet) -> dict[str, Any]:
                                                        title=f"noise factor {config.train.noise_factor:g}", noisy=noisy)
     log.info("report: latent maps (scatter, t-SNE) ...")
     embedding = latent.embed(run, test)
-    subset = latent.stratified_subset(embedding.label, MAP_POINTS, seed=0)
+    subset = latent.stratified_subset(embedding.label, map_points(test.image_shape), seed=0)
     shown = embedding.subset(subset)
     perplexity = latent.suggested_perplexity(len(shown))
     maps = {method: figures.latent_map(shown, method, "test", perplexity=perplexity) for method in ("scatter", "tsne")}
@@ -68,6 +73,23 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet) -> dict[str, Any]:
     out["n_map_points"] = len(shown)
     out["map_images"] = maps["scatter"].hover_images(test, subset)
     return out
+
+
+def map_points(image_shape: tuple[int, int, int]) -> int:
+    """Points on a map of the report: 3000, fewer where the hover thumbnails are big or in colour."""
+    channels, height, width = image_shape
+    thumbnail = plots.thumbnails(torch.zeros(1, channels, height, width)).shape
+    return max(100, min(MAP_POINTS, MAP_PIXELS // (channels * thumbnail[-2] * thumbnail[-1])))
+
+
+def slider_pictures(paths: list[Path]) -> tuple[list[str], list[int]]:
+    """The reconstruction pictures of the epochs as data URIs, and their epoch numbers: every epoch
+    while they fit ``SLIDER_BYTES``, else evenly spaced epochs (the first and the last among them)."""
+    uris = [plots.picture_uri(path, FIGURE_BYTES) for path in paths]
+    largest = max((len(uri) for uri in uris), default=1)
+    keep = max(2, SLIDER_BYTES * 4 // 3 // largest)
+    chosen = sorted(set(np.linspace(0, len(paths) - 1, keep).round().astype(int))) if keep < len(paths) else range(len(paths))
+    return [uris[i] for i in chosen], [_epoch_number(paths[i]) for i in chosen]
 
 
 def _interpolation_pair(test: ImageSet) -> tuple[int, int]:
@@ -110,6 +132,10 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
 
 # --- the page ----------------------------------------------------------------------------------
 
+def _uri(source) -> str:
+    return plots.picture_uri(source, FIGURE_BYTES)
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     return "<table class='kv'>" + "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
@@ -127,6 +153,7 @@ def render(run: Run, parts: dict[str, Any]) -> str:
     evaluation = read_json(run.path / "evaluation.json")
     saved = read_json(run.path / "config.json")
     recon = sorted((run.path / "figures" / "reconstructions").glob("epoch-*.png"), key=_epoch_number)
+    slider = slider_pictures(recon)
     loss_png = run.path / "figures" / "loss_curves.png"
     cards = [
         ("test MSE", _fmt(evaluation.get("test_mse", float("nan")))),
@@ -147,7 +174,7 @@ def render(run: Run, parts: dict[str, Any]) -> str:
     a, b = parts["interpolation_pair"]
     denoising = (f"<section><h2>Denoising</h2><p>Test images, the same with noise (factor "
                  f"{config.train.noise_factor:g}), and the model's output.</p>"
-                 f"<img class='fig' src='{plots.png_data_uri(parts['denoising'])}' alt='denoising examples'></section>"
+                 f"<img class='fig' src='{_uri(parts['denoising'])}' alt='denoising examples'></section>"
                  if "denoising" in parts else "")
     maps_js = plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()}, parts["map_images"])
     title = f"aelab run {run.path.name}"
@@ -180,12 +207,12 @@ loss {html.escape(config.train.loss)}{' · denoising, noise ' + format(config.tr
 <main>
 <div class="cards">{''.join(f"<div class='card'><div class='v'>{html.escape(v)}</div><div class='k'>{html.escape(k)}</div></div>" for k, v in cards)}</div>
 <section><h2>Training</h2><div class="two">
-<div><img class="fig" src="{plots.png_data_uri(loss_png)}" alt="loss curves"></div>
+<div><img class="fig" src="{_uri(loss_png)}" alt="loss curves"></div>
 <div class="scroll"><table><tr><th>epoch</th><th>train loss</th><th>val loss</th><th>lr</th><th>seconds</th></tr>{metric_rows}</table></div>
 </div><p class="muted">Weights kept: {html.escape(str(evaluation.get('kept', config.train.keep)))} (epoch {evaluation.get('best_epoch', '?')} had the lowest validation loss).</p></section>
 <section><h2>Reconstructions across epochs</h2>
 <p class="muted">The first five test images above the model's reconstructions. Move the slider to see how they improve.</p>
-<input id="epoch" type="range" min="1" max="{len(recon)}" value="{len(recon)}" style="width: 60%"> <span id="epoch-label"></span><br>
+<input id="epoch" type="range" min="1" max="{len(slider[0])}" value="{len(slider[0])}" style="width: 60%"> <span id="epoch-label"></span><br>
 <img id="recon" class="fig" alt="reconstructions"></section>
 {denoising}
 <section><h2>The latent space</h2>
@@ -195,11 +222,11 @@ loss {html.escape(config.train.loss)}{' · denoising, noise ' + format(config.tr
 <section><h2>Generated images</h2>
 <h3>A {GRID_N} × {GRID_N} grid over the latent plane ({html.escape(' / '.join(parts['grid_plane']))})</h3>
 <p class="muted">Decoded from evenly spaced points between the 1st and 99th percentiles of the training codes{'' if config.model.latent_dim == 2 else ', the other directions held at the mean code'}.</p>
-<img class="fig" src="{plots.png_data_uri(parts['grid'])}" alt="latent grid">
+<img class="fig" src="{_uri(parts['grid'])}" alt="latent grid">
 <div class="two"><div><h3>Samples</h3><p class="muted">Decoded from codes drawn from a Gaussian mixture (10 components) fitted to the training codes.</p>
-<img class="fig" src="{plots.png_data_uri(parts['samples'])}" alt="samples"></div>
+<img class="fig" src="{_uri(parts['samples'])}" alt="samples"></div>
 <div><h3>Interpolation</h3><p class="muted">The straight line between the codes of test images {a} and {b}.</p>
-<img class="fig" src="{plots.png_data_uri(parts['interpolation'])}" alt="interpolation"></div></div></section>
+<img class="fig" src="{_uri(parts['interpolation'])}" alt="interpolation"></div></div></section>
 <section><h2>Configuration</h2>{_table(config_rows)}<p class="muted">Run folder: {html.escape(str(run.path.resolve()))}</p></section>
 </main>
 <script>window.__errors = [];
@@ -207,8 +234,8 @@ window.addEventListener("error", function (e) {{ window.__errors.push(String(e.m
 (function () {{ var original = console.error; console.error = function () {{ window.__errors.push(Array.from(arguments).join(" ")); original.apply(console, arguments); }}; }})();</script>
 <script>{get_plotlyjs()}</script>
 <script>
-const RECON = {plots.script_json([plots.png_data_uri(p) for p in recon])};
-const EPOCHS = {plots.script_json([_epoch_number(p) for p in recon])};
+const RECON = {plots.script_json(slider[0])};
+const EPOCHS = {plots.script_json(slider[1])};
 {plots.MAP_SCRIPT}
 {maps_js}
 const slider = document.getElementById("epoch"), recon = document.getElementById("recon");
