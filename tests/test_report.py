@@ -118,3 +118,29 @@ def test_a_missing_plotting_library_is_a_clear_message_and_the_run_is_kept(train
     err = capsys.readouterr().err
     assert "needs plotly" in err and "pip install plotly" in err and f"aelab report {trained_run}" in err
     assert "Traceback" not in err and (trained_run / "model.safetensors").read_bytes() == before
+
+
+def test_pictures_of_big_images_are_kept_within_the_page_budget(tmp_path):
+    """The report of any image size stays light: each picture shrinks (or becomes JPEG) beyond its
+    budget, the epochs' slider keeps fewer epochs, and colour or big images get fewer map points."""
+    import numpy as np
+
+    from aelab import plots, report
+
+    noise = np.random.default_rng(0).integers(0, 256, (900, 1400, 3), dtype=np.uint8)
+    uri = plots.picture_uri(noise, 250_000)
+    assert len(uri) < 250_000 * 4 / 3 + 100 and uri.startswith("data:image/")
+    small = np.zeros((20, 30), np.uint8)
+    assert plots.picture_uri(small, 250_000).startswith("data:image/png")  # small pictures stay PNG as they are
+    paths = []
+    for epoch in range(1, 31):
+        path = tmp_path / f"epoch-{epoch:03d}.png"
+        from PIL import Image
+
+        Image.fromarray(np.roll(noise[:400, :900], epoch, axis=1)).save(path)
+        paths.append(path)
+    uris, epochs = report.slider_pictures(paths)
+    assert sum(map(len, uris)) <= report.SLIDER_BYTES * 4 / 3 + 1000
+    assert epochs[0] == 1 and epochs[-1] == 30 and len(epochs) < 30
+    assert report.map_points((1, 28, 28)) == report.MAP_POINTS
+    assert report.map_points((3, 64, 64)) < report.map_points((1, 64, 64)) < report.MAP_POINTS

@@ -115,6 +115,6 @@ def data_fingerprint(splits: dict) -> str:
     digest = hashlib.blake2b(digest_size=12)
     for name in ("train", "val"):
         for chunk in splits[name].chunks():  # (the same hash as of the whole array at once)
-            digest.update(chunk.numpy().tobytes())
+            digest.update(chunk.contiguous().numpy())
         digest.update(splits[name].labels.numpy().tobytes())
     return digest.hexdigest()

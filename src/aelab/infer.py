@@ -7,6 +7,7 @@ It works in chunks (any number of images, on any device) and synchronises with t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 
 from .data.batches import add_noise, noise_generator, to_unit
 from .errors import AelabError
+
+CHUNK_PIXELS = 1024 * 28 * 28 * 4  # values in a chunk of inference: MNIST's 1024 images keep 4096; 64x64x3 ones 261
 
 
 @dataclass
@@ -41,7 +44,8 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
           seed: int = 0,
           batch_size: int = 1024) -> Inference:
     """Run ``model`` (an autoencoder with ``encoder`` and ``decoder.logits``) over uint8 images
-    [N, C, H, W] in chunks of ``batch_size``, in eval mode, on the model's device.
+    [N, C, H, W] (a tensor or images on disk) in chunks of ``batch_size`` (fewer for big images: at
+    most ``CHUNK_PIXELS`` values a chunk), in eval mode, on the model's device.
 
     With ``noise_factor`` > 0 the input is the image with seeded Gaussian noise (``seed``) and every
     error is measured against the clean image: the denoising error.
@@ -51,6 +55,7 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
     device = next(model.parameters()).device
     generator = noise_generator(seed, device) if noise_factor > 0 else None
     parts: dict[str, list[torch.Tensor]] = {"mse": [], "bce": [], "codes": [], "reconstructions": [], "inputs": []}
+    batch_size = max(1, min(batch_size, CHUNK_PIXELS // max(1, math.prod(images.shape[1:]))))
     try:
         for start in range(0, len(images), batch_size):
             clean = to_unit(images[start: start + batch_size], device)  # [B, C, H, W]

@@ -77,8 +77,9 @@ class ImageSet:
         """The same set with its images in memory."""
         return replace(self, images=self.images.load()) if self.on_disk else self
 
-    def chunks(self, size: int = 4096) -> Iterator[torch.Tensor]:
-        """The uint8 images in order, ``size`` at a time."""
+    def chunks(self, max_bytes: int = 16 * 2**20) -> Iterator[torch.Tensor]:
+        """The uint8 images in order, about ``max_bytes`` at a time."""
+        size = max(1, max_bytes // max(1, int(np.prod(self.image_shape))))
         for start in range(0, len(self), size):
             yield self.images[start: start + size]
 
@@ -218,7 +219,7 @@ def _conformed(full: ImageSet, data: DataConfig) -> ImageSet:
 def _fingerprint(full: ImageSet) -> str:
     digest = hashlib.blake2b(digest_size=12)
     for chunk in full.chunks():
-        digest.update(chunk.numpy().tobytes())
+        digest.update(chunk.numpy())
     digest.update(full.labels.numpy().tobytes())
     return digest.hexdigest()
 
