@@ -98,3 +98,22 @@ def test_fast_transposed_convolution_equals_pytorchs(c_in, c_out, size, padding,
     reference_grads = torch.autograd.grad(b, [x, reference.weight, reference.bias], grad)
     for mine, theirs in zip(ours_grads, reference_grads):
         assert torch.allclose(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("height, width", [(28, 28), (64, 64), (16, 16), (17, 23), (32, 48), (100, 60)])
+def test_every_output_row_of_every_decoder_layer_is_computed_from_its_input(height, width):
+    """No layer pads its output with a row that holds its bias alone (a dead border in every
+    reconstruction): each transposed convolution's last row and column depend on its input."""
+    from aelab.model import ConvAutoencoder
+
+    model = ConvAutoencoder(4, 3, height, image_width=width)
+    x = model.decoder.unflatten(torch.randn(1, model.decoder.decoder_lin[2].out_features))
+    model.eval()
+    for layer in model.decoder.decoder_conv:
+        x = x.detach().clone().requires_grad_(isinstance(layer, torch.nn.ConvTranspose2d))
+        y = layer(x)
+        if isinstance(layer, torch.nn.ConvTranspose2d):
+            for corner in (y[0, 0, -1, :].sum(), y[0, 0, :, -1].sum()):
+                assert torch.autograd.grad(corner, x, retain_graph=True)[0].abs().sum() > 0
+        x = y
+    assert x.shape[-2:] == (height, width)

@@ -19,10 +19,21 @@ WIDTH = 8  # the tutorial's first convolution width (doubled at each stage: 8, 1
 HIDDEN = 128  # the tutorial's fully connected width
 
 
+def last_padding(image_size: int) -> int:
+    """The third convolution's padding along an axis: the tutorial's 0 where the size before it is
+    odd (MNIST's 7), else 1. With 0 on an even size the last row would be left out by the encoder,
+    and the decoder's matching output-padding row would hold its bias alone: a dead border in every
+    reconstruction (seen on 64x64 images: 16 -> 7 -> 16). With 1 that row is computed."""
+    before = image_size
+    for _ in range(2):
+        before = (before - 1) // 2 + 1  # kernel 3, stride 2, padding 1
+    return 0 if before % 2 else 1
+
+
 def encoder_sizes(image_size: int) -> list[int]:
-    """Size along one axis after each encoder convolution: [28, 14, 7, 3] for 28 pixels."""
+    """Size along one axis after each encoder convolution: [28, 14, 7, 3] for 28 pixels, [64, 32, 16, 8] for 64."""
     sizes = [image_size]
-    for padding in (1, 1, 0):  # kernel 3, stride 2
+    for padding in (1, 1, last_padding(image_size)):  # kernel 3, stride 2
         sizes.append((sizes[-1] + 2 * padding - 3) // 2 + 1)
     if sizes[-1] < 1:
         raise AelabError(f"images of {image_size} pixels are too small for this model; choose at least 16")
@@ -56,7 +67,8 @@ class Encoder(nn.Module):
             nn.Conv2d(channels[0], channels[1], 3, stride=2, padding=1),
             nn.BatchNorm2d(channels[1]),
             nn.ReLU(True),
-            nn.Conv2d(channels[1], channels[2], 3, stride=2, padding=0),
+            nn.Conv2d(channels[1], channels[2], 3, stride=2,
+                      padding=(last_padding(image_size), last_padding(image_width or image_size))),
             nn.ReLU(True),
         )
         self.flatten = nn.Flatten(start_dim=1)
@@ -81,9 +93,11 @@ class Decoder(nn.Module):
         heights, widths = _shape(image_size, image_width)  # [28, 14, 7, 3] each for MNIST
         channels = (width, 2 * width, 4 * width)
 
-        def output_padding(stage: int, padding: int) -> tuple[int, int]:
-            return (_output_padding(heights[stage + 1], heights[stage], padding),
-                    _output_padding(widths[stage + 1], widths[stage], padding))
+        last = (last_padding(image_size), last_padding(image_width or image_size))
+
+        def output_padding(stage: int, padding: tuple[int, int]) -> tuple[int, int]:
+            return (_output_padding(heights[stage + 1], heights[stage], padding[0]),
+                    _output_padding(widths[stage + 1], widths[stage], padding[1]))
 
         self.decoder_lin = nn.Sequential(
             nn.Linear(latent_dim, hidden),
@@ -93,13 +107,13 @@ class Decoder(nn.Module):
         )
         self.unflatten = nn.Unflatten(dim=1, unflattened_size=(channels[2], heights[-1], widths[-1]))
         self.decoder_conv = nn.Sequential(
-            ConvTranspose2d(channels[2], channels[1], 3, stride=2, output_padding=output_padding(2, 0)),
+            ConvTranspose2d(channels[2], channels[1], 3, stride=2, padding=last, output_padding=output_padding(2, last)),
             nn.BatchNorm2d(channels[1]),
             nn.ReLU(True),
-            ConvTranspose2d(channels[1], channels[0], 3, stride=2, padding=1, output_padding=output_padding(1, 1)),
+            ConvTranspose2d(channels[1], channels[0], 3, stride=2, padding=1, output_padding=output_padding(1, (1, 1))),
             nn.BatchNorm2d(channels[0]),
             nn.ReLU(True),
-            ConvTranspose2d(channels[0], in_channels, 3, stride=2, padding=1, output_padding=output_padding(0, 1)),
+            ConvTranspose2d(channels[0], in_channels, 3, stride=2, padding=1, output_padding=output_padding(0, (1, 1))),
         )
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
