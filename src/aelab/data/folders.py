@@ -96,13 +96,20 @@ def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = 
             found = f"{len(files)} image files, none readable" if files else "no image files"
             raise AelabError(f"{root} holds {found} ({', '.join(decode.IMAGE_SUFFIXES)}, searched in subfolders too); "
                              "give a folder of images")
-        channels = channels or (3 if any(headers[f.path][2] for f in good) else 1)
+        colour = sum(bool(headers[f.path][2]) for f in good)
+        if channels is None:
+            channels = 3 if colour else 1
+        elif channels == 1 and colour:
+            log.info("%d of %d images have colour; they are converted to grey (1 channel, as asked)", colour, len(good))
+        elif channels == 3 and colour < len(good):
+            log.info("%d of %d images are grey; they are repeated to 3 channels (as asked)", len(good) - colour, len(good))
+        why = "the size asked for"
         if size is None:
-            size = Counter(tuple(headers[f.path][:2]) for f in good).most_common(1)[0][0]
-            odd = sum(tuple(headers[f.path][:2]) != size for f in good)
-            if odd:
-                log.info("%d of %d images are not %dx%d (the most common size); they are resized (%s)",
-                         odd, len(good), size[0], size[1], resize)
+            size, why = Counter(tuple(headers[f.path][:2]) for f in good).most_common(1)[0][0], "the most common size"
+        odd = sum(tuple(headers[f.path][:2]) != tuple(size) for f in good)
+        if odd:
+            log.info("%d of %d images are not %dx%d (%s); they are resized (%s)", odd, len(good), size[0], size[1],
+                     why, resize)
         images_path, rows = _decoded(root, where, good, channels, size, resize)
         whole = MappedImages(images_path)  # opened under the lock: these rows, whatever happens later
     usable = [(position, entry) for position, entry in enumerate(rows) if not entry[3].startswith("!")]

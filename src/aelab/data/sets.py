@@ -22,6 +22,7 @@ from .mapped import MappedImages
 log = logging.getLogger("aelab")
 
 SPLITS = ("train", "val", "test")
+ALL = "all"  # every image of a folder or an array file, in its order (to score or encode new images)
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Source:
     fingerprint: str | None = None  # of the decoded images (a folder, an array file); None for a named dataset
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): files that are not usable images
     on_disk: bool = False  # the images are read from the cache batch by batch (larger than `data.memory_limit`)
+    splits: np.ndarray | None = None  # a folder with train/ test/ subfolders: each image's split
+    root: Path | None = None  # a folder: where it is
 
 
 @dataclass
@@ -148,36 +151,88 @@ def load_splits(data: DataConfig) -> dict[str, ImageSet]:
     """
     kind = data.kind()
     if kind == "folder":
-        return _folder_splits(data)
+        return _only_classes(_folder_splits(data), data)
     if kind == "array":
-        images, labels = read_array_file(data.dataset)
-        full = _conformed(ImageSet.from_arrays(images, labels), data)
-        full.source = Source("array", fingerprint=_fingerprint(full))
-        rest, test = split_off(full, data.test_fraction, data.split_seed, "test_fraction")
+        rest, test = split_off(_array_set(data), data.test_fraction, data.split_seed, "test_fraction")
     else:
         rest, test = load_file_set(data, train=True), load_file_set(data, train=False)
     train, val = split_train_val(rest, data.val_fraction, data.split_seed)
-    return {"train": train, "val": val, "test": test}
+    return _only_classes({"train": train, "val": val, "test": test}, data)
+
+
+def class_labels(names: list[str], class_names: tuple[str, ...], what: str = "`data.classes`") -> list[int]:
+    """Labels of classes given by name or by number ("3", "cat"); an AelabError names any unknown one."""
+    labels = []
+    for name in names:
+        if name in class_names:
+            labels.append(class_names.index(name))
+        elif name.lstrip("-").isdigit() and 0 <= int(name) < len(class_names):
+            labels.append(int(name))
+        else:
+            known = ", ".join(class_names) if class_names else "none: the images are unlabelled"
+            raise AelabError(f"{what} names {name!r}, which is not a class of these images (classes: {known}); "
+                             "choose among those")
+    return sorted(set(labels))
+
+
+def _only_classes(splits: dict[str, ImageSet], data: DataConfig) -> dict[str, ImageSet]:
+    """With ``data.classes``: train and validation keep those classes only (one-class training);
+    the test split keeps every image, to be scored."""
+    if not data.classes:
+        return splits
+    keep = torch.tensor(class_labels(data.class_list(), splits["train"].class_names))
+    out = dict(splits)
+    for name in ("train", "val"):
+        part = splits[name]
+        out[name] = part.subset(torch.isin(part.labels, keep).nonzero().flatten())
+        if len(out[name]) == 0:
+            raise AelabError(f"the {name} split holds no image of `data.classes` {data.classes}; choose classes "
+                             "that the data have")
+    return out
 
 
 def load_split(data: DataConfig, split: str) -> ImageSet:
-    """One split: ``train``, ``val`` or ``test``."""
+    """One split: ``train``, ``val`` or ``test``; or ``all``: every image of a folder or an array file."""
+    if split == ALL:
+        if data.kind() == "named":
+            raise AelabError(f"`split` all means every image of a folder or a file; {data.dataset} comes as train and "
+                             "test files: choose train, val or test")
+        if data.kind() == "folder":
+            found = _folder_set(data)
+            return found if found.on_disk else found.in_memory()
+        return _array_set(data)
     if split not in SPLITS:
-        raise AelabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise AelabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or {ALL}")
     if split == "test" and data.kind() == "named":
         return load_file_set(data, train=False)  # (the training file is not needed)
     return load_splits(data)[split]
 
 
-def _folder_splits(data: DataConfig) -> dict[str, ImageSet]:
+def _array_set(data: DataConfig) -> ImageSet:
+    images, labels = read_array_file(data.dataset)
+    full = _conformed(ImageSet.from_arrays(images, labels), data)
+    full.source = Source("array", fingerprint=_fingerprint(full))
+    return full
+
+
+def _folder_set(data: DataConfig) -> ImageSet:
+    """Every image of a folder, on disk (its cache), with its split folder in ``source.splits``."""
     from .folders import load_folder
 
     found = load_folder(data.dataset, sources.resolve_data_dir(data.data_dir), data.channels, data.size(), data.resize)
     budget = memory_budget(data.memory_limit)
     on_disk = found.images.nbytes > budget
-    source = Source("folder", found.fingerprint, found.skipped, on_disk)
-    full = ImageSet(found.images, torch.as_tensor(found.labels), torch.arange(len(found.labels)), found.class_names,
+    if on_disk:
+        log.info("the images (%s) are larger than the memory limit (%s): read from the cache on disk batch by batch",
+                 _size(found.images.nbytes), _size(budget))
+    source = Source("folder", found.fingerprint, found.skipped, on_disk, found.splits, found.root)
+    return ImageSet(found.images, torch.as_tensor(found.labels), torch.arange(len(found.labels)), found.class_names,
                     found.paths, source)
+
+
+def _folder_splits(data: DataConfig) -> dict[str, ImageSet]:
+    full = _folder_set(data)
+    found = full.source
     if found.splits is not None:
         parts = {name: full.subset(torch.as_tensor(np.flatnonzero(found.splits == name))) for name in SPLITS}
         if len(parts["val"]) == 0:
@@ -190,9 +245,7 @@ def _folder_splits(data: DataConfig) -> dict[str, ImageSet]:
         rest, test = split_off(full, data.test_fraction, data.split_seed, "test_fraction", sort=True)
         train, val = split_train_val(rest, data.val_fraction, data.split_seed, sort=True)
         parts = {"train": train, "val": val, "test": test}
-    if on_disk:
-        log.info("the images (%s) are larger than the memory limit (%s): read from the cache on disk batch by batch",
-                 _size(found.images.nbytes), _size(budget))
+    if found.on_disk:
         return parts
     return {name: part.in_memory() for name, part in parts.items()}
 

@@ -1,0 +1,131 @@
+"""One-class novelty detection, the standard protocol, side by side with PyOD's AutoEncoder.
+
+    .venv/bin/python benchmarks/one_class.py                       # MNIST and Fashion-MNIST, 10 classes, seeds 0-2
+    .venv/bin/python benchmarks/one_class.py --datasets mnist --classes 1 8 --seeds 0 --epochs 10   # a quick look
+
+The protocol of Ruff et al. 2018 (Deep SVDD): train on the images of one class of the training
+split, score every image of the test split, AUROC with the other classes as the anomalies; every
+class in turn, several seeds; the mean over classes is the number papers report.
+
+aelab: ``aelab train --classes K`` (the recipe given by --recipe, latent size --latent-dim), then
+the scores of ``aelab score`` (every method: mse, density, combined) on the test split.
+PyOD: ``pyod.models.auto_encoder.AutoEncoder`` with its defaults on the flattened pixels in [0, 1]
+(pip install pyod; it is not a dependency of aelab). Both sides are timed (training + scoring).
+Results go to benchmarks/out/one-class-DATE.json and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+PUBLISHED = {  # mean AUROC over the ten classes, as published (for reference; other preprocessing)
+    "mnist": {"Deep SVDD (Ruff et al. 2018)": 94.8, "OCGAN (Perera et al. 2019)": 97.5, "GeoTrans (Golan & El-Yaniv 2018)": 98.0},
+    "fashion-mnist": {"CAE + OC-SVM (in Golan & El-Yaniv 2018)": 91.7, "GeoTrans (Golan & El-Yaniv 2018)": 93.5},
+}
+
+
+def aelab_side(dataset: str, normal: int, seed: int, args) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    from aelab import RunConfig, train
+    from aelab.config import DataConfig, ModelConfig, train_config_for
+    from aelab.data.sets import load_splits
+    from aelab.scores import METHODS, fit_detector
+
+    data = DataConfig(dataset=dataset, classes=str(normal), data_dir=args.data_dir)
+    splits = load_splits(data)
+    config = RunConfig(data=data, model=ModelConfig(latent_dim=args.latent_dim),
+                       train=train_config_for(args.recipe, epochs=args.epochs, seed=seed))
+    start = time.perf_counter()
+    result = train(config, HERE / "out" / "one-class-run", overwrite=True, report=False, data=splits)
+    aurocs = {}
+    truth = (splits["test"].labels.numpy() != normal)
+    for method in METHODS:
+        detector = fit_detector(result.model, splits["train"].images, splits["val"].images, method, seed=seed)
+        from aelab.scores import score_images
+
+        scored = score_images(result.model, detector, splits["test"].images)
+        aurocs[method] = float(roc_auc_score(truth, scored.score))
+    return {"auroc": aurocs, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def pyod_side(dataset: str, normal: int, seed: int, args) -> dict:
+    import torch
+    from pyod.models.auto_encoder import AutoEncoder
+    from sklearn.metrics import roc_auc_score
+
+    from aelab.config import DataConfig
+    from aelab.data.sets import load_file_set
+
+    train = load_file_set(DataConfig(dataset=dataset, data_dir=args.data_dir), train=True)
+    test = load_file_set(DataConfig(dataset=dataset, data_dir=args.data_dir), train=False)
+    x_train = train.images[train.labels == normal].flatten(1).float().div(255).numpy()
+    x_test = test.images.flatten(1).float().div(255).numpy()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    start = time.perf_counter()
+    detector = AutoEncoder(random_state=seed) if "random_state" in AutoEncoder.__init__.__code__.co_varnames else AutoEncoder()
+    detector.fit(x_train)
+    scores = detector.decision_function(x_test)
+    return {"auroc": float(roc_auc_score(test.labels.numpy() != normal, scores)),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
+    parser.add_argument("--classes", nargs="+", type=int, default=list(range(10)))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--latent-dim", type=int, default=4)
+    parser.add_argument("--recipe", default="fast")
+    parser.add_argument("--no-pyod", action="store_true", help="aelab only")
+    parser.add_argument("--data-dir")
+    args = parser.parse_args()
+    import logging
+
+    logging.getLogger("aelab").setLevel(logging.WARNING)
+    rows = []
+    for dataset in args.datasets:
+        for normal in args.classes:
+            for seed in args.seeds:
+                row = {"dataset": dataset, "class": normal, "seed": seed, "aelab": aelab_side(dataset, normal, seed, args)}
+                if not args.no_pyod:
+                    row["pyod"] = pyod_side(dataset, normal, seed, args)
+                rows.append(row)
+                pyod = f"  pyod {row['pyod']['auroc']:.3f} ({row['pyod']['seconds']:.0f} s)" if "pyod" in row else ""
+                print(f"{dataset} class {normal} seed {seed}: " + " ".join(
+                    f"{k} {v:.3f}" for k, v in row["aelab"]["auroc"].items()) + f" ({row['aelab']['seconds']:.0f} s)"
+                      + pyod, file=sys.stderr, flush=True)
+    summary = {}
+    for dataset in args.datasets:
+        mine = [r for r in rows if r["dataset"] == dataset]
+        entry = {method: float(np.mean([r["aelab"]["auroc"][method] for r in mine])) for method in mine[0]["aelab"]["auroc"]}
+        per_class = {method: {k: float(np.mean([r["aelab"]["auroc"][method] for r in mine if r["class"] == k]))
+                              for k in args.classes} for method in entry}
+        summary[dataset] = {"aelab_mean_auroc": entry, "aelab_per_class": per_class,
+                            "aelab_seconds": float(np.mean([r["aelab"]["seconds"] for r in mine])),
+                            "published_mean_auroc": PUBLISHED.get(dataset, {})}
+        if not args.no_pyod:
+            summary[dataset]["pyod_mean_auroc"] = float(np.mean([r["pyod"]["auroc"] for r in mine]))
+            summary[dataset]["pyod_per_class"] = {k: float(np.mean([r["pyod"]["auroc"] for r in mine if r["class"] == k]))
+                                                  for k in args.classes}
+            summary[dataset]["pyod_seconds"] = float(np.mean([r["pyod"]["seconds"] for r in mine]))
+    out = HERE / "out" / f"one-class-{datetime.date.today()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "cpus": os.cpu_count(), "rows": rows, "summary": summary}, indent=1))
+    print(json.dumps(summary, indent=1))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
