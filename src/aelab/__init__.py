@@ -28,6 +28,9 @@ _EXPORTS = {
     "load_run": "run", "Run": "run",
     "infer": "infer", "Inference": "infer",
     "evaluate": "evaluation", "reconstruction_loss": "evaluation", "Evaluation": "evaluation",
+    "AutoencoderDetector": "estimator",
+    "fit_detector": "scores", "score_images": "scores", "run_detector": "scores", "Detector": "scores",
+    "export": "export", "reconstruct_files": "files", "encode_files": "files",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -231,6 +231,62 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
+    from .files import reconstruct_files
+    from .run import load_run, write_skipped
+
+    run = load_run(args.run, device=resolve_device(args.device))
+    noise = 0.0
+    if args.command == "denoise":
+        trained = run.config.train.noise_factor
+        if trained <= 0:
+            logging.getLogger("aelab").warning("%s was not trained to denoise (no --noise-factor); its outputs are "
+                                               "plain reconstructions", run.path)
+        noise = args.add_noise or 0.0
+    written, skipped = reconstruct_files(run, args.inputs, args.out, noise_factor=noise, seed=args.seed)
+    _report_skipped(skipped, Path(args.out))
+    print(f"{len(written)} images written to {args.out}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
+    from .files import encode_files, write_codes
+    from .run import load_run
+
+    out = Path(args.out)
+    if out.suffix not in (".csv", ".parquet", ".npy"):
+        raise AelabError(f"--out {out} must end in .csv, .parquet or .npy")
+    run = load_run(args.run, device=resolve_device(args.device))
+    paths, codes, skipped = encode_files(run, args.inputs)
+    write_codes(paths, codes, out)
+    _report_skipped(skipped, out.parent, f"{out.stem}-skipped.csv")
+    print(f"{out}: {len(paths)} rows (path, z0..z{codes.shape[1] - 1})")
+    return 0
+
+
+def _report_skipped(skipped: list[tuple[str, str]], folder: Path, name: str = "skipped.csv") -> None:
+    from .run import write_skipped
+
+    if skipped:
+        path = write_skipped(skipped, folder, name)
+        logging.getLogger("aelab").warning("%d files skipped, not usable images (such as %s: %s); listed in %s",
+                                           len(skipped), skipped[0][0], skipped[0][1], path)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+    from .run import load_run
+
+    run = load_run(args.run)
+    suffix = {"onnx": ".onnx", "torchscript": ".pt"}[args.format]
+    out = Path(args.out or run.path / f"{args.part}{suffix}")
+    export(run, out, args.format, args.part)
+    print(out)
+    return 0
+
+
 def torch_index(positions):
     import torch
 
@@ -317,6 +373,56 @@ def _add_explore(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_common(p)
     p.set_defaults(func=cmd_score)
+
+    for name, summary in (("reconstruct", "the run's reconstruction of each input image, as PNG files"),
+                          ("denoise", "a denoising run's output for each (noisy) input image, as PNG files")):
+        p = sub.add_parser(name, help=summary,
+                           description=f"Write {summary[0].lower() + summary[1:]}: OUT/NAME.png for each input (files, "
+                                       "and folders searched in their subfolders, their layout kept), at the input's "
+                                       "own size and mode (grey or colour, alpha kept). Each input is prepared as the "
+                                       "run's training images were (channels, size, resize). Files that are not usable "
+                                       "images are skipped and listed in OUT/skipped.csv.")
+        p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
+        p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+        p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
+        if name == "denoise":
+            p.add_argument("--add-noise", type=float, metavar="F", help="first add seeded Gaussian noise times F to "
+                           "the inputs (to see the run at work on clean files; default: none, the inputs are noisy)")
+        p.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default: 0)" if name == "denoise"
+                       else argparse.SUPPRESS)
+        p.add_argument("--device", default="cpu", help="default: cpu")
+        _add_common(p, data_dir=False)
+        p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("encode", help="the latent code of each input image, as a table",
+                       description="Write one row per input image (files, and folders searched in their subfolders): "
+                                   "path, z0 ... z{d-1}; as CSV, Parquet (pip install 'aelab[parquet]') or .npy (a "
+                                   "structured array with fields path and z). Inputs are prepared as the run's training "
+                                   "images were; files that are not usable images are skipped and listed in "
+                                   "OUT-skipped.csv.")
+    p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv, FILE.parquet or FILE.npy")
+    p.add_argument("--device", default="cpu", help="default: cpu")
+    _add_common(p, data_dir=False)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("export", help="the model as an ONNX or TorchScript file, for other programs",
+                       description="Export the run's autoencoder, encoder or decoder from plain PyTorch modules, in "
+                                   "eval mode, with a dynamic batch axis. Images in and out are float32 [N, C, H, W] in "
+                                   "[0, 1] (pixel / 255); codes are [N, latent size]. The file's metadata holds the "
+                                   "shapes, the value range, the latent size, the run's settings and the aelab version "
+                                   "(ONNX: metadata_props; TorchScript: the extra file aelab.json). ONNX needs pip "
+                                   "install 'aelab[onnx]'; run it with onnxruntime. (PyTorch deprecates TorchScript; "
+                                   "it still loads with torch.jit.load.)")
+    p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
+    p.add_argument("--part", choices=("autoencoder", "encoder", "decoder"), default="autoencoder",
+                   help="autoencoder: images -> reconstructions; encoder: images -> codes; decoder: codes -> images "
+                        "(default: autoencoder)")
+    p.add_argument("--out", metavar="FILE", help="default: RUN/PART.onnx or RUN/PART.pt")
+    _add_common(p, data_dir=False)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="write RUN/report.html, one self-contained page",
                        description="Write RUN/report.html: configuration, metrics, loss curves, reconstructions per "

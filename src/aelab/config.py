@@ -125,6 +125,7 @@ class ModelConfig:
     image_width: int | None = None  # set from the data; None: square (= image_size)
     width: int = 8  # channels of the first convolution, doubled at each of the three stages (the tutorial's 8)
     hidden: int = 128  # width of the fully connected layers (the tutorial's 128)
+    even_padding: bool = True  # the third convolution pads even sizes (no dead border); runs saved before: False
 
     def validate(self) -> None:
         if self.latent_dim < 1:
@@ -240,6 +241,8 @@ class RunConfig:
             known = {f.name for f in dataclasses.fields(kind)}
             if name == "train" and "shards" not in section:  # written before shards existed: trained unsharded
                 section = {**section, "shards": 1}
+            if name == "model" and "even_padding" not in section:  # written before: the third convolution unpadded
+                section = {**section, "even_padding": False}
             unknown = set(section) - known
             if unknown:
                 raise AelabError(

@@ -19,21 +19,25 @@ WIDTH = 8  # the tutorial's first convolution width (doubled at each stage: 8, 1
 HIDDEN = 128  # the tutorial's fully connected width
 
 
-def last_padding(image_size: int) -> int:
+def last_padding(image_size: int, even_padding: bool = True) -> int:
     """The third convolution's padding along an axis: the tutorial's 0 where the size before it is
     odd (MNIST's 7), else 1. With 0 on an even size the last row would be left out by the encoder,
     and the decoder's matching output-padding row would hold its bias alone: a dead border in every
-    reconstruction (seen on 64x64 images: 16 -> 7 -> 16). With 1 that row is computed."""
+    reconstruction (seen on 64x64 images: 16 -> 7 -> 16). With 1 that row is computed.
+    ``even_padding=False``: always 0, as runs saved before this rule were built (their config.json has
+    no ``model.even_padding``, and they load that way)."""
+    if not even_padding:
+        return 0
     before = image_size
     for _ in range(2):
         before = (before - 1) // 2 + 1  # kernel 3, stride 2, padding 1
     return 0 if before % 2 else 1
 
 
-def encoder_sizes(image_size: int) -> list[int]:
+def encoder_sizes(image_size: int, even_padding: bool = True) -> list[int]:
     """Size along one axis after each encoder convolution: [28, 14, 7, 3] for 28 pixels, [64, 32, 16, 8] for 64."""
     sizes = [image_size]
-    for padding in (1, 1, last_padding(image_size)):  # kernel 3, stride 2
+    for padding in (1, 1, last_padding(image_size, even_padding)):  # kernel 3, stride 2
         sizes.append((sizes[-1] + 2 * padding - 3) // 2 + 1)
     if sizes[-1] < 1:
         raise AelabError(f"images of {image_size} pixels are too small for this model; choose at least 16")
@@ -48,18 +52,18 @@ def _output_padding(size_in: int, size_out: int, padding: int) -> int:
     return extra
 
 
-def _shape(image_size: int, image_width: int | None) -> tuple[list[int], list[int]]:
+def _shape(image_size: int, image_width: int | None, even_padding: bool) -> tuple[list[int], list[int]]:
     """Encoder sizes along the height and the width ([28, 14, 7, 3] each for 28x28)."""
-    return encoder_sizes(image_size), encoder_sizes(image_width or image_size)
+    return encoder_sizes(image_size, even_padding), encoder_sizes(image_width or image_size, even_padding)
 
 
 class Encoder(nn.Module):
     """Image [B, C, H, W] -> code [B, latent_dim]. H = ``image_size``, W = ``image_width`` (default: H)."""
 
     def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
-                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN):
+                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN, even_padding: bool = True):
         super().__init__()
-        heights, widths = _shape(image_size, image_width)
+        heights, widths = _shape(image_size, image_width, even_padding)
         channels = (width, 2 * width, 4 * width)
         self.encoder_cnn = nn.Sequential(
             nn.Conv2d(in_channels, channels[0], 3, stride=2, padding=1),
@@ -67,8 +71,8 @@ class Encoder(nn.Module):
             nn.Conv2d(channels[0], channels[1], 3, stride=2, padding=1),
             nn.BatchNorm2d(channels[1]),
             nn.ReLU(True),
-            nn.Conv2d(channels[1], channels[2], 3, stride=2,
-                      padding=(last_padding(image_size), last_padding(image_width or image_size))),
+            nn.Conv2d(channels[1], channels[2], 3, stride=2, padding=(last_padding(image_size, even_padding),
+                                                                      last_padding(image_width or image_size, even_padding))),
             nn.ReLU(True),
         )
         self.flatten = nn.Flatten(start_dim=1)
@@ -88,12 +92,12 @@ class Decoder(nn.Module):
     """Code [B, latent_dim] -> image [B, C, H, W] in (0, 1); the encoder's mirror."""
 
     def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
-                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN):
+                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN, even_padding: bool = True):
         super().__init__()
-        heights, widths = _shape(image_size, image_width)  # [28, 14, 7, 3] each for MNIST
+        heights, widths = _shape(image_size, image_width, even_padding)  # [28, 14, 7, 3] each for MNIST
         channels = (width, 2 * width, 4 * width)
 
-        last = (last_padding(image_size), last_padding(image_width or image_size))
+        last = (last_padding(image_size, even_padding), last_padding(image_width or image_size, even_padding))
 
         def output_padding(stage: int, padding: tuple[int, int]) -> tuple[int, int]:
             return (_output_padding(heights[stage + 1], heights[stage], padding[0]),
@@ -130,19 +134,19 @@ class ConvAutoencoder(nn.Module):
     """Encoder and decoder together: ``model(x)`` reconstructs, ``encode``/``decode`` go halfway."""
 
     def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
-                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN):
+                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN, even_padding: bool = True):
         super().__init__()
         self.config = ModelConfig(latent_dim=latent_dim, in_channels=in_channels, image_size=image_size,
-                                  image_width=image_width, width=width, hidden=hidden)
+                                  image_width=image_width, width=width, hidden=hidden, even_padding=even_padding)
         self.config.validate()
-        shape = {"image_width": image_width, "width": width, "hidden": hidden}
+        shape = {"image_width": image_width, "width": width, "hidden": hidden, "even_padding": even_padding}
         self.encoder = Encoder(latent_dim, in_channels, image_size, **shape)
         self.decoder = Decoder(latent_dim, in_channels, image_size, **shape)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "ConvAutoencoder":
         return cls(config.latent_dim, config.in_channels, config.image_size, image_width=config.image_width,
-                   width=config.width, hidden=config.hidden)
+                   width=config.width, hidden=config.hidden, even_padding=config.even_padding)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

@@ -119,13 +119,13 @@ def write_metrics(rows: list[dict[str, float]], run_dir: Path) -> None:
     atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
 
 
-def write_skipped(skipped: list[tuple[str, str]], run_dir: Path) -> Path:
-    """RUN/data-skipped.csv: the files of the source that are not usable images (path, reason)."""
+def write_skipped(skipped: list[tuple[str, str]], run_dir: Path, name: str = "data-skipped.csv") -> Path:
+    """RUN/data-skipped.csv (or ``run_dir/name``): files that are not usable images (path, reason)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "reason"])
     writer.writerows(skipped)
-    path = run_dir / "data-skipped.csv"
+    path = Path(run_dir) / name
     atomic_write_text(path, buffer.getvalue())
     return path
 

@@ -312,7 +312,7 @@ def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
     source = splits["train"].source
     data = replace(config.data, channels=channels, image_size=f"{height}x{width}",
                    fingerprint=source.fingerprint if source is not None else None)
-    if data.kind() != "named":  # a file or folder: the run records where it is, whatever the working folder
+    if data.kind() != "named" and Path(data.dataset).expanduser().exists():  # a file or folder: where it is
         data = replace(data, dataset=str(Path(data.dataset).expanduser().resolve()))
     config = replace(config, data=data)
     if config.train.shards == 0:  # auto: the run records the number it uses

@@ -1,0 +1,115 @@
+"""A trained run as a file another program runs: ONNX (onnxruntime, any language) or TorchScript.
+
+The export is made from plain PyTorch modules (``nn.ConvTranspose2d``, not aelab's CPU fast path),
+in eval mode, with a dynamic batch axis. Parts: ``autoencoder`` (images -> reconstructions),
+``encoder`` (images -> codes), ``decoder`` (codes -> images). Images are float32 [N, C, H, W] with
+values in [0, 1] (pixel / 255); reconstructions are in [0, 1] too (the sigmoid is inside). The
+file's metadata says so: input and output names and shapes, value range, latent size, the run's
+settings and the aelab version (ONNX: ``metadata_props``; TorchScript: the extra file
+``aelab.json``, read with ``torch.jit.load(path, _extra_files={"aelab.json": ""})``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import AelabError
+from .fsutil import atomic_path
+
+FORMATS = ("onnx", "torchscript")
+PARTS = ("autoencoder", "encoder", "decoder")
+
+
+def plain_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode on the CPU whose layers are PyTorch's own (same weights)."""
+    from .ops import ConvTranspose2d
+
+    plain = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+    for module in list(plain.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, ConvTranspose2d):
+                replacement = nn.ConvTranspose2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                                 child.padding, child.output_padding, child.groups,
+                                                 child.bias is not None, child.dilation, child.padding_mode)
+                replacement.load_state_dict(child.state_dict())
+                setattr(module, name, replacement.eval())
+    return plain
+
+
+class _Part(nn.Module):
+    """One part of an autoencoder as a module with one input and one output."""
+
+    def __init__(self, model: nn.Module, part: str):
+        super().__init__()
+        self.encoder, self.decoder, self.part = model.encoder, model.decoder, part
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.part == "encoder":
+            return self.encoder(x)
+        if self.part == "decoder":
+            return self.decoder(x)
+        return self.decoder(self.encoder(x))
+
+
+def describe(run, part: str) -> dict:
+    """The metadata written into an exported file."""
+    from . import __version__
+
+    model = run.config.model
+    image = [model.in_channels, model.image_size, model.image_width or model.image_size]
+    code = [model.latent_dim]
+    shapes = {"autoencoder": (image, image), "encoder": (image, code), "decoder": (code, image)}[part]
+    return {
+        "aelab_version": __version__, "part": part,
+        "input": {"name": "codes" if part == "decoder" else "images", "shape": ["N", *shapes[0]],
+                  "dtype": "float32", "range": None if part == "decoder" else [0.0, 1.0]},
+        "output": {"name": "codes" if part == "encoder" else "reconstructions", "shape": ["N", *shapes[1]],
+                   "dtype": "float32", "range": None if part == "encoder" else [0.0, 1.0]},
+        "latent_dim": model.latent_dim, "preprocessing": "pixel / 255, images of the run's channels and size",
+        "run": str(run.path.resolve()), "config": run.config.to_dict(),
+    }
+
+
+def export(run, out: str | Path, format: str = "onnx", part: str = "autoencoder") -> Path:
+    """Write ``part`` of the run's model to ``out`` as ONNX or TorchScript; return the path."""
+    if format not in FORMATS:
+        raise AelabError(f"unknown `format` {format!r}; choose {' or '.join(FORMATS)}")
+    if part not in PARTS:
+        raise AelabError(f"unknown `part` {part!r}; choose one of {', '.join(PARTS)}")
+    out = Path(out)
+    meta = describe(run, part)
+    module = _Part(plain_model(run.model), part).eval()
+    example = torch.rand(2, *meta["input"]["shape"][1:])
+    if format == "torchscript":  # (PyTorch deprecates TorchScript in favour of torch.export; it still runs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(module, example)
+            with atomic_path(out) as tmp:
+                torch.jit.save(traced, str(tmp), _extra_files={"aelab.json": json.dumps(meta)})
+        return out
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise AelabError("ONNX export needs onnx and onnxscript: pip install 'aelab[onnx]'") from None
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    with atomic_path(out) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (example,), dynamo=True, input_names=[meta["input"]["name"]],
+                                    output_names=[meta["output"]["name"]], dynamic_shapes=({0: batch},),
+                                    external_data=False, verbose=False)
+        proto = program.model_proto
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        proto.producer_name, proto.producer_version = "aelab", meta["aelab_version"]
+        onnx.save(proto, str(tmp))
+    return out

@@ -1,0 +1,63 @@
+"""AutoencoderDetector: scikit-learn's and PyOD's conventions, clone, Pipeline, save and load."""
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from aelab import AelabError, AutoencoderDetector
+
+from conftest import synthetic_images
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    images, labels = synthetic_images(600, seed=5)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def fitted(shapes):
+    images, labels = shapes
+    normal = images[labels != 3]  # bars; the boxes are the outliers
+    return AutoencoderDetector(epochs=12, batch_size=64, contamination=0.1).fit(normal)
+
+
+def test_pyod_attributes_and_conventions(fitted, shapes):
+    images, labels = shapes
+    n_fit = int((labels != 3).sum())
+    assert fitted.decision_scores_.shape == (n_fit,) and fitted.labels_.shape == (n_fit,)
+    assert set(np.unique(fitted.labels_)) <= {0, 1} and 0.0 < fitted.labels_.mean() < 0.3
+    scores = fitted.decision_function(images)
+    assert np.allclose(fitted.score_samples(images), -scores)
+    assert np.array_equal(fitted.predict(images), (scores > fitted.threshold_).astype(int))
+    assert scores[labels == 3].mean() > scores[labels != 3].mean()  # the boxes look unusual
+    codes = fitted.transform(images[:5])
+    assert codes.shape == (5, 4)
+    decoded = fitted.inverse_transform(codes)
+    assert decoded.shape == (5, 1, 28, 28) and 0 <= decoded.min() and decoded.max() <= 1
+    floats = images[:5].astype(np.float32) / 255  # floats in [0, 1] and [N, C, H, W] work alike
+    assert np.allclose(fitted.decision_function(floats[:, None]), scores[:5], atol=1e-4)
+
+
+def test_params_clone_and_a_pipeline(shapes):
+    images, labels = shapes
+    detector = AutoencoderDetector(epochs=2, batch_size=64, latent_dim=3)
+    assert detector.get_params()["latent_dim"] == 3
+    assert clone(detector).set_params(epochs=1).get_params()["epochs"] == 1
+    pipeline = Pipeline([("codes", AutoencoderDetector(epochs=3, batch_size=64)),
+                         ("classify", LogisticRegression(max_iter=500))])
+    pipeline.fit(images[:400], labels[:400])
+    assert pipeline.score(images[400:], labels[400:]) > 0.4  # codes separate the four shapes somewhat
+
+
+def test_save_and_load_a_run_folder(fitted, shapes, tmp_path):
+    images, _ = shapes
+    path = fitted.save(tmp_path / "detector")
+    assert (path / "model.safetensors").is_file() and (path / "anomaly.json").is_file()
+    loaded = AutoencoderDetector.load(path)
+    assert np.allclose(loaded.decision_function(images), fitted.decision_function(images))
+    assert loaded.threshold_ == fitted.threshold_ and loaded.get_params()["contamination"] == 0.1
+    with pytest.raises(AelabError, match="shape"):
+        loaded.predict(np.zeros((2, 32, 32), np.uint8))
