@@ -116,3 +116,14 @@ def real_mnist(tmp_path_factory):
     finally:
         sources._sources = real_sources
     return data_dir
+
+
+@pytest.fixture(autouse=True)
+def _library_logger_as_found():
+    """The command line gives the "aelab" logger a handler (its messages on stderr); each test starts without it."""
+    import logging
+
+    logger = logging.getLogger("aelab")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate

@@ -42,8 +42,9 @@ def _epoch_number(path: Path) -> int:
     return int(match.group(1)) if match else 0
 
 
-def build_figures(run: Run, test: ImageSet, train: ImageSet) -> dict[str, Any]:
-    """Compute every figure of the report; save PNGs into the run's figures/ folder."""
+def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | None = None) -> dict[str, Any]:
+    """Compute every figure of the report; save PNGs into the run's figures/ folder. With ``val``
+    (or a saved RUN/anomaly.json) the test images are also scored for anomalies."""
     figures_dir = run.path / "figures"
     config = run.config
     out: dict[str, Any] = {}
@@ -72,7 +73,39 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet) -> dict[str, Any]:
     out["maps"] = {method: found.figure for method, found in maps.items()}
     out["n_map_points"] = len(shown)
     out["map_images"] = maps["scatter"].hover_images(test, subset)
+    anomalies = anomaly_section(run, test, train, val)
+    if anomalies is not None:
+        out["anomalies"] = anomalies
     return out
+
+
+def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | None) -> dict[str, Any] | None:
+    """The test images' anomaly scores (``aelab score``'s default): the most unusual with their error
+    maps, how many pass the threshold, and AUROC when the run was trained on some classes only."""
+    from . import scores
+
+    detector = scores.load_detector(run.path)
+    if detector is None:
+        if val is None:
+            return None
+        log.info("report: anomaly scores ...")
+        detector = scores.fit_detector(run.model, train.images, val.images, seed=run.config.train.seed)
+        scores.save_detector(detector, run.path)
+    scored = scores.score_images(run.model, detector, test.images)
+    top = np.argsort(-scored.score, kind="stable")[:8]
+    figure = scores.anomaly_figure(run.model, test.images[torch.as_tensor(top)], scored.score[top],
+                                   run.path / "figures" / "anomalies.png")
+    section = {"figure": figure, "n": int(scored.is_anomaly.sum()), "total": len(test), "method": detector.method,
+               "threshold": detector.threshold, "contamination": detector.contamination}
+    labels = test.labels.numpy()
+    if run.config.data.classes and (labels >= 0).all():
+        from .data.sets import class_labels
+
+        normal = class_labels(run.config.data.class_list(), test.class_names)
+        truth = ~np.isin(labels, normal)
+        if truth.any() and not truth.all():
+            section.update(scores.metrics(scored.score, scored.is_anomaly, truth), normal=run.config.data.classes)
+    return section
 
 
 def map_points(image_shape: tuple[int, int, int]) -> int:
@@ -105,8 +138,9 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
     """Write RUN/report.html and return its path.
 
     The images come from the run's source (``data_dir`` may move its folder; ``data`` names another
-    source, prepared as the run's images were), or from ``splits`` (``{"train", "test"}`` ImageSets)
-    for a run trained on data given in memory.
+    source, prepared as the run's images were), or from ``splits`` (``{"train", "val", "test"}``
+    ImageSets; without "val" the anomaly section needs a saved RUN/anomaly.json) for a run trained on
+    data given in memory.
     """
     started = time.perf_counter()
     for module, package in REPORT_LIBRARIES:  # an incomplete install: say so before any work
@@ -117,13 +151,10 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
                              f"(or reinstall aelab), then write the report again (aelab report {run_dir})") from None
     run = load_run(run_dir)
     log.info("writing the report (generated images, latent maps, t-SNE) ...")
-    if splits is not None:
-        test, train = splits["test"], splits["train"]
-    else:
+    if splits is None:
         settings = data_for_run(run.config, data, data_dir)
-        parts = load_run_splits(run.config, settings, ("test", "train"))
-        test, train = parts["test"], parts["train"]
-    page = render(run, build_figures(run, test, train))
+        splits = load_run_splits(run.config, settings)
+    page = render(run, build_figures(run, splits["test"], splits["train"], splits.get("val")))
     path = run.path / "report.html"
     atomic_write_text(path, page)
     log.info("report written in %.1f s: %s", time.perf_counter() - started, path)
@@ -176,6 +207,18 @@ def render(run: Run, parts: dict[str, Any]) -> str:
                  f"{config.train.noise_factor:g}), and the model's output.</p>"
                  f"<img class='fig' src='{_uri(parts['denoising'])}' alt='denoising examples'></section>"
                  if "denoising" in parts else "")
+    anomalies = ""
+    if "anomalies" in parts:
+        found = parts["anomalies"]
+        quality = (f" Trained on class {html.escape(str(found['normal']))} only: AUROC {found['auroc']:.4f}, average "
+                   f"precision {found['average_precision']:.4f}, F1 {found['f1']:.4f} (the other classes as the "
+                   "anomalies)." if "auroc" in found else "")
+        anomalies = (f"<section><h2>Anomaly scores</h2><p class='muted'>The test images with the highest {found['method']} "
+                     f"scores (reconstruction error and how unlikely the code is), above their reconstructions and "
+                     f"per-pixel error maps. {found['n']} of {found['total']} test images score above the threshold "
+                     f"{found['threshold']:.3f}, the {1 - found['contamination']:.0%} quantile of the validation scores."
+                     f"{quality} All scores: <code>aelab score {html.escape(str(run.path))}</code>.</p>"
+                     f"<img class='fig' src='{_uri(found['figure'])}' alt='most anomalous test images'></section>")
     maps_js = plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()}, parts["map_images"])
     title = f"aelab run {run.path.name}"
     return f"""<!DOCTYPE html>
@@ -215,6 +258,7 @@ loss {html.escape(config.train.loss)}{' · denoising, noise ' + format(config.tr
 <input id="epoch" type="range" min="1" max="{len(slider[0])}" value="{len(slider[0])}" style="width: 60%"> <span id="epoch-label"></span><br>
 <img id="recon" class="fig" alt="reconstructions"></section>
 {denoising}
+{anomalies}
 <section><h2>The latent space</h2>
 <p class="muted">Codes of {parts['n_map_points']} test images (a sample stratified by label). Hover a point to see its image; click a label in the legend to hide it.</p>
 <div class="two"><div class="map"><div id="map-scatter"></div><canvas class="preview"></canvas></div>

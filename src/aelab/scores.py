@@ -20,6 +20,7 @@ is saved in the run folder as ``anomaly.json`` and read back by every later use.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,10 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
     contamination = check_contamination(contamination)
     codes = infer(model, train_images, mse=False, codes=True).codes.astype(np.float64)
     components = max(1, min(MIXTURE_COMPONENTS, len(codes) // 20))
-    gmm = GaussianMixture(n_components=components, covariance_type="full", reg_covar=1e-4, random_state=seed,
-                          n_init=1).fit(codes)
+    with warnings.catch_warnings():  # (a mixture that has not fully converged still gives a density)
+        warnings.simplefilter("ignore")
+        gmm = GaussianMixture(n_components=components, covariance_type="full", reg_covar=1e-4, random_state=seed,
+                              max_iter=300).fit(codes)
     detector = Detector(method, contamination, 0.0,
                         {"weights": gmm.weights_.tolist(), "means": gmm.means_.tolist(),
                          "covariances": gmm.covariances_.tolist()})
