@@ -72,13 +72,15 @@ def test_score_new_images_in_a_folder(tmp_path, capsys):
     folder.mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image).resize((40, 40)).save(folder / f"{i}.png")  # another size: resized to the run's
+    Image.fromarray(np.stack([images[0]] * 3, -1)).save(folder / "0.png")  # colour: converted to the run's grey
     (folder / "broken.png").write_text("no")
     out = tmp_path / "scores.csv"
     assert main(["score", str(trained_run), "--data", str(folder), "--data-dir", str(tmp_path / "cache"),
                  "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "6 images (all)" in captured.out and "1 files skipped" in captured.err
-    assert "6 of 6 images are not 28x28 (the size asked for); they are resized" in captured.err
+    assert "5 of 6 images are not 28x28 (the size asked for); they are resized" in captured.err
+    assert "1 of 6 images have colour; they are converted to grey" in captured.err
     assert out.read_text().splitlines()[0] == "index,path,score,is_anomaly,mse,density"
 
 

@@ -382,15 +382,13 @@ def _add_explore(sub) -> None:
                                        "own size and mode (grey or colour, alpha kept). Each input is prepared as the "
                                        "run's training images were (channels, size, resize). Files that are not usable "
                                        "images are skipped and listed in OUT/skipped.csv.")
-        p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
-        p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+        _add_inputs(p)
         p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
         if name == "denoise":
             p.add_argument("--add-noise", type=float, metavar="F", help="first add seeded Gaussian noise times F to "
                            "the inputs (to see the run at work on clean files; default: none, the inputs are noisy)")
         p.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default: 0)" if name == "denoise"
                        else argparse.SUPPRESS)
-        p.add_argument("--device", default="cpu", help="default: cpu")
         _add_common(p, data_dir=False)
         p.set_defaults(func=cmd_reconstruct)
 
@@ -400,10 +398,8 @@ def _add_explore(sub) -> None:
                                    "structured array with fields path and z). Inputs are prepared as the run's training "
                                    "images were; files that are not usable images are skipped and listed in "
                                    "OUT-skipped.csv.")
-    p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    _add_inputs(p)
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv, FILE.parquet or FILE.npy")
-    p.add_argument("--device", default="cpu", help="default: cpu")
     _add_common(p, data_dir=False)
     p.set_defaults(func=cmd_encode)
 
@@ -443,6 +439,13 @@ def _add_common(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
                                  "~/.cache/aelab/data)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
     parser.set_defaults(parser=parser)  # error messages name this command's options
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    """RUN and INPUT...: the files-in commands (reconstruct, denoise, encode)."""
+    parser.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    parser.add_argument("--device", default="cpu", help="default: cpu")
 
 
 def _add_run(parser: argparse.ArgumentParser, split_help: str = "default: test") -> None:
