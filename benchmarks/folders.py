@@ -221,7 +221,7 @@ def main() -> None:
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpus": os.cpu_count(),
                "quick": args.quick, "folders": [compare(args, folder) for name, folder in folders.items()
                                                  if args.only in (None, name)]}
-    out = HERE / "out" / f"folders-{datetime.date.today()}.json"
+    out = HERE / "out" / f"folders-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
     out.write_text(json.dumps(results, indent=1))
     for entry in results["folders"]:
         print(f"\n{entry['folder']}: {entry['files']} files, {entry['decoded_mb']} MB decoded")

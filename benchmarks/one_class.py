@@ -120,7 +120,7 @@ def main() -> None:
             summary[dataset]["pyod_per_class"] = {k: float(np.mean([r["pyod"]["auroc"] for r in mine if r["class"] == k]))
                                                   for k in args.classes}
             summary[dataset]["pyod_seconds"] = float(np.mean([r["pyod"]["seconds"] for r in mine]))
-    out = HERE / "out" / f"one-class-{datetime.date.today()}.json"
+    out = HERE / "out" / f"one-class-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "cpus": os.cpu_count(), "rows": rows, "summary": summary}, indent=1))
     print(json.dumps(summary, indent=1))
