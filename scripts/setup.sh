@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up aelab in ./.venv (made if missing). With --test, also the test tools and, as root on
-# Debian/Ubuntu, the headless Chromium that the browser test uses.
+# Debian/Ubuntu, the headless Chromium that the browser test uses and Debian's Fashion-MNIST.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,9 +25,13 @@ pip_install --upgrade pip
 extras=""
 if [ "${1:-}" = "--test" ]; then
   extras="[test]"
-  if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing chromium (browser test) with apt-get" >&2
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  # as root on Debian: the headless browser, and Fashion-MNIST's offline source (Debian's package)
+  missing=""
+  command -v chromium >/dev/null 2>&1 || missing=" chromium"
+  [ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"
+  if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing$missing with apt-get" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   fi
 fi
 # pip resolves torch/torchvision from a local copy where the machine has one (see README)
