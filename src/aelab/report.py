@@ -2,8 +2,11 @@
 
 It holds the configuration, the metrics and loss curves, the reconstructions across epochs
 (a slider), the validation and test MSE, interactive latent maps (scatter and t-SNE, with the
-image under the pointer), a decoded grid, samples, an interpolation, and denoising examples
-for a denoising run. The pictures are also saved as PNGs in the run's figures/ folder.
+image under the pointer), a decoded grid, samples, an interpolation, denoising examples for a
+denoising run, and the most anomalous test images with their error maps (``aelab score``'s default
+score). The pictures are also saved as PNGs in the run's figures/ folder. Pictures are shrunk (or
+made JPEG) and hover previews made thumbnails beyond a byte budget, so the page stays under 10 MB
+for any image size.
 """
 
 from __future__ import annotations
