@@ -619,10 +619,17 @@ def _show_progress(quiet: bool) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def _rank() -> int | None:
+    """This process's rank under torchrun (None outside it)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _show_progress(args.quiet)
+    _show_progress(args.quiet or bool(_rank()))  # under torchrun, rank 0 alone shows progress
     try:
         return args.func(args)
     except AelabError as error:
@@ -630,8 +637,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = for_the_command_line(str(error), args.parser)
         if getattr(error, "run_dir", None) is not None:  # stopped by a signal, checkpoint saved
-            message += f". Resume with: aelab train --resume {error.run_dir}"
-        print(f"aelab: error: {message}", file=sys.stderr)
+            launcher = "torchrun ... -m aelab" if _rank() is not None else "aelab"
+            message += f". Resume with: {launcher} train --resume {error.run_dir}"
+        if not _rank():  # under torchrun every rank meets the same error: rank 0 says it
+            print(f"aelab: error: {message}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
         if args.debug:

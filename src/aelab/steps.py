@@ -78,9 +78,13 @@ class TrainStep:
                  config: TrainConfig, shards: int = 1):
         self.model, self.optimizer, self.batches, self.config = model, optimizer, batches, config
         device = batches.device
+        from . import distributed
+
+        # under torchrun the batch's shards are the ranks (aelab.distributed), not threads
+        self.distributed = distributed.DistributedStep(model, optimizer, config, device) if distributed.active() else None
         wanted = cuda_graphs_wanted(device, config.noise_factor) and batches.resident  # (a graph gathers on the GPU)
-        self.graph = CudaGraphStep(model, optimizer, batches, config) if wanted else None
-        self.sharded = ShardedStep(model, optimizer, config, shards) if shards > 1 else None
+        self.graph = CudaGraphStep(model, optimizer, batches, config) if wanted and not self.distributed else None
+        self.sharded = ShardedStep(model, optimizer, config, shards) if shards > 1 and not self.distributed else None
         self._fp32: contextlib.ExitStack | None = None
 
     def __enter__(self) -> "TrainStep":
@@ -117,6 +121,8 @@ class TrainStep:
                 self.graph = None
         clean = self.batches.gather(index).contiguous(memory_format=torch.channels_last)  # [B, C, H, W]; free for C=1
         inputs = add_noise(clean, self.config.noise_factor, noise) if noise is not None else clean
+        if self.distributed is not None:
+            return self.distributed(inputs, clean)
         if self.sharded is not None:
             return self.sharded(inputs, clean)
         self.optimizer.zero_grad(set_to_none=True)

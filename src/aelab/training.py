@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import torch
 
 from . import checkpoint as ckpt
+from . import distributed
 from .callbacks import Callback, CallbackList, Figures, Report, RunFolder
 from .config import RunConfig
 from .data.batches import Batches, noise_generator
@@ -89,6 +90,8 @@ class Trainer:
         self.callbacks = CallbackList(callbacks)
         cfg = config.train
         self.device = resolve_device(cfg.device)
+        if distributed.active():  # under torchrun: this rank's device, in the process group
+            self.device = distributed.setup(self.device)
         torch.manual_seed(cfg.seed)  # as the tutorial: the seed is set before the model is built
         # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
         self.model = ConvAutoencoder.from_config(config.model).to(self.device, memory_format=torch.channels_last)
@@ -99,6 +102,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.epochs * len(self.batches))
         self.val_images = _on(splits["val"].images, self.device)
         self.fingerprint = ckpt.data_fingerprint(splits)
+        self.distributed = distributed.active()
         # the position (the next step to run) and what the epochs so far left
         self.epoch, self.step = 0, 0
         self.metrics: list[dict[str, float]] = []
@@ -142,15 +146,16 @@ class Trainer:
             self.loss_sum += loss.double() * len(index)
             self.loss_count += len(index)
             self.step += 1
-            if len(pending) >= self.CHECK_EVERY or stop.signum is not None or self.step == len(self.batches):
+            stopping = distributed.any_rank(stop.signum is not None) if self.distributed else stop.signum is not None
+            if len(pending) >= self.CHECK_EVERY or stopping or self.step == len(self.batches):
                 self._check_losses(torch.stack(pending), self.step - len(pending))
                 pending = []
                 self.running_loss = float(self.loss_sum) / self.loss_count
             self.callbacks.on_step_end(self)
-            if stop.signum is not None:
+            if stopping:  # (under torchrun: every rank at this same step)
                 self.check_weights()
                 self.callbacks.on_interrupt(self)
-                raise self._interrupted(stop.signum, f"at epoch {self.epoch + 1}, step {self.step}")
+                raise self._interrupted(stop.signum or signal.SIGTERM, f"at epoch {self.epoch + 1}, step {self.step}")
 
     def end_epoch(self, started: float) -> dict[str, float]:
         """Validation, the epoch's metrics row and the best weights. ``seconds``: training + validation."""
@@ -279,30 +284,44 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
     One process at a time trains a run folder: a second is refused with an AelabError.
     """
     run_dir = Path(out if out is not None else (config or RunConfig()).default_run_dir())
-    if resume:
-        lock = lock_existing_run(run_dir)
-    else:
+    rank, world_size, _ = distributed.world()
+    if not resume and distributed.restarts() and ckpt.has_checkpoint(run_dir):
+        # torchrun restarted the processes (--max-restarts) after one failed: go on from the checkpoint,
+        # whatever the command said (an --overwrite would otherwise erase what the first try trained)
+        resume = True
+    lock = None
+    if not resume:
         config = (config or RunConfig()).validate()
-        lock = lock_new_run(run_dir, overwrite)
+    if rank == 0:  # under torchrun, rank 0 alone holds the run folder and writes it
+        lock = lock_existing_run(run_dir) if resume else lock_new_run(run_dir, overwrite)
+    else:
+        callbacks = ()
     try:
+        if world_size > 1:
+            distributed.setup(resolve_device((config or RunConfig()).train.device))
+            distributed.barrier()  # rank 0 has the folder (an old run replaced) before any rank reads it
         if resume:
             config = resumed_config(run_dir, config, explicit or set())
         config = config.validate()
         splits = data if data is not None else load_splits(config.data)
-        config = _fitted_to(config, splits)
-        defaults = [RunFolder(), Figures()] + ([Report()] if report else [])
+        config = _fitted_to(config, splits, world_size)
+        defaults = [RunFolder(), Figures()] + ([Report()] if report else []) if rank == 0 else []
         trainer = Trainer(config, run_dir, splits, [*defaults, *callbacks])
         if resume:
             trainer.restore()
             if config.train.epochs < trainer.epoch:
                 raise AelabError(f"`train.epochs` {config.train.epochs} is less than the {trainer.epoch} epochs "
                                  f"already trained; give {trainer.epoch} or more")
-        return trainer.fit()
+        result = trainer.fit()
+        if world_size > 1:
+            distributed.teardown()  # (only after a clean end: with a rank gone it could wait for ever)
+        return result
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
-def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
+def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], world_size: int = 1) -> RunConfig:
     """The config with the model sized for the data, the images' channels, size and fingerprint (so
     any tool prepares other images the same way), a file's or folder's absolute path, and the number
     of shards that auto resolves to."""
@@ -315,7 +334,13 @@ def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
     if data.kind() != "named" and Path(data.dataset).expanduser().exists():  # a file or folder: where it is
         data = replace(data, dataset=str(Path(data.dataset).expanduser().resolve()))
     config = replace(config, data=data)
-    if config.train.shards == 0:  # auto: the run records the number it uses
+    if world_size > 1:  # under torchrun the ranks are the shards: the run is the one --shards N computes
+        if config.train.shards not in (0, world_size):
+            raise AelabError(f"`train.shards` is {config.train.shards} but {world_size} processes train this run; under "
+                             f"torchrun each process is one shard: give {world_size} (or leave it out), or run "
+                             f"{config.train.shards} processes")
+        config = replace(config, train=replace(config.train, shards=world_size))
+    elif config.train.shards == 0:  # auto: the run records the number it uses
         shards = resolve_shards(0, resolve_device(config.train.device), config.train.batch_size)
         config = replace(config, train=replace(config.train, shards=shards))
     return config

@@ -1,0 +1,144 @@
+"""Training across processes under ``torchrun``: PyTorch's DistributedDataParallel, aelab's batches.
+
+Outside torchrun (no ``WORLD_SIZE`` above 1 in the environment) nothing here is used. Under it,
+every process (rank) reads the same data and walks the same (seed, epoch) order of global batches
+(``--batch-size`` stays the global batch); rank r trains on its slice of each batch, exactly the
+rows the r-th shard of ``--shards N`` would take, and normalises with its own BatchNorm
+statistics. The gradients are added across ranks by DDP (each rank's loss weighted by its share of
+the batch) and after each step the BatchNorm running statistics are averaged the way ``--shards``
+averages them, so N ranks compute what one process with ``--shards N`` computes (a test compares
+them). This is not SyncBatchNorm, which would normalise with the whole batch's statistics.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+
+
+def world() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside it."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return 0, 1, 0
+    return int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def restarts() -> int:
+    """How many times torchrun has restarted this run's processes (``--max-restarts``); 0 outside it."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) if world()[1] > 1 else 0
+
+
+def active() -> bool:
+    return world()[1] > 1
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join the process group (NCCL on GPUs, gloo on CPUs) once; the device this rank trains on."""
+    import torch.distributed as dist
+
+    rank, size, local = world()
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if restarts() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # after a restart the agent's store still holds the dead processes' addresses under the same
+            # keys (pytorch/pytorch#167288: "connection refused"); each attempt takes keys of its own
+            from datetime import timedelta
+
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=size,
+                                  is_master=False, timeout=timedelta(minutes=5))
+            dist.init_process_group(backend, store=dist.PrefixStore(f"aelab-attempt-{restarts()}", store),
+                                    rank=rank, world_size=size)
+        else:
+            dist.init_process_group(backend)
+    return device
+
+
+def teardown() -> None:
+    """Leave the process group (before the process ends: an orderly exit on every rank)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is set on any rank (every rank gets the same answer): so that a signal seen
+    by one rank stops all of them at the same step."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class _Forward(nn.Module):
+    """The model's output before the loss: logits for BCE, the sigmoid output for MSE."""
+
+    def __init__(self, model: nn.Module, loss: str):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.decoder.logits(self.model.encoder(x)) if self.loss == "bce" else self.model(x)
+
+
+class DistributedStep:
+    """One training step of a global batch across the ranks (see the module's docstring)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, device: torch.device):
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.rank, self.size, _ = world()
+        import inspect
+
+        # each rank keeps its own BatchNorm statistics during a step (merged after it); they start equal
+        no_sync = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+                   else {"broadcast_buffers": False})  # (the older name of the same setting)
+        self.ddp = DistributedDataParallel(_Forward(model, config.loss), **no_sync,
+                                           device_ids=[device] if device.type == "cuda" else None)
+        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of this rank's slice, the gradients added across ranks, one optimizer
+        step, the BatchNorm statistics merged; returns the batch's mean loss (the same on every rank)."""
+        import torch.distributed as dist
+
+        n = len(inputs)
+        first, last = n * self.rank // self.size, n * (self.rank + 1) // self.size
+        weight = (last - first) / n
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
+            output = self.ddp(inputs[first:last])
+            target = targets[first:last]
+            loss = (F.binary_cross_entropy_with_logits(output, target) if self.config.loss == "bce"
+                    else F.mse_loss(output, target))
+        (loss * (weight * self.size)).backward()  # DDP averages over the ranks: the sum of weighted gradients
+        self.optimizer.step()
+        with torch.no_grad():
+            shared = torch.cat([b.flatten() for b in self.buffers] + [loss.detach().float().reshape(1)]) * weight
+            dist.all_reduce(shared)
+            offset = 0
+            for buffer in self.buffers:
+                buffer.copy_(shared[offset: offset + buffer.numel()].view_as(buffer))
+                offset += buffer.numel()
+        return shared[-1]
