@@ -28,8 +28,9 @@ def shapes(tmp_path_factory):
     return folder / "shapes.npz"
 
 
-def torchrun(*args: str, processes: int = 2, launcher: tuple[str, ...] = ("--standalone",), **options) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(*args: str, processes: int = 2, launcher: tuple[str, ...] = ("--standalone",), env=None,
+             **options) -> subprocess.Popen:
+    env = {**(env or os.environ), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc-per-node={processes}",
                "-m", "aelab", "train", *args, "--quiet", "--no-report"]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
@@ -137,3 +138,26 @@ def test_two_nodes_on_one_machine_train_one_run(shapes, tmp_path):
     assert main(["train", *common[:-1], str(tmp_path / "threads"), "--shards", "2", "--quiet", "--no-report"]) == 0
     assert same_weights(tmp_path / "nodes", tmp_path / "threads") < 1e-5
     assert metrics(tmp_path / "nodes") == metrics(tmp_path / "threads")
+
+
+def test_a_nan_on_one_rank_only_stops_every_rank_at_one_step(shapes, tmp_path):
+    """Rank 1 alone sees a NaN input at its 12th batch (patched in its process only, by a
+    sitecustomize on its path): both ranks stop at the same check, with the last good checkpoint kept."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import aelab.data.batches as batches\n"
+        "    real, calls = batches.Batches.gather, [0]\n"
+        "    def gather(self, index):\n"
+        "        out = real(self, index)\n"
+        "        calls[0] += 1\n"
+        "        return out * float('nan') if calls[0] == 12 else out\n"
+        "    batches.Batches.gather = gather\n")
+    run = tmp_path / "nan"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'hook'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    started = torchrun("--data", str(shapes), "--epochs", "5", "--batch-size", "32", "--out", str(run), env=env)
+    out, err = started.communicate(timeout=300)
+    assert started.returncode != 0
+    assert err.count("the loss became nan at epoch 2, step 3") == 1, err[-3000:]  # said once, by rank 0
+    assert (run / "state" / "last.json").read_text().strip().endswith('"ckpt-0001-00000"}')
