@@ -483,7 +483,9 @@ def _add_train(sub) -> None:
         "train", help="train an autoencoder and write a run folder",
         description="Train the tutorial's convolutional autoencoder and write a run folder (config.json, "
                     "model.safetensors, state/, metrics.csv, figures/, report.html). Defaults are the fast recipe; "
-                    "--recipe tutorial reproduces the tutorial's settings.")
+                    "--recipe tutorial reproduces the tutorial's settings. Under torchrun (torchrun --nproc-per-node N "
+                    "-m aelab train ...) the processes train one run with DistributedDataParallel; --batch-size "
+                    "stays the global batch.")
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/DATASET-dLATENT, e.g. runs/mnist-d4)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint "
                    "(--epochs may extend a finished run)")
@@ -535,7 +537,8 @@ def _add_train(sub) -> None:
     p.add_argument("--shards", type=int, metavar="N",
                    help="CPU: split each batch into N shards trained at once, one thread each, each with its own "
                         "BatchNorm statistics (as multi-GPU data parallelism does); 1 = off; 0 = auto: 2 on a CPU "
-                        "with 2+ threads and batches of 128+ (1.08x on 2 cores, see benchmarks/RESULTS.md) (default: 0)")
+                        "with 2+ threads and batches of 128+ (1.08x on 2 cores, see benchmarks/RESULTS.md); under "
+                        "torchrun each process is one shard (default: 0)")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
     p.add_argument("--track", action="append", choices=TRACKERS, metavar="TRACKER",
                    help="also log to an experiment tracker (repeat for both): tensorboard (event files in "
