@@ -114,7 +114,5 @@ def data_fingerprint(splits: dict) -> str:
     """A short hash of the training and validation images and labels (checked on resume)."""
     digest = hashlib.blake2b(digest_size=12)
     for name in ("train", "val"):
-        for chunk in splits[name].chunks():  # (the same hash as of the whole array at once)
-            digest.update(chunk.contiguous().numpy())
-        digest.update(splits[name].labels.numpy().tobytes())
+        splits[name].hash_into(digest)
     return digest.hexdigest()

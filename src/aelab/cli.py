@@ -17,7 +17,7 @@ from typing import Sequence
 
 from . import __version__
 from .callbacks import TRACKERS
-from .config import DATASETS, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, train_config_for
+from .config import DATASETS, KEEP, RESIZE_METHODS, LOSSES, PRECISIONS, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, train_config_for
 from .errors import AelabError
 
 SPLIT_CHOICES = ("test", "val", "train")
@@ -183,6 +183,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
 
     from . import latent, scores
     from .data.sets import class_labels, load_run_split
@@ -208,7 +209,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     latent.write_table(table, out)
     figure = out.with_suffix(".png")
     top = order[: args.top]
-    scores.anomaly_figure(run.model, part.images[torch_index(top)], scored.score[top], figure,
+    scores.anomaly_figure(run.model, part.images[torch.as_tensor(top)], scored.score[top], figure,
                           title=f"the {len(top)} highest {detector.method} scores of {len(part)} images")
     flagged = int(scored.is_anomaly.sum())
     result = {"split": split, "n_images": len(part), "n_anomalies": flagged, "threshold": detector.threshold,
@@ -234,13 +235,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .devices import resolve_device
     from .files import reconstruct_files
-    from .run import load_run, write_skipped
+    from .run import load_run
 
     run = load_run(args.run, device=resolve_device(args.device))
     noise = 0.0
     if args.command == "denoise":
-        trained = run.config.train.noise_factor
-        if trained <= 0:
+        if run.config.train.noise_factor <= 0:
             logging.getLogger("aelab").warning("%s was not trained to denoise (no --noise-factor); its outputs are "
                                                "plain reconstructions", run.path)
         noise = args.add_noise or 0.0
@@ -285,12 +285,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     export(run, out, args.format, args.part)
     print(out)
     return 0
-
-
-def torch_index(positions):
-    import torch
-
-    return torch.as_tensor(positions)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -463,18 +457,17 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
                         help="a folder larger than this is read from its cache on disk (default: the run's setting)")
 
 
-def _add_preparation(parser: argparse.ArgumentParser, train: bool = True) -> None:
-    """--channels, --image-size, --resize: how images are made uniform."""
-    when = "" if train else " (default: what the run was trained with)"
+def _add_preparation(parser: argparse.ArgumentParser) -> None:
+    """--channels, --image-size, --resize: how images are made uniform (the tools take the run's)."""
     parser.add_argument("--channels", type=int, choices=(1, 3),
                         help="1 (grey; colour images by their luma) or 3 (colour; grey images repeated); an alpha "
-                             "channel is composited on black" + (when or " (default: 3 if any image has colour, else 1)"))
+                             "channel is composited on black (default: 3 if any image has colour, else 1)")
     parser.add_argument("--image-size", metavar="H[xW]",
-                        help="the size every image is made, e.g. 64 or 48x64" +
-                             (when or " (default: the most common size of the images)"))
-    parser.add_argument("--resize", choices=("stretch", "crop", "pad"),
+                        help="the size every image is made, e.g. 64 or 48x64 (default: the most common size of the "
+                             "images)")
+    parser.add_argument("--resize", choices=RESIZE_METHODS,
                         help="how an image of another size is fitted: stretch to the size, crop (scale to cover, cut "
-                             "the centre) or pad (scale to fit, black borders)" + (when or " (default: stretch)"))
+                             "the centre) or pad (scale to fit, black borders) (default: stretch)")
 
 
 def _add_train(sub) -> None:

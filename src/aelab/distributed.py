@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
@@ -90,14 +89,16 @@ def any_rank(flag: bool) -> bool:
 
 
 class _Forward(nn.Module):
-    """The model's output before the loss: logits for BCE, the sigmoid output for MSE."""
+    """``steps.model_output`` as a module, for DDP to wrap."""
 
     def __init__(self, model: nn.Module, loss: str):
         super().__init__()
         self.model, self.loss = model, loss
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.decoder.logits(self.model.encoder(x)) if self.loss == "bce" else self.model(x)
+        from .steps import model_output
+
+        return model_output(self.model, x, self.loss)
 
 
 class DistributedStep:
@@ -123,19 +124,18 @@ class DistributedStep:
         step, the BatchNorm statistics merged; returns the batch's mean loss (the same on every rank)."""
         import torch.distributed as dist
 
+        from .steps import forward_backward
+
         n = len(inputs)
         first, last = n * self.rank // self.size, n * (self.rank + 1) // self.size
         weight = (last - first) / n
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"):
-            output = self.ddp(inputs[first:last])
-            target = targets[first:last]
-            loss = (F.binary_cross_entropy_with_logits(output, target) if self.config.loss == "bce"
-                    else F.mse_loss(output, target))
-        (loss * (weight * self.size)).backward()  # DDP averages over the ranks: the sum of weighted gradients
+        # DDP averages the gradients over the ranks: weighted by size, their sum is the whole batch's
+        loss = forward_backward(self.model, inputs[first:last], targets[first:last], self.config,
+                                weight * self.size, forward=self.ddp)
         self.optimizer.step()
         with torch.no_grad():
-            shared = torch.cat([b.flatten() for b in self.buffers] + [loss.detach().float().reshape(1)]) * weight
+            shared = torch.cat([b.flatten() for b in self.buffers] + [loss.float().reshape(1)]) * weight
             dist.all_reduce(shared)
             offset = 0
             for buffer in self.buffers:

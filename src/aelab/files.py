@@ -62,23 +62,19 @@ class Prepared:
 
 def prepared(run, items: list[Input], skipped: list[tuple[str, str]]) -> Iterator[Prepared]:
     """Batches of the inputs prepared as the run's training images (bad files added to ``skipped``)."""
-    from PIL import Image
-
     data = data_for_run(run.config)
     channels, (height, width) = data.channels, data.size()
     for start in range(0, len(items), BATCH):
         pixels, kept, originals = [], [], []
         for item in items[start: start + BATCH]:
             try:
-                pixels.append(decode.load_image(item.path, channels, height, width, data.resize))
-                with Image.open(item.path) as image:
-                    mode = "RGB" if decode.is_colour(image) else "L"
-                    alpha = np.asarray(image.convert("RGBA"))[..., 3] if "A" in image.getbands() or \
-                        "transparency" in image.info else None
-                    originals.append((image.height, image.width, mode, alpha))
-                kept.append(item)
-            except (decode.ImageError, OSError, ValueError) as error:
+                image, original = decode.load_image(item.path, channels, height, width, data.resize, original=True)
+            except decode.ImageError as error:
                 skipped.append((str(item.path), str(error)))
+                continue
+            pixels.append(image)
+            originals.append(original)
+            kept.append(item)
         if kept:
             yield Prepared(torch.from_numpy(np.stack(pixels)), kept, originals)
 

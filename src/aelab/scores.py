@@ -59,7 +59,10 @@ class Detector:
         return {"mse": mse, "density": -self._mixture().score_samples(codes.astype(np.float64))}
 
     def scores(self, mse: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        parts = self.parts(mse, codes)
+        return self.combine(self.parts(mse, codes))
+
+    def combine(self, parts: dict[str, np.ndarray]) -> np.ndarray:
+        """The score of this detector's method from ``parts`` (as ``parts()`` gives them)."""
         if self.method == "mse":
             return parts["mse"]
         if self.method == "density":
@@ -71,9 +74,8 @@ class Detector:
     def _mixture(self):
         from sklearn.mixture import GaussianMixture
 
-        cached = getattr(self, "_fitted", None)
-        if cached is not None:
-            return cached
+        if getattr(self, "_fitted", None) is not None:  # (built once from the saved parameters)
+            return self._fitted
         means = np.asarray(self.mixture["means"])
         gmm = GaussianMixture(n_components=len(means), covariance_type="full")
         gmm.weights_ = np.asarray(self.mixture["weights"])
@@ -81,11 +83,11 @@ class Detector:
         gmm.covariances_ = np.asarray(self.mixture["covariances"])
         # as scikit-learn computes it: precision = P @ P.T with P = inverse(cholesky(covariance)).T
         gmm.precisions_cholesky_ = np.stack([np.linalg.inv(np.linalg.cholesky(c)).T for c in gmm.covariances_])
-        object.__setattr__(self, "_fitted", gmm)
+        self._fitted = gmm
         return gmm
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items()}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "Detector":
@@ -115,7 +117,7 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
     log_mse = np.log(np.maximum(parts["mse"], 1e-12))
     detector.standard = {"log_mse": [float(log_mse.mean()), float(log_mse.std() or 1.0)],
                          "density": [float(parts["density"].mean()), float(parts["density"].std() or 1.0)]}
-    detector.threshold = float(np.quantile(detector.scores(val.mse, val.codes), 1.0 - contamination))
+    detector.threshold = float(np.quantile(detector.combine(parts), 1.0 - contamination))
     return detector
 
 
@@ -150,7 +152,7 @@ def score_images(model: torch.nn.Module, detector: Detector, images) -> Scored:
     """Scores and flags of uint8 images [N, C, H, W] (a tensor or images on disk)."""
     result = infer(model, images, codes=True)
     parts = detector.parts(result.mse, result.codes)
-    score = detector.scores(result.mse, result.codes)
+    score = detector.combine(parts)
     return Scored(score, score > detector.threshold, result.mse, parts["density"], detector.threshold)
 
 

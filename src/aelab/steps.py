@@ -19,7 +19,7 @@ import copy
 import logging
 import os
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,19 +32,31 @@ log = logging.getLogger("aelab")
 
 # --- the loss -----------------------------------------------------------------------------------
 
+def model_output(model: torch.nn.Module, inputs: torch.Tensor, loss: str) -> torch.Tensor:
+    """What the loss is computed from: the logits for BCE, the sigmoid output for MSE."""
+    return model.decoder.logits(model.encoder(inputs)) if loss == "bce" else model(inputs)
+
+
+def loss_of(output: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean loss per pixel of ``model_output``: MSE of the sigmoid output, or BCE from the logits."""
+    return F.binary_cross_entropy_with_logits(output, targets) if loss == "bce" else F.mse_loss(output, targets)
+
+
 def loss_fn(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
-    """Mean loss per pixel: MSE of the sigmoid output, or BCE computed from the logits."""
-    if loss == "bce":
-        return F.binary_cross_entropy_with_logits(model.decoder.logits(model.encoder(inputs)), targets)
-    return F.mse_loss(model(inputs), targets)
+    """Mean loss per pixel of ``model`` on a batch."""
+    return loss_of(model_output(model, inputs, loss), targets, loss)
 
 
 def forward_backward(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig,
-                     weight: float = 1.0) -> torch.Tensor:
+                     weight: float = 1.0, forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The loss of ``model`` on a batch (bf16 autocast if asked) and its gradient, times ``weight``,
-    added to the parameters' ``.grad``; returns the (unweighted) loss, detached."""
+    added to the parameters' ``.grad``; returns the (unweighted) loss, detached. ``forward``: what
+    computes ``model_output`` (default: the model itself; under torchrun its DDP wrapper)."""
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        loss = loss_fn(model, inputs, targets, cfg.loss)
+        if forward is None:
+            loss = loss_fn(model, inputs, targets, cfg.loss)
+        else:
+            loss = loss_of(forward(inputs), targets, cfg.loss)
     (loss * weight if weight != 1.0 else loss).backward()
     return loss.detach()
 

@@ -142,14 +142,17 @@ def conform(image: Image.Image, channels: int, height: int, width: int, method: 
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
-def load_image(path: str | os.PathLike, channels: int, height: int, width: int, method: str) -> np.ndarray:
-    """Decode an image file into uint8 [channels, height, width]; ImageError (with the reason) if it cannot be."""
+def load_image(path: str | os.PathLike, channels: int, height: int, width: int, method: str,
+               original: bool = False):
+    """Decode an image file into uint8 [channels, height, width]; ImageError (with the reason) if it
+    cannot be. With ``original``: also ``describe`` of the file's image, from the same reading."""
     image = _open(path)
     try:
         with image, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (EXIF and palette warnings of otherwise good files)
             image.load()
-            return conform(image, channels, height, width, method)
+            pixels = conform(image, channels, height, width, method)
+            return (pixels, describe(image)) if original else pixels
     except ImageError:
         raise
     except OSError as error:
@@ -160,6 +163,14 @@ def load_image(path: str | os.PathLike, channels: int, height: int, width: int, 
         raise ImageError("too large to decode in memory") from None
     except Exception as error:
         raise ImageError(f"cannot decode: {type(error).__name__}: {error}") from None
+
+
+def describe(image: Image.Image) -> tuple[int, int, str, np.ndarray | None]:
+    """(height, width, "RGB" or "L", its alpha channel or None) of an image: how to write an output
+    back in the input's own form."""
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    alpha = np.asarray(image.convert("RGBA"))[..., 3] if has_alpha else None
+    return image.height, image.width, "RGB" if is_colour(image) else "L", alpha
 
 
 def row_hash(pixels: np.ndarray) -> str:

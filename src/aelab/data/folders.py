@@ -17,6 +17,7 @@ ever read. A file that cannot be used is skipped with its reason, never silently
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -60,10 +61,19 @@ class FolderData:
     splits: np.ndarray | None  # str [N] ("train", "val", "test") when the folder has split subfolders
     class_names: tuple[str, ...]
     skipped: list[tuple[str, str]]  # (path, reason)
-    channels: int
-    height: int
-    width: int
     fingerprint: str
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.images.shape[2]
+
+    @property
+    def width(self) -> int:
+        return self.images.shape[3]
 
 
 def cache_dir(root: Path, data_dir: Path) -> Path:
@@ -135,8 +145,7 @@ def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = 
         log.warning("%d files skipped, not usable images (such as %s: %s); training lists each with its reason in "
                     "RUN/data-skipped.csv", len(skipped), first[0], first[1])
     mapped = whole.subset(np.array([position for position, _ in usable], dtype=np.int64))
-    return FolderData(root, mapped, paths, labels, splits, class_names, sorted(skipped), channels, size[0], size[1],
-                      digest.hexdigest())
+    return FolderData(root, mapped, paths, labels, splits, class_names, sorted(skipped), digest.hexdigest())
 
 
 # --- finding the files --------------------------------------------------------------------------
@@ -176,7 +185,7 @@ def walk(root: Path) -> tuple[list[FileInfo], list[tuple[str, str]], bool]:
             try:
                 info = entry.stat()  # follows links: a link loop or a dangling link fails here
             except OSError as error:
-                reason = "symlink loop" if error.errno == 40 else f"unreadable: {error.strerror or error}"
+                reason = "symlink loop" if error.errno == errno.ELOOP else f"unreadable: {error.strerror or error}"
                 skipped.append((path, reason))
                 continue
             if not stat.S_ISREG(info.st_mode):

@@ -86,6 +86,12 @@ class ImageSet:
         for start in range(0, len(self), size):
             yield self.images[start: start + size]
 
+    def hash_into(self, digest) -> None:
+        """Feed the images (chunk by chunk: the same as the whole array at once) and labels to a hashlib digest."""
+        for chunk in self.chunks():
+            digest.update(chunk.contiguous().numpy())
+        digest.update(self.labels.numpy().tobytes())
+
     def floats(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """All images as float32 in [0, 1] on ``device``: [N, C, H, W]."""
         return to_unit(self.images[:], device)
@@ -199,7 +205,7 @@ def load_split(data: DataConfig, split: str) -> ImageSet:
                              "test files: choose train, val or test")
         if data.kind() == "folder":
             found = _folder_set(data)
-            return found if found.on_disk else found.in_memory()
+            return found if found.source.on_disk else found.in_memory()
         return _array_set(data)
     if split not in SPLITS:
         raise AelabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or {ALL}")
@@ -271,9 +277,7 @@ def _conformed(full: ImageSet, data: DataConfig) -> ImageSet:
 
 def _fingerprint(full: ImageSet) -> str:
     digest = hashlib.blake2b(digest_size=12)
-    for chunk in full.chunks():
-        digest.update(chunk.numpy())
-    digest.update(full.labels.numpy().tobytes())
+    full.hash_into(digest)
     return digest.hexdigest()
 
 
@@ -318,9 +322,10 @@ def _where(source: str) -> str:
     return source if source in sources.DATASETS else str(Path(source).expanduser().resolve())
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
         n /= 1024
-    return f"{n:.1f} TB"
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}"
