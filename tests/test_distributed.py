@@ -1,6 +1,7 @@
 """Training under torchrun (2 processes, gloo, on the CPU): the run that --shards 2 computes, rank 0
 writes, a signal stops every rank at one step, resume under torchrun, another world size refused."""
 
+import json
 import os
 import signal
 import subprocess
@@ -29,10 +30,10 @@ def shapes(tmp_path_factory):
 
 
 def torchrun(*args: str, processes: int = 2, launcher: tuple[str, ...] = ("--standalone",), env=None,
-             **options) -> subprocess.Popen:
+             quiet: bool = True, **options) -> subprocess.Popen:
     env = {**(env or os.environ), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, f"--nproc-per-node={processes}",
-               "-m", "aelab", "train", *args, "--quiet", "--no-report"]
+               "-m", "aelab", "train", *args, *(["--quiet"] if quiet else []), "--no-report"]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
 
 
@@ -59,6 +60,28 @@ def test_two_processes_train_the_run_of_two_shards(shapes, tmp_path):
     config = (tmp_path / "ddp" / "config.json").read_text()
     assert '"shards": 2' in config  # the run records what it computes: two shards
     assert "aelab: error" not in err and "Traceback" not in err
+
+
+def test_ranks_read_their_slices_of_a_large_folder_from_disk(tmp_path):
+    """A folder larger than each process's share of --memory-limit: each rank reads only its slice of
+    every batch from the cache on disk and evaluates its share of val and test; the run, denoising
+    included, is the one --shards 2 trains from memory."""
+    from test_folders import write_folder
+
+    root = tmp_path / "images"
+    write_folder(root, n=60)  # 120 images of 20x20: 48 KB decoded
+    common = ["--data", str(root), "--data-dir", str(tmp_path / "cache"), "--epochs", "2", "--batch-size", "16",
+              "--noise-factor", "0.3", "--no-report"]
+    done = torchrun(*common, "--memory-limit", "64KB", "--out", str(tmp_path / "ddp"), quiet=False)
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-2000:]
+    assert "read from the cache on disk" in err and "for each of the 2 processes on this machine" in err
+    assert main(["train", *common, "--shards", "2", "--out", str(tmp_path / "threads"), "--quiet"]) == 0
+    assert same_weights(tmp_path / "ddp", tmp_path / "threads") < 1e-5
+    assert metrics(tmp_path / "ddp") == metrics(tmp_path / "threads")
+    ends = [json.loads((tmp_path / run / "evaluation.json").read_text()) for run in ("ddp", "threads")]
+    for key in ("test_mse", "val_mse", "test_denoising_mse"):
+        assert ends[0][key] == pytest.approx(ends[1][key], rel=1e-5)
 
 
 def test_a_signal_stops_every_rank_at_one_step_and_the_run_resumes(shapes, tmp_path):

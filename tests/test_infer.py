@@ -81,3 +81,16 @@ def test_inference_leaves_the_model_as_it_was(model_and_images):
     infer(model, images, codes=True)
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.eval()
+
+
+def test_a_set_evaluated_in_parts_gets_the_noise_it_gets_whole(model_and_images):
+    """Each chunk's noise follows from its place in the set: parts that start at chunk boundaries
+    (a rank's share under torchrun) give the per-image errors of the whole pass."""
+    model, images = model_and_images
+    whole = infer(model, images, noise_factor=0.3, seed=5, batch_size=16, inputs=True)
+    first = infer(model, images[:32], noise_factor=0.3, seed=5, batch_size=16, inputs=True)
+    second = infer(model, images[32:], noise_factor=0.3, seed=5, batch_size=16, inputs=True, first=32)
+    assert torch.equal(torch.cat([first.inputs, second.inputs]), whole.inputs)
+    assert np.array_equal(np.concatenate([first.mse, second.mse]), whole.mse)
+    shifted = infer(model, images[32:], noise_factor=0.3, seed=5, batch_size=16)  # (as if it were the set's start)
+    assert not np.array_equal(shifted.mse, second.mse)

@@ -45,6 +45,41 @@ def test_batches_are_floats_in_unit_range_and_cover_every_image():
     assert math.isclose(sum(float(b.sum()) for b in batches), float(images.float().div(255).sum()), rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_rank_reads_only_its_slice_of_each_batch(tmp_path, on_disk):
+    """Under torchrun rank k of n gathers (and reads ahead from disk) only its slice of every batch,
+    and adds its rows of the whole batch's noise: together the slices are the batch."""
+    from aelab.data.batches import add_noise, noise_generator
+    from aelab.data.mapped import MappedImages
+
+    array = torch.randint(0, 256, (70, 1, 6, 6), dtype=torch.uint8)
+    np.save(tmp_path / "a.npy", array.numpy())
+    images = MappedImages(tmp_path / "a.npy") if on_disk else array
+    whole = Batches(images, 32, "cpu")
+    ranks = [Batches(images, 32, "cpu", part=(k, 3)) for k in range(3)]
+    for number, batch in enumerate(whole.epoch(seed=4, epoch=1, shuffle=True)):
+        slices = [list(rank.epoch(seed=4, epoch=1, shuffle=True))[number] for rank in ranks]
+        assert torch.equal(torch.cat(slices), batch)
+        noisy = [add_noise(part, 0.5, noise_generator(9, "cpu"), (rank.rows(len(batch))[0], len(batch)))
+                 for rank, part in zip(ranks, slices)]
+        assert torch.equal(torch.cat(noisy), add_noise(batch, 0.5, noise_generator(9, "cpu")))
+
+
+def test_ranks_share_the_evaluation_in_whole_chunks(monkeypatch):
+    from aelab import distributed
+
+    for size in (2, 3, 4):
+        for total in (0, 1, 5, 64, 1000):
+            shares = []
+            for rank in range(size):
+                monkeypatch.setenv("WORLD_SIZE", str(size))
+                monkeypatch.setenv("RANK", str(rank))
+                shares.append(distributed.share(total, 7))
+            assert shares[0][0] == 0 and shares[-1][1] == total
+            assert all(a[1] == b[0] for a, b in zip(shares, shares[1:]))  # contiguous, each row once
+            assert all(start % 7 == 0 or start == total for start, _ in shares)  # at chunk boundaries
+
+
 def test_one_cycle_goes_up_then_down():
     rates = [one_cycle(step, 100) for step in range(101)]
     assert rates[0] == pytest.approx(1 / 25) and max(rates) == pytest.approx(1.0) and rates[-1] < 1e-3

@@ -502,7 +502,7 @@ def _add_train(sub) -> None:
     p.add_argument("--memory-limit", metavar="SIZE",
                    help="a folder whose decoded images are larger than this is read from its cache on disk batch by "
                         "batch (the same run, slower), e.g. 4GB; K, M, G are powers of 1024 (default: auto, half the "
-                        "machine's memory)")
+                        "machine's memory; under torchrun the processes on a machine share it)")
     p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim})")
     p.add_argument("--width", type=int, metavar="N", help="channels of the first convolution, doubled at each of the "
                    f"three stages; more for bigger images (default: {m.width}, the tutorial's)")

@@ -37,7 +37,9 @@ class DataConfig:
     channels: int | None = None  # 1 or 3; None: 3 if any image has colour, else 1 (a run records what it used)
     image_size: str | None = None  # "H" or "HxW"; None: the most common size (a run records what it used)
     resize: str = "stretch"  # how images of another size are fitted: stretch | crop | pad
-    memory_limit: str = "auto"  # a folder larger than this is read from its cache on disk batch by batch
+    # a folder larger than this is read from its cache on disk batch by batch (the machine's limit: under
+    # torchrun its processes share it)
+    memory_limit: str = "auto"
     fingerprint: str | None = None  # of the images a run was trained on (set by training)
     classes: str | None = None  # train (and validate) on these classes only, e.g. "3" or "0,6": one-class training
 

@@ -8,6 +8,11 @@ statistics. The gradients are added across ranks by DDP (each rank's loss weight
 the batch) and after each step the BatchNorm running statistics are averaged the way ``--shards``
 averages them, so N ranks compute what one process with ``--shards N`` computes (a test compares
 them). This is not SyncBatchNorm, which would normalise with the whole batch's statistics.
+
+A rank gathers only its slice of each batch (``Batches(part=...)``), with its rows of the batch's
+noise, and evaluates only its ``share`` of the validation and test images (whole chunks of
+``infer``, whose noise is seeded by their place), the losses averaged across the ranks
+(``mean_across``).
 """
 
 from __future__ import annotations
@@ -62,11 +67,38 @@ def setup(device: torch.device) -> torch.device:
 
 
 def teardown() -> None:
-    """Leave the process group (before the process ends: an orderly exit on every rank)."""
+    """Leave the process group (before the process ends: an orderly exit on every rank). Every rank
+    waits for the others first: one that left while rank 0 still wrote the run folder could abort
+    in gloo's threads at exit ("terminate called without an active exception", seen 2 times in 16)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+
+
+def local_size() -> int:
+    """How many of this run's processes share this machine (torchrun's LOCAL_WORLD_SIZE); 1 outside torchrun."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if active() else 1
+
+
+def share(total: int, chunk: int) -> tuple[int, int]:
+    """(start, stop): this rank's rows of a set of ``total`` images evaluated in chunks of ``chunk``
+    images: whole chunks, one contiguous run of them per rank, every row in one rank's share (all
+    rows outside torchrun)."""
+    rank, size, _ = world()
+    chunks = -(-total // chunk)
+    return min(total, chunks * rank // size * chunk), min(total, chunks * (rank + 1) // size * chunk)
+
+
+def mean_across(values, device: torch.device) -> float:
+    """The mean of per-image ``values`` (a float64 array) over the images of every rank's share."""
+    import torch.distributed as dist
+
+    sums = torch.tensor([float(values.sum()), float(len(values))], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    return float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
 
 
 def barrier() -> None:
@@ -119,20 +151,18 @@ class DistributedStep:
                                            device_ids=[device] if device.type == "cuda" else None)
         self.buffers = [b for b in model.buffers() if b.is_floating_point()]
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Forward and backward of this rank's slice, the gradients added across ranks, one optimizer
-        step, the BatchNorm statistics merged; returns the batch's mean loss (the same on every rank)."""
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
+        """Forward and backward of this rank's slice (``inputs``, ``targets``) of a batch of ``n``
+        images, the gradients added across ranks, one optimizer step, the BatchNorm statistics
+        merged; returns the batch's mean loss (the same on every rank)."""
         import torch.distributed as dist
 
         from .steps import forward_backward
 
-        n = len(inputs)
-        first, last = n * self.rank // self.size, n * (self.rank + 1) // self.size
-        weight = (last - first) / n
+        weight = len(inputs) / n
         self.optimizer.zero_grad(set_to_none=True)
         # DDP averages the gradients over the ranks: weighted by size, their sum is the whole batch's
-        loss = forward_backward(self.model, inputs[first:last], targets[first:last], self.config,
-                                weight * self.size, forward=self.ddp)
+        loss = forward_backward(self.model, inputs, targets, self.config, weight * self.size, forward=self.ddp)
         self.optimizer.step()
         with torch.no_grad():
             shared = torch.cat([b.flatten() for b in self.buffers] + [loss.float().reshape(1)]) * weight

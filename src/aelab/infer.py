@@ -38,28 +38,38 @@ class Inference:
         return float(errors.mean()) if len(errors) else float("nan")
 
 
+def chunk_size(image_shape: tuple[int, ...], batch_size: int = 1024) -> int:
+    """Images in one chunk of ``infer``: ``batch_size``, fewer for big images (at most ``CHUNK_PIXELS`` values)."""
+    return max(1, min(batch_size, CHUNK_PIXELS // max(1, math.prod(image_shape))))
+
+
 @torch.no_grad()
 def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce: bool = False,
           codes: bool = False, reconstructions: bool = False, inputs: bool = False, noise_factor: float = 0.0,
-          seed: int = 0,
-          batch_size: int = 1024) -> Inference:
+          seed: int = 0, batch_size: int = 1024, first: int = 0) -> Inference:
     """Run ``model`` (an autoencoder with ``encoder`` and ``decoder.logits``) over uint8 images
-    [N, C, H, W] (a tensor or images on disk) in chunks of ``batch_size`` (fewer for big images: at
-    most ``CHUNK_PIXELS`` values a chunk), in eval mode, on the model's device.
+    [N, C, H, W] (a tensor or images on disk) in chunks (``chunk_size``), in eval mode, on the
+    model's device.
 
-    With ``noise_factor`` > 0 the input is the image with seeded Gaussian noise (``seed``) and every
-    error is measured against the clean image: the denoising error.
+    With ``noise_factor`` > 0 the input is the image with seeded Gaussian noise and every error is
+    measured against the clean image: the denoising error. Each chunk's noise is seeded by ``seed``
+    and the chunk's place in the whole set (``first``: the row of ``images[0]`` in it, for a part
+    that starts at a chunk boundary), so a set evaluated in parts (one per rank) gets the noise it
+    gets whole.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    generator = noise_generator(seed, device) if noise_factor > 0 else None
     parts: dict[str, list[torch.Tensor]] = {"mse": [], "bce": [], "codes": [], "reconstructions": [], "inputs": []}
-    batch_size = max(1, min(batch_size, CHUNK_PIXELS // max(1, math.prod(images.shape[1:]))))
+    batch_size = chunk_size(images.shape[1:], batch_size)
     try:
         for start in range(0, len(images), batch_size):
             clean = to_unit(images[start: start + batch_size], device)  # [B, C, H, W]
-            seen = add_noise(clean, noise_factor, generator) if generator is not None else clean
+            if noise_factor > 0:
+                generator = noise_generator(seed + (first + start) // batch_size * 1_000_003, device)
+                seen = add_noise(clean, noise_factor, generator)
+            else:
+                seen = clean
             if inputs:
                 parts["inputs"].append(seen.cpu())
             z = model.encoder(seen)  # [B, latent_dim]

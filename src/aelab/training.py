@@ -27,7 +27,8 @@ from .data.batches import Batches, noise_generator
 from .data.sets import ImageSet, load_splits
 from .devices import resolve_device
 from .errors import AelabError
-from .evaluation import psnr_from_mse, reconstruction_loss
+from .evaluation import psnr_from_mse
+from .infer import chunk_size, infer
 from .model import ConvAutoencoder
 from .optim import make_optimizer, make_scheduler
 from .run import lock_existing_run, lock_new_run, read_weights, resumed_config
@@ -96,13 +97,20 @@ class Trainer:
         # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
         self.model = ConvAutoencoder.from_config(config.model).to(self.device, memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.batches = Batches(splits["train"].images, cfg.batch_size, self.device)
+        rank, world_size, _ = distributed.world()
+        # under torchrun each rank reads and trains its slice of every batch
+        self.batches = Batches(splits["train"].images, cfg.batch_size, self.device, part=(rank, world_size))
         self.train_step = TrainStep(self.model, self.optimizer, self.batches, cfg,
                                     resolve_shards(cfg.shards, self.device, cfg.batch_size))
         self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.epochs * len(self.batches))
-        self.val_images = _on(splits["val"].images, self.device)
         self.fingerprint = ckpt.data_fingerprint(splits)
         self.distributed = distributed.active()
+        # the images this process evaluates, and the row of the split they start at: the whole split, or
+        # under torchrun this rank's share (the losses are averaged across the ranks)
+        self.evaluated = {name: self._share(splits[name]) for name in ("val", "test")}
+        if rank != 0:  # only rank 0's callbacks (figures, report) use the whole validation and test splits
+            splits = {"train": splits["train"]}
+        self.splits = splits
         # the position (the next step to run) and what the epochs so far left
         self.epoch, self.step = 0, 0
         self.metrics: list[dict[str, float]] = []
@@ -161,8 +169,7 @@ class Trainer:
         """Validation, the epoch's metrics row and the best weights. ``seconds``: training + validation."""
         cfg = self.config.train
         with self.train_step.all_threads():
-            val_loss = reconstruction_loss(self.model, self.val_images, cfg.loss, noise_factor=cfg.noise_factor,
-                                           seed=cfg.seed)
+            val_loss = self.loss("val", cfg.loss, noise_factor=cfg.noise_factor)
         row = {"epoch": self.epoch + 1, "train_loss": float(self.loss_sum) / max(1, self.loss_count),
                "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - started, 3)}
@@ -183,16 +190,29 @@ class Trainer:
         if cfg.keep == "best" and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
         self.model.eval()
-        test = _on(self.splits["test"].images, self.device)
-        test_mse = reconstruction_loss(self.model, test, "mse")
+        test_mse = self.loss("test", "mse")
         evaluation: dict[str, Any] = {
             "test_mse": test_mse, "test_psnr": psnr_from_mse(test_mse),
-            "val_mse": reconstruction_loss(self.model, self.val_images, "mse"),
+            "val_mse": self.loss("val", "mse"),
             "kept": cfg.keep, "best_epoch": self.best_epoch, "train_seconds": round(self.elapsed, 3),
         }
         if cfg.noise_factor > 0:
-            evaluation["test_denoising_mse"] = reconstruction_loss(self.model, test, "mse", noise_factor=cfg.noise_factor)
+            evaluation["test_denoising_mse"] = self.loss("test", "mse", noise_factor=cfg.noise_factor)
         return TrainResult(self.run_dir, self.config, self.model, self.metrics, evaluation)
+
+    def _share(self, split: ImageSet) -> tuple[Any, int]:
+        start, stop = distributed.share(len(split), chunk_size(split.image_shape))
+        part = split if (start, stop) == (0, len(split)) else split.subset(torch.arange(start, stop))
+        return _on(part.images, self.device), start
+
+    def loss(self, split: str, loss: str, noise_factor: float = 0.0) -> float:
+        """The mean loss per pixel on the ``val`` or ``test`` split (under torchrun: each rank's share,
+        averaged across the ranks: the number one process gets on the whole split)."""
+        images, first = self.evaluated[split]
+        result = infer(self.model, images, mse=loss == "mse", bce=loss == "bce", noise_factor=noise_factor,
+                       seed=self.config.train.seed, first=first)
+        errors = result.mse if loss == "mse" else result.bce
+        return distributed.mean_across(errors, self.device) if self.distributed else result.mean(loss)
 
     # checks ----------------------------------------------------------------------------------------
     def _check_losses(self, losses: torch.Tensor, first_step: int) -> None:
@@ -307,6 +327,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
         config = _fitted_to(config, splits, world_size)
         defaults = [RunFolder(), Figures()] + ([Report()] if report else []) if rank == 0 else []
         trainer = Trainer(config, run_dir, splits, [*defaults, *callbacks])
+        del splits  # (the trainer keeps what this process needs: under torchrun, a share of val and test on rank > 0)
         if resume:
             trainer.restore()
             if config.train.epochs < trainer.epoch:

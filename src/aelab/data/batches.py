@@ -26,10 +26,17 @@ def noise_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def add_noise(images: torch.Tensor, noise_factor: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Gaussian noise times ``noise_factor`` added to images in [0, 1], clipped back to [0, 1]."""
-    noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    return (images + noise_factor * noise).clamp_(0.0, 1.0)
+def add_noise(images: torch.Tensor, noise_factor: float, generator: torch.Generator | None = None,
+              rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Gaussian noise times ``noise_factor`` added to images in [0, 1], clipped back to [0, 1].
+
+    ``rows`` (first, batch): ``images`` are rows first, first + 1, ... of a batch of ``batch``
+    images; the whole batch's noise is drawn (the generator moves on as for the whole batch) and
+    those rows of it added, so a rank's slice gets the noise the whole batch would give it.
+    """
+    first, batch = rows if rows is not None else (0, len(images))
+    noise = torch.randn((batch, *images.shape[1:]), generator=generator, device=images.device, dtype=images.dtype)
+    return (images + noise_factor * noise[first: first + len(images)]).clamp_(0.0, 1.0)
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
@@ -45,14 +52,26 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
 
 class Batches:
     """Float batches in [0, 1] made from uint8 images: a tensor moved to ``device`` once, or images
-    on disk (``MappedImages``), each batch read on a thread while the step before it trains."""
+    on disk (``MappedImages``), each batch read on a thread while the step before it trains.
 
-    def __init__(self, images: torch.Tensor | MappedImages, batch_size: int, device: torch.device | str):
+    ``part`` (k, n): this process trains the k-th of n slices of every batch (a rank under
+    torchrun); ``indices`` still gives the whole batch (the same on every rank), ``gather`` and the
+    read-ahead only this slice's images.
+    """
+
+    def __init__(self, images: torch.Tensor | MappedImages, batch_size: int, device: torch.device | str,
+                 part: tuple[int, int] = (0, 1)):
         self.resident = torch.is_tensor(images)
         self.images = images.to(device) if self.resident else images  # uint8 [N, C, H, W]
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.part = part
         self._ahead: tuple[torch.Tensor, Future] | None = None
+
+    def rows(self, n: int) -> tuple[int, int]:
+        """(first, last): this process's slice of a batch of ``n`` images."""
+        k, parts = self.part
+        return n * k // parts, n * (k + 1) // parts
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
@@ -67,21 +86,27 @@ class Batches:
         if self.resident:
             yield from batches
             return
+        def read(index: torch.Tensor) -> torch.Tensor:
+            first, last = self.rows(len(index))
+            return self.images[index[first:last]]
+
         with ThreadPoolExecutor(1, thread_name_prefix="aelab-read-ahead") as reader:
-            coming = reader.submit(self.images.__getitem__, batches[0]) if batches else None
+            coming = reader.submit(read, batches[0]) if batches else None
             for number, index in enumerate(batches):
                 self._ahead = (index, coming)
-                coming = reader.submit(self.images.__getitem__, batches[number + 1]) if number + 1 < len(batches) else None
+                coming = reader.submit(read, batches[number + 1]) if number + 1 < len(batches) else None
                 yield index
             self._ahead = None
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
-        """The images at ``index`` as floats in [0, 1], [B, C, H, W]."""
-        if self.resident:
-            return to_unit(self.images[index])
+        """The images of this process's slice of the batch ``index`` (all of it outside torchrun) as
+        floats in [0, 1], [B, C, H, W]."""
         if self._ahead is not None and self._ahead[0] is index:
             return to_unit(self._ahead[1].result(), self.device)
-        return to_unit(self.images[index.cpu()], self.device)
+        first, last = self.rows(len(index))
+        if self.resident:
+            return to_unit(self.images[index[first:last]])
+        return to_unit(self.images[index[first:last].cpu()], self.device)
 
     def epoch(self, seed: int, epoch: int, shuffle: bool, start: int = 0) -> Iterator[torch.Tensor]:
         """The batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..config import DataConfig, memory_budget
+from .. import distributed
 from ..errors import AelabError
 from . import sources
 from .arrays import read_array_file
@@ -226,11 +227,13 @@ def _folder_set(data: DataConfig) -> ImageSet:
     from .folders import load_folder
 
     found = load_folder(data.dataset, sources.resolve_data_dir(data.data_dir), data.channels, data.size(), data.resize)
-    budget = memory_budget(data.memory_limit)
+    # the limit is the machine's: under torchrun its processes share it (each of them holds the training set)
+    budget = memory_budget(data.memory_limit) // distributed.local_size()
     on_disk = found.images.nbytes > budget
     if on_disk:
-        log.info("the images (%s) are larger than the memory limit (%s): read from the cache on disk batch by batch",
-                 _size(found.images.nbytes), _size(budget))
+        each = f" for each of the {distributed.local_size()} processes on this machine" if distributed.local_size() > 1 else ""
+        log.info("the images (%s) are larger than the memory limit (%s%s): read from the cache on disk batch by batch",
+                 _size(found.images.nbytes), _size(budget), each)
     source = Source("folder", found.fingerprint, found.skipped, on_disk, found.splits, found.root)
     return ImageSet(found.images, torch.as_tensor(found.labels), torch.arange(len(found.labels)), found.class_names,
                     found.paths, source)
