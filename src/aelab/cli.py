@@ -203,8 +203,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     labels = part.labels.numpy()
     if (labels >= 0).any():
         table["label"] = labels[order]
-    table.update(score=scored.score[order], is_anomaly=scored.is_anomaly[order].astype(int), mse=scored.mse[order],
-                 density=scored.density[order])
+    table.update(score=scored.score[order], is_anomaly=scored.is_anomaly[order].astype(int))
+    table.update({name: values[order] for name, values in scored.parts.items()})
     out = Path(args.out or run.path / f"scores-{split}.csv")
     latent.write_table(table, out)
     figure = out.with_suffix(".png")
@@ -340,13 +340,15 @@ def _add_explore(sub) -> None:
 
     p = sub.add_parser("score", help="anomaly scores of images, highest first, and the threshold that flags them",
                        description="Score images under a run: one row per image (index, path for files, label if "
-                                   "known, score, is_anomaly, mse, density), highest first, as CSV (or Parquet), and "
-                                   "a figure of the highest with their reconstructions and error maps. The default "
-                                   "score adds the standardised reconstruction error (its log) and how unlikely the "
-                                   "image's code is under a Gaussian mixture fitted to the training codes, so simple "
-                                   "images that reconstruct well but were never trained on still score high. The "
-                                   "threshold is the (1 - contamination) quantile of the validation images' scores "
-                                   "(PyOD's convention), saved in RUN/anomaly.json.")
+                                   "known, score, is_anomaly, then the ingredients mse, feature_error, "
+                                   "feature_distance, density), highest first, as CSV (or Parquet), and a figure of "
+                                   "the highest with their reconstructions and error maps. The default score joins "
+                                   "the reconstruction error in pixels, the same error as the encoder's features see "
+                                   "it, and how far the image's features lie from the training images' (Mahalanobis "
+                                   "distances), each standardised, by a smooth maximum: so simple images that "
+                                   "reconstruct well but were never trained on still score high. The threshold is "
+                                   "the (1 - contamination) quantile of the validation images' scores (PyOD's "
+                                   "convention), saved in RUN/anomaly.json.")
     p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
     p.add_argument("--split", choices=SPLIT_CHOICES + ("all",),
                    help="which images of the source (default: test for the run's own data or a named dataset; all "
@@ -354,9 +356,12 @@ def _add_explore(sub) -> None:
     _add_data(p)
     p.add_argument("--out", metavar="FILE", help="FILE.csv or FILE.parquet; the figure goes beside it as FILE.png "
                    "(default: RUN/scores-SPLIT.csv)")
-    p.add_argument("--method", choices=("combined", "mse", "density"), default="combined",
-                   help="combined (default): reconstruction error and code density together; mse: the reconstruction "
-                        "error alone; density: the code's negative log-likelihood alone")
+    p.add_argument("--method", choices=("combined", "mse", "feature_error", "feature_distance", "density"),
+                   default="combined",
+                   help="combined (default): the first three together; mse: the reconstruction error alone; "
+                        "feature_error: the reconstruction's error in the encoder's features; feature_distance: the "
+                        "image's features' distance from the training images'; density: the code's negative "
+                        "log-likelihood under a Gaussian mixture")
     p.add_argument("--contamination", type=float, default=0.1, metavar="C",
                    help="the expected share of anomalies, in (0, 0.5]: the threshold is the (1 - C) quantile of the "
                         "validation scores (default: 0.1)")

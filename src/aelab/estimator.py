@@ -124,7 +124,8 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
         run = load_run(path)
         detector = load_detector(run.path)
         if detector is None:
-            raise AelabError(f"{run.path} has no anomaly.json; score it first (aelab score {run.path})")
+            raise AelabError(f"{run.path} has no anomaly score of this aelab version; score it first (aelab score "
+                             f"{run.path})")
         model, train = run.config.model, run.config.train
         self = cls(latent_dim=model.latent_dim, epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
                    recipe=train.recipe, loss=train.loss, noise_factor=train.noise_factor, width=model.width,

@@ -29,6 +29,8 @@ class Inference:
     codes: np.ndarray | None = None  # float32 [N, latent_dim]
     reconstructions: torch.Tensor | None = None  # float32 [N, C, H, W] in [0, 1], on the CPU
     inputs: torch.Tensor | None = None  # float32 [N, C, H, W]: what the model saw (noisy in a denoising pass), CPU
+    features: np.ndarray | None = None  # float32 [N, F]: the encoder's convolutional features of each image
+    feature_errors: np.ndarray | None = None  # float32 [N, F]: those features minus the reconstruction's
 
     def mean(self, loss: str = "mse") -> float:
         """The loss over every pixel of every image (all images have the same size)."""
@@ -46,7 +48,7 @@ def chunk_size(image_shape: tuple[int, ...], batch_size: int = 1024) -> int:
 @torch.no_grad()
 def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce: bool = False,
           codes: bool = False, reconstructions: bool = False, inputs: bool = False, noise_factor: float = 0.0,
-          seed: int = 0, batch_size: int = 1024, first: int = 0) -> Inference:
+          seed: int = 0, batch_size: int = 1024, first: int = 0, features: bool = False) -> Inference:
     """Run ``model`` (an autoencoder with ``encoder`` and ``decoder.logits``) over uint8 images
     [N, C, H, W] (a tensor or images on disk) in chunks (``chunk_size``), in eval mode, on the
     model's device.
@@ -56,11 +58,15 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
     and the chunk's place in the whole set (``first``: the row of ``images[0]`` in it, for a part
     that starts at a chunk boundary), so a set evaluated in parts (one per rank) gets the noise it
     gets whole.
+
+    ``features``: also the encoder's convolutional features of each image (``encoder_features``) and
+    their difference from the features of its reconstruction (an error measured by the encoder).
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    parts: dict[str, list[torch.Tensor]] = {"mse": [], "bce": [], "codes": [], "reconstructions": [], "inputs": []}
+    parts: dict[str, list[torch.Tensor]] = {"mse": [], "bce": [], "codes": [], "reconstructions": [], "inputs": [],
+                                            "features": [], "feature_errors": []}
     batch_size = chunk_size(images.shape[1:], batch_size)
     try:
         for start in range(0, len(images), batch_size):
@@ -72,9 +78,14 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
                 seen = clean
             if inputs:
                 parts["inputs"].append(seen.cpu())
-            z = model.encoder(seen)  # [B, latent_dim]
+            maps = model.encoder.encoder_cnn(seen)  # [B, 32, 3, 3] for MNIST
+            z = model.encoder.encoder_lin(model.encoder.flatten(maps))  # [B, latent_dim]: model.encoder(seen)
             logits = model.decoder.logits(z)  # [B, C, H, W]
             pixels = clean[0].numel()
+            if features:
+                mine = _pooled(maps)
+                parts["features"].append(mine.float())
+                parts["feature_errors"].append((mine - encoder_features(model, torch.sigmoid(logits))).float())
             if mse or reconstructions:
                 output = torch.sigmoid(logits)
                 if mse:
@@ -89,7 +100,7 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
     finally:
         model.train(was_training)
     empty = {"mse": (0,), "bce": (0,), "codes": (0, model.config.latent_dim), "reconstructions": (0, *images.shape[1:]),
-             "inputs": (0, *images.shape[1:])}
+             "inputs": (0, *images.shape[1:]), "features": (0, 0), "feature_errors": (0, 0)}
     joined = {name: (torch.cat(chunks) if chunks else torch.zeros(empty[name])).cpu() for name, chunks in parts.items()}
     return Inference(
         mse=joined["mse"].double().numpy() if mse else None,
@@ -97,4 +108,24 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
         codes=joined["codes"].numpy() if codes else None,
         reconstructions=joined["reconstructions"] if reconstructions else None,
         inputs=joined["inputs"] if inputs else None,
+        features=joined["features"].numpy() if features else None,
+        feature_errors=joined["feature_errors"].numpy() if features else None,
     )
+
+
+MAX_FEATURES = 2048  # encoder features an image gives at most (bigger feature maps are average-pooled)
+
+
+def encoder_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's last convolutional feature map of images ``x`` in [0, 1], flattened: [B, F]
+    (32 x 3 x 3 = 288 values for MNIST; maps of more than ``MAX_FEATURES`` values are average-pooled
+    to fewer positions)."""
+    return _pooled(model.encoder.encoder_cnn(x))
+
+
+def _pooled(maps: torch.Tensor) -> torch.Tensor:
+    height, width = maps.shape[-2:]
+    side = max(1, math.isqrt(MAX_FEATURES // maps.shape[1]))
+    if height > side or width > side:
+        maps = F.adaptive_avg_pool2d(maps, (min(height, side), min(width, side)))
+    return maps.flatten(1)

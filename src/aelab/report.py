@@ -82,6 +82,15 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     return out
 
 
+_METHOD_WORDS = {  # what each score of aelab.scores measures, in the report's words
+    "combined": " (the reconstruction error in pixels and in the encoder's features, and how far the image's "
+                "features lie from the training images')",
+    "mse": " (the reconstruction error)", "feature_error": " (the reconstruction error in the encoder's features)",
+    "feature_distance": " (how far the image's features lie from the training images')",
+    "density": " (how unlikely the image's code is)",
+}
+
+
 def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | None) -> dict[str, Any] | None:
     """The test images' anomaly scores (``aelab score``'s default): the most unusual with their error
     maps, how many pass the threshold, and AUROC when the run was trained on some classes only."""
@@ -217,7 +226,7 @@ def render(run: Run, parts: dict[str, Any]) -> str:
                    f"precision {found['average_precision']:.4f}, F1 {found['f1']:.4f} (the other classes as the "
                    "anomalies)." if "auroc" in found else "")
         anomalies = (f"<section><h2>Anomaly scores</h2><p class='muted'>The test images with the highest {found['method']} "
-                     f"scores (reconstruction error and how unlikely the code is), above their reconstructions and "
+                     f"scores{_METHOD_WORDS.get(found['method'], '')}, above their reconstructions and "
                      f"per-pixel error maps. {found['n']} of {found['total']} test images score above the threshold "
                      f"{found['threshold']:.3f}, the {1 - found['contamination']:.0%} quantile of the validation scores."
                      f"{quality} All scores: <code>aelab score {html.escape(str(run.path))}</code>.</p>"

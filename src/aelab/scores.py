@@ -1,25 +1,34 @@
 """Anomaly scores of images under a trained autoencoder, and the threshold that flags them.
 
-Scores (higher: more unusual):
+Ingredients (higher: more unusual), each a column of ``aelab score``'s table:
 
 - ``mse``: the reconstruction error of the image (mean squared error per pixel).
+- ``feature_error``: the reconstruction error as the encoder sees it: the difference between the
+  encoder's convolutional features of the image and of its reconstruction, as a Mahalanobis
+  distance under a Gaussian fitted to the training images' differences (Ledoit-Wolf shrinkage).
+- ``feature_distance``: how far the image's encoder features lie from the training images'
+  (the Mahalanobis distance under a Gaussian fitted to them).
 - ``density``: how unlikely the image's code is: the negative log-likelihood of the code under a
   Gaussian mixture fitted to the training images' codes.
-- ``combined`` (the default): the two above, each standardised by its mean and standard deviation
-  on the validation images (the error as its logarithm), joined by a smooth maximum
-  (``log(exp(a) + exp(b))``): an image is unusual when its error or its code is. Reconstruction
-  error alone has a blind spot: a simple image (a thin stroke, a blank patch) is reconstructed well even when nothing
-  like it was trained on, and scores as normal; its code, though, lies where the training codes do
-  not, which the density sees (benchmarks/RESULTS.md measures both on held-out classes).
+
+Methods: ``combined`` (the default) is the smooth maximum (``log(sum(exp))``) of the first three,
+each as its logarithm standardised by its mean and standard deviation on the validation images:
+an image is unusual when its pixels, its features or the way it is rebuilt are. Any ingredient can
+also be the score alone (``--method mse`` and so on). Reconstruction error alone has a blind spot:
+a simple image (a thin stroke, a blank patch) is reconstructed well even when nothing like it was
+trained on, and scores as normal; its features, though, lie where the training images' do not
+(benchmarks/RESULTS.md measures every ingredient and combination on held-out classes).
 
 The threshold follows PyOD's convention: ``contamination`` c sets it at the (1 - c) quantile of
-the validation images' scores. A ``Detector`` (the mixture, the standardisation, the threshold)
-is saved in the run folder as ``anomaly.json`` and read back by every later use.
+the validation images' scores. A ``Detector`` (the fitted Gaussians and mixture, the
+standardisation, the threshold) is saved in the run folder, ``anomaly.json`` with
+``anomaly.safetensors``, and read back by every later use.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,9 +41,15 @@ from .errors import AelabError
 from .fsutil import atomic_write_text
 from .infer import infer
 
-METHODS = ("combined", "mse", "density")
-FILE = "anomaly.json"
+INGREDIENTS = ("mse", "feature_error", "feature_distance", "density")
+METHODS = ("combined", *INGREDIENTS)
+COMBINED = ("mse", "feature_error", "feature_distance")  # what the default joins
+FILE, ARRAYS = "anomaly.json", "anomaly.safetensors"
+VERSION = 2  # 1: combined was the error and the code density (session 5); refitted when met
 MIXTURE_COMPONENTS = 8
+FIT_IMAGES = 20_000  # training images the Gaussians and the mixture are fitted on at most (a seeded sample)
+CHUNK = 16_384  # images scored at a time (their features are held only for a chunk)
+log = logging.getLogger("aelab")
 
 
 def check_contamination(contamination: float) -> float:
@@ -46,30 +61,35 @@ def check_contamination(contamination: float) -> float:
 
 @dataclass
 class Detector:
-    """What turns a run's per-image errors and codes into scores and flags (JSON-serialisable)."""
+    """What turns a run's per-image errors, features and codes into scores and flags."""
 
     method: str
     contamination: float
     threshold: float
     mixture: dict[str, list] = field(default_factory=dict)  # weights, means, covariances of the code density
-    standard: dict[str, list[float]] = field(default_factory=dict)  # {"log_mse": [mean, sd], "density": [mean, sd]}
+    standard: dict[str, list[float]] = field(default_factory=dict)  # {"mse": [mean, sd], ...} of the logs (validation)
+    # {"feature_distance": {"mean": [F], "precision": [F, F]}, "feature_error": {...}} (float64)
+    gaussians: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    version: int = VERSION
 
-    def parts(self, mse: np.ndarray, codes: np.ndarray) -> dict[str, np.ndarray]:
-        """The per-image ingredients: ``mse`` and ``density`` (the code's negative log-likelihood)."""
-        return {"mse": mse, "density": -self._mixture().score_samples(codes.astype(np.float64))}
-
-    def scores(self, mse: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        return self.combine(self.parts(mse, codes))
+    def parts(self, images, model: torch.nn.Module) -> dict[str, np.ndarray]:
+        """Every ingredient (``INGREDIENTS``) of uint8 images [N, C, H, W] (a tensor or on disk)."""
+        found: dict[str, list[np.ndarray]] = {name: [] for name in INGREDIENTS}
+        for start in range(0, len(images), CHUNK):
+            result = infer(model, images[start: start + CHUNK], codes=True, features=True)
+            found["mse"].append(result.mse)
+            found["density"].append(-self._mixture().score_samples(result.codes.astype(np.float64)))
+            for name, values in (("feature_distance", result.features), ("feature_error", result.feature_errors)):
+                found[name].append(_mahalanobis(values, self.gaussians[name]))
+        return {name: np.concatenate(values) if values else np.zeros(0) for name, values in found.items()}
 
     def combine(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         """The score of this detector's method from ``parts`` (as ``parts()`` gives them)."""
-        if self.method == "mse":
-            return parts["mse"]
-        if self.method == "density":
-            return parts["density"]
-        log_mse = np.log(np.maximum(parts["mse"], 1e-12))
-        (m1, s1), (m2, s2) = self.standard["log_mse"], self.standard["density"]
-        return np.logaddexp((log_mse - m1) / s1, (parts["density"] - m2) / s2)
+        if self.method != "combined":
+            return parts[self.method]
+        standardised = [(np.log(np.maximum(parts[name], 1e-12)) - self.standard[name][0]) / self.standard[name][1]
+                        for name in COMBINED]
+        return np.logaddexp.reduce(np.stack(standardised), axis=0)
 
     def _mixture(self):
         from sklearn.mixture import GaussianMixture
@@ -87,23 +107,60 @@ class Detector:
         return gmm
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Everything but the Gaussians' arrays (``arrays()``), as JSON-serialisable values."""
+        values = asdict(self)
+        values.pop("gaussians")
+        return values
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"{name}.{key}": np.ascontiguousarray(value, dtype=np.float64)
+                for name, gaussian in self.gaussians.items() for key, value in gaussian.items()}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Detector":
-        return cls(**{key: values[key] for key in ("method", "contamination", "threshold", "mixture", "standard")})
+    def from_dict(cls, values: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Detector":
+        gaussians: dict[str, dict[str, np.ndarray]] = {}
+        for key, value in arrays.items():
+            name, part = key.split(".", 1)
+            gaussians.setdefault(name, {})[part] = np.asarray(value, dtype=np.float64)
+        return cls(**{key: values[key] for key in ("method", "contamination", "threshold", "mixture", "standard",
+                                                   "version")}, gaussians=gaussians)
+
+
+def _mahalanobis(values: np.ndarray, gaussian: dict[str, np.ndarray]) -> np.ndarray:
+    """Squared Mahalanobis distances of the rows of ``values`` under a Gaussian (mean, precision)."""
+    centred = values.astype(np.float64) - gaussian["mean"]
+    return np.maximum(((centred @ gaussian["precision"]) * centred).sum(1), 0.0)
+
+
+def _gaussian(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean and precision of ``values`` [N, F], the covariance shrunk by Ledoit and Wolf's rule (well
+    conditioned with fewer images than features)."""
+    from sklearn.covariance import LedoitWolf
+
+    values = values.astype(np.float64)
+    mean = values.mean(0)
+    return {"mean": mean, "precision": LedoitWolf(assume_centered=True).fit(values - mean).precision_}
+
+
+def _sample(images, seed: int):
+    """At most ``FIT_IMAGES`` of ``images`` (a seeded sample, in order)."""
+    if len(images) <= FIT_IMAGES:
+        return images
+    keep = np.sort(np.random.default_rng(seed).choice(len(images), FIT_IMAGES, replace=False))
+    return images[torch.as_tensor(keep)]
 
 
 def fit_detector(model: torch.nn.Module, train_images, val_images, method: str = "combined",
                  contamination: float = 0.1, seed: int = 0) -> Detector:
-    """Fit the code density on the training images, the standardisation and the threshold on the
-    validation images."""
+    """Fit the Gaussians of the features and the code density on the training images, the
+    standardisation and the threshold on the validation images."""
     from sklearn.mixture import GaussianMixture
 
     if method not in METHODS:
         raise AelabError(f"unknown score {method!r}; choose one of {', '.join(METHODS)}")
     contamination = check_contamination(contamination)
-    codes = infer(model, train_images, mse=False, codes=True).codes.astype(np.float64)
+    train = infer(model, _sample(train_images, seed), mse=False, codes=True, features=True)
+    codes = train.codes.astype(np.float64)
     components = max(1, min(MIXTURE_COMPONENTS, len(codes) // 20))
     with warnings.catch_warnings():  # (a mixture that has not fully converged still gives a density)
         warnings.simplefilter("ignore")
@@ -111,30 +168,46 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
                               max_iter=300).fit(codes)
     detector = Detector(method, contamination, 0.0,
                         {"weights": gmm.weights_.tolist(), "means": gmm.means_.tolist(),
-                         "covariances": gmm.covariances_.tolist()})
-    val = infer(model, val_images, codes=True)
-    parts = detector.parts(val.mse, val.codes)
-    log_mse = np.log(np.maximum(parts["mse"], 1e-12))
-    detector.standard = {"log_mse": [float(log_mse.mean()), float(log_mse.std() or 1.0)],
-                         "density": [float(parts["density"].mean()), float(parts["density"].std() or 1.0)]}
+                         "covariances": gmm.covariances_.tolist()},
+                        gaussians={"feature_distance": _gaussian(train.features),
+                                   "feature_error": _gaussian(train.feature_errors)})
+    parts = detector.parts(val_images, model)
+    for name in COMBINED:
+        logs = np.log(np.maximum(parts[name], 1e-12))
+        detector.standard[name] = [float(logs.mean()), float(logs.std() or 1.0)]
     detector.threshold = float(np.quantile(detector.combine(parts), 1.0 - contamination))
     return detector
 
 
 def save_detector(detector: Detector, run_dir: Path) -> Path:
+    """``RUN/anomaly.safetensors`` (the Gaussians), then ``RUN/anomaly.json`` (the rest, written last)."""
+    from safetensors.numpy import save_file
+
     path = Path(run_dir) / FILE
+    arrays = path.with_name(ARRAYS)
+    partial = arrays.with_name(arrays.name + ".partial")
+    save_file(detector.arrays(), str(partial))
+    partial.replace(arrays)
     atomic_write_text(path, json.dumps(detector.to_dict()))
     return path
 
 
 def load_detector(run_dir: Path) -> Detector | None:
+    """The run's saved detector; None when it has none, or one of an older aelab (fitted anew then)."""
+    from safetensors.numpy import load_file
+
     path = Path(run_dir) / FILE
     if not path.is_file():
         return None
     try:
-        return Detector.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as error:
-        raise AelabError(f"{path} is damaged ({error}); delete it and score again (it is fitted anew)") from None
+        values = json.loads(path.read_text())
+        if values.get("version", 1) != VERSION:
+            log.info("%s holds a score of an older aelab: it is fitted anew", path)
+            return None
+        return Detector.from_dict(values, load_file(str(path.with_name(ARRAYS))))
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise AelabError(f"{path} (with {ARRAYS}) is damaged ({error}); delete it and score again (it is fitted "
+                         "anew)") from None
 
 
 @dataclass
@@ -143,17 +216,15 @@ class Scored:
 
     score: np.ndarray  # float64 [N]
     is_anomaly: np.ndarray  # bool [N]
-    mse: np.ndarray  # float64 [N]
-    density: np.ndarray  # float64 [N]
+    parts: dict[str, np.ndarray]  # every ingredient, float64 [N] each (INGREDIENTS)
     threshold: float
 
 
 def score_images(model: torch.nn.Module, detector: Detector, images) -> Scored:
     """Scores and flags of uint8 images [N, C, H, W] (a tensor or images on disk)."""
-    result = infer(model, images, codes=True)
-    parts = detector.parts(result.mse, result.codes)
+    parts = detector.parts(images, model)
     score = detector.combine(parts)
-    return Scored(score, score > detector.threshold, result.mse, parts["density"], detector.threshold)
+    return Scored(score, score > detector.threshold, parts, detector.threshold)
 
 
 def error_maps(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
