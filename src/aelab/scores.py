@@ -139,7 +139,9 @@ def _gaussian(values: np.ndarray) -> dict[str, np.ndarray]:
 
     values = values.astype(np.float64)
     mean = values.mean(0)
-    return {"mean": mean, "precision": LedoitWolf(assume_centered=True).fit(values - mean).precision_}
+    with warnings.catch_warnings():  # (one image: "only one sample available"; its distances are then 0)
+        warnings.simplefilter("ignore")
+        return {"mean": mean, "precision": LedoitWolf(assume_centered=True).fit(values - mean).precision_}
 
 
 def _sample(images, seed: int):
