@@ -7,8 +7,9 @@ The protocol of Ruff et al. 2018 (Deep SVDD): train on the images of one class o
 split, score every image of the test split, AUROC with the other classes as the anomalies; every
 class in turn, several seeds; the mean over classes is the number papers report.
 
-aelab: ``aelab train --classes K`` (the recipe given by --recipe, latent size --latent-dim), then
-the scores of ``aelab score`` (every method: combined, mse, feature_error, feature_distance,
+aelab: the one-class recipe, ``aelab train --classes K --latent-dim 16`` (the fast recipe, 30
+epochs; --recipe, --epochs and --latent-dim change it), then the scores of ``aelab score`` (every
+method: combined, the default, and its ingredients mse, feature_error, feature_distance, and
 density) on the test split.
 PyOD: ``pyod.models.auto_encoder.AutoEncoder`` with its defaults on the flattened pixels in [0, 1]
 (pip install pyod; it is not a dependency of aelab). Both sides are timed (training + scoring).

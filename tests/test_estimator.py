@@ -34,7 +34,7 @@ def test_pyod_attributes_and_conventions(fitted, shapes):
     assert np.array_equal(fitted.predict(images), (scores > fitted.threshold_).astype(int))
     assert scores[labels == 3].mean() > scores[labels != 3].mean()  # the boxes look unusual
     codes = fitted.transform(images[:5])
-    assert codes.shape == (5, 4)
+    assert codes.shape == (5, 16)  # (the default latent size: the one-class recipe's)
     decoded = fitted.inverse_transform(codes)
     assert decoded.shape == (5, 1, 28, 28) and 0 <= decoded.min() and decoded.max() <= 1
     floats = images[:5].astype(np.float32) / 255  # floats in [0, 1] and [N, C, H, W] work alike

@@ -502,8 +502,8 @@ def _add_train(sub) -> None:
     _add_preparation(p)
     p.add_argument("--classes", metavar="C[,C...]",
                    help="train and validate on these classes only (labels or class names, e.g. 3 or 0,6): one-class "
-                        "training for novelty detection; the test split keeps every class, for `aelab score` "
-                        "(default: all)")
+                        "training for novelty detection (with --latent-dim 16: the recipe benchmarks/one_class.py "
+                        "measures); the test split keeps every class, for `aelab score` (default: all)")
     p.add_argument("--memory-limit", metavar="SIZE",
                    help="a folder whose decoded images are larger than this is read from its cache on disk batch by "
                         "batch (the same run, slower), e.g. 4GB; K, M, G are powers of 1024 (default: auto, half the "

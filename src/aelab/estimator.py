@@ -13,6 +13,10 @@ temporary one unless ``run_dir`` is given), holds out ``val_fraction`` of X (see
 and fits the score of ``aelab score`` (``method``; threshold at the (1 - contamination) quantile of
 the validation scores). After fit: ``decision_scores_`` (the scores of X), ``threshold_``, ``labels_``
 (0/1 for X), ``run_dir_``. X is uint8 or floats in [0, 1], as ``aelab.data.arrays`` reads files.
+
+The defaults are aelab's one-class recipe (latent size 16, the fast recipe, 30 epochs, the combined
+score): mean AUROC 0.979 on MNIST and 0.939 on Fashion-MNIST in the one-class benchmark
+(benchmarks/one_class.py; the tutorial's latent size 4 gives 0.968 and 0.941).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from .errors import AelabError
 class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
     """A convolutional autoencoder as an outlier detector and a transformer to latent codes."""
 
-    def __init__(self, latent_dim: int = 4, epochs: int = 30, batch_size: int = 256, lr: float | None = None,
+    def __init__(self, latent_dim: int = 16, epochs: int = 30, batch_size: int = 256, lr: float | None = None,
                  recipe: str = "fast", loss: str = "mse", noise_factor: float = 0.0, width: int = 8,
                  hidden: int = 128, method: str = "combined", contamination: float = 0.1, val_fraction: float = 0.2,
                  seed: int = 0, device: str = "cpu", run_dir: str | None = None):
