@@ -13,7 +13,9 @@
 #      CLI tests (which hide the GPU), and how far two eager and two graphed runs differ;
 #   2. bench.py --full on the GPU: the tutorial as written, aelab fp32 and bf16 with CUDA graphs, aelab
 #      fp32 without graphs (--eager), and the quick recipe (time to quality);
-#   3. `aelab train` as a user runs it (defaults, report included), timed.
+#   3. `aelab train` as a user runs it (defaults, report included), timed;
+#   4. issue 13's ratio: `torchrun --nproc-per-node 1` (DDP over NCCL, the eager step) against a plain
+#      run (CUDA graphs), 5 epochs each, seconds per epoch from metrics.csv.
 # Results: $OUT/*.txt, the bench JSON and the run's metrics; copy the numbers into benchmarks/RESULTS.md.
 set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -54,4 +56,11 @@ start=$(date +%s%N)
 timeout 100 python3 -m aelab train --out /tmp/gpu-run 2>&1 | grep -v "^epoch  *[0-9]*/30" | tail -12 | tee "$out/train.txt"
 echo "aelab train, whole command: $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$out/train.txt"
 cp /tmp/gpu-run/metrics.csv /tmp/gpu-run/evaluation.json "$out/" 2>/dev/null
+
+{
+  timeout 60 python3 -m aelab train --epochs 5 --device cuda --out /tmp/plain --overwrite --quiet --no-report
+  timeout 90 python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m aelab train --epochs 5 --device cuda \
+    --out /tmp/ddp1 --overwrite --quiet --no-report
+  for run in plain ddp1; do echo "$run"; cat /tmp/$run/metrics.csv; done
+} 2>&1 | tail -40 | tee "$out/torchrun.txt"
 true
