@@ -113,7 +113,8 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
     )
 
 
-MAX_FEATURES = 2048  # encoder features an image gives at most (bigger feature maps are average-pooled)
+MAX_FEATURES = 1024  # encoder features an image gives at most (bigger maps are average-pooled: the score keeps
+# two Gaussians of this size, 8 MB each at most in RUN/anomaly.safetensors)
 
 
 def encoder_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
