@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .errors import AelabError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_bytes, atomic_write_text
 from .infer import infer
 
 INGREDIENTS = ("mse", "feature_error", "feature_distance", "density")
@@ -183,13 +183,10 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
 
 def save_detector(detector: Detector, run_dir: Path) -> Path:
     """``RUN/anomaly.safetensors`` (the Gaussians), then ``RUN/anomaly.json`` (the rest, written last)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     path = Path(run_dir) / FILE
-    arrays = path.with_name(ARRAYS)
-    partial = arrays.with_name(arrays.name + ".partial")
-    save_file(detector.arrays(), str(partial))
-    partial.replace(arrays)
+    atomic_write_bytes(path.with_name(ARRAYS), save(detector.arrays()))
     atomic_write_text(path, json.dumps(detector.to_dict()))
     return path
 
