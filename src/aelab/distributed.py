@@ -140,7 +140,7 @@ class DistributedStep:
         from torch.nn.parallel import DistributedDataParallel
 
         self.model, self.optimizer, self.config = model, optimizer, config
-        self.rank, self.size, _ = world()
+        self.size = world()[1]
         import inspect
 
         # each rank keeps its own BatchNorm statistics during a step (merged after it); they start equal

@@ -82,16 +82,15 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, mse: bool = True, bce
             z = model.encoder.encoder_lin(model.encoder.flatten(maps))  # [B, latent_dim]: model.encoder(seen)
             logits = model.decoder.logits(z)  # [B, C, H, W]
             pixels = clean[0].numel()
+            output = torch.sigmoid(logits) if mse or reconstructions or features else None
+            if mse:
+                parts["mse"].append((output - clean).square().sum((1, 2, 3), dtype=torch.float64) / pixels)
+            if reconstructions:
+                parts["reconstructions"].append(output.float().cpu())
             if features:
                 mine = _pooled(maps)
                 parts["features"].append(mine.float())
-                parts["feature_errors"].append((mine - encoder_features(model, torch.sigmoid(logits))).float())
-            if mse or reconstructions:
-                output = torch.sigmoid(logits)
-                if mse:
-                    parts["mse"].append((output - clean).square().sum((1, 2, 3), dtype=torch.float64) / pixels)
-                if reconstructions:
-                    parts["reconstructions"].append(output.float().cpu())
+                parts["feature_errors"].append((mine - encoder_features(model, output)).float())
             if bce:
                 loss = F.binary_cross_entropy_with_logits(logits, clean, reduction="none")
                 parts["bce"].append(loss.sum((1, 2, 3), dtype=torch.float64) / pixels)

@@ -132,11 +132,11 @@ class TrainStep:
                 log.warning("CUDA graph capture failed (%s); training without CUDA graphs", error)
                 self.graph = None
         clean = self.batches.gather(index).contiguous(memory_format=torch.channels_last)  # [B, C, H, W]; free for C=1
-        if self.distributed is not None:  # (this rank's slice of the batch; its rows of the batch's noise)
-            rows = (self.batches.rows(len(index))[0], len(index))
-            inputs = add_noise(clean, self.config.noise_factor, noise, rows) if noise is not None else clean
+        # (under torchrun: this rank's slice of the batch, with its rows of the whole batch's noise)
+        rows = (self.batches.rows(len(index))[0], len(index))
+        inputs = add_noise(clean, self.config.noise_factor, noise, rows) if noise is not None else clean
+        if self.distributed is not None:
             return self.distributed(inputs, clean, len(index))
-        inputs = add_noise(clean, self.config.noise_factor, noise) if noise is not None else clean
         if self.sharded is not None:
             return self.sharded(inputs, clean)
         self.optimizer.zero_grad(set_to_none=True)

@@ -87,7 +87,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: Path, splits: dict[str, ImageSet],
                  callbacks: Iterable[Callback] = ()):
-        self.config, self.run_dir, self.splits = config, Path(run_dir), splits
+        self.config, self.run_dir = config, Path(run_dir)
         self.callbacks = CallbackList(callbacks)
         cfg = config.train
         self.device = resolve_device(cfg.device)

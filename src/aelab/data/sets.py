@@ -228,10 +228,11 @@ def _folder_set(data: DataConfig) -> ImageSet:
 
     found = load_folder(data.dataset, sources.resolve_data_dir(data.data_dir), data.channels, data.size(), data.resize)
     # the limit is the machine's: under torchrun its processes share it (each of them holds the training set)
-    budget = memory_budget(data.memory_limit) // distributed.local_size()
+    processes = distributed.local_size()
+    budget = memory_budget(data.memory_limit) // processes
     on_disk = found.images.nbytes > budget
     if on_disk:
-        each = f" for each of the {distributed.local_size()} processes on this machine" if distributed.local_size() > 1 else ""
+        each = f" for each of the {processes} processes on this machine" if processes > 1 else ""
         log.info("the images (%s) are larger than the memory limit (%s%s): read from the cache on disk batch by batch",
                  _size(found.images.nbytes), _size(budget), each)
     source = Source("folder", found.fingerprint, found.skipped, on_disk, found.splits, found.root)
