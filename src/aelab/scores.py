@@ -252,15 +252,13 @@ def run_detector(run, method: str = "combined", contamination: float = 0.1, data
     """The run's detector: ``RUN/anomaly.json`` when it was fitted with this method and contamination,
     else fitted now on the run's own training and validation images (``data_dir``: where they are
     now) and saved there."""
-    import logging
-
     from .data.sets import data_for_run, load_run_splits
 
     contamination = check_contamination(contamination)
     saved = load_detector(run.path)
     if saved is not None and saved.method == method and saved.contamination == contamination:
         return saved
-    logging.getLogger("aelab").info("fitting the %s score on the run's training and validation images ...", method)
+    log.info("fitting the %s score on the run's training and validation images ...", method)
     data = data_for_run(run.config, data_dir=data_dir, memory_limit=memory_limit)
     splits = load_run_splits(run.config, data, ("train", "val"))
     detector = fit_detector(run.model, splits["train"].images, splits["val"].images, method, contamination,
