@@ -26,11 +26,11 @@ _EXPORTS = {
     "Callback": "callbacks", "ProgressBar": "callbacks", "Console": "callbacks", "TensorBoard": "callbacks",
     "MLflow": "callbacks",
     "load_run": "run", "Run": "run",
-    "infer": "infer", "Inference": "infer",
+    "infer": "inference", "Inference": "inference",
     "evaluate": "evaluation", "reconstruction_loss": "evaluation", "Evaluation": "evaluation",
     "AutoencoderDetector": "estimator",
     "fit_detector": "scores", "score_images": "scores", "run_detector": "scores", "Detector": "scores",
-    "export": "export", "reconstruct_files": "files", "encode_files": "files",
+    "export": "exporting", "reconstruct_files": "files", "encode_files": "files",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -276,7 +276,7 @@ def _report_skipped(skipped: list[tuple[str, str]], folder: Path, name: str = "s
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .exporting import export
     from .run import load_run
 
     run = load_run(args.run)

@@ -93,7 +93,7 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         """Latent codes [N, latent_dim]."""
-        from .infer import infer
+        from .inference import infer
 
         self._check_fitted()
         return infer(self.model_, self._images(X), mse=False, codes=True).codes

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .data.sets import ImageSet
-from .infer import infer
+from .inference import infer
 
 
 @dataclass

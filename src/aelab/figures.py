@@ -14,7 +14,7 @@ import torch
 from . import latent, plots
 from .data.batches import to_unit
 from .data.sets import ImageSet
-from .infer import infer
+from .inference import infer
 from .run import Run
 
 FIGURE_NOISE_SEED = 0  # the noise of every denoising example, during training and in the report

@@ -110,7 +110,7 @@ def reconstruct_files(run, inputs: list[str | Path], out: str | Path, noise_fact
     """Write the model's output for every input image as ``out/NAME.png``; with ``noise_factor`` > 0
     the input gets seeded Gaussian noise first (to show a denoising run at work on clean files).
     Returns the files written and the skipped (path, reason)."""
-    from .infer import infer
+    from .inference import infer
 
     items, skipped = collect(inputs)
     out = Path(out)
@@ -133,7 +133,7 @@ def reconstruct_files(run, inputs: list[str | Path], out: str | Path, noise_fact
 
 def encode_files(run, inputs: list[str | Path]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
     """The paths and codes [N, d] of the input images, and the skipped (path, reason)."""
-    from .infer import infer
+    from .inference import infer
 
     items, skipped = collect(inputs)
     paths, codes = [], []

@@ -20,7 +20,7 @@ from .run import Run
 from .data.sets import ImageSet
 from .errors import AelabError
 from .fsutil import atomic_save
-from .infer import infer
+from .inference import infer
 
 log = logging.getLogger("aelab")
 

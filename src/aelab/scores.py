@@ -39,7 +39,7 @@ import torch
 
 from .errors import AelabError
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .infer import infer
+from .inference import infer
 
 INGREDIENTS = ("mse", "feature_error", "feature_distance", "density")
 METHODS = ("combined", *INGREDIENTS)

@@ -28,7 +28,7 @@ from .data.sets import ImageSet, load_splits
 from .devices import resolve_device
 from .errors import AelabError
 from .evaluation import psnr_from_mse
-from .infer import chunk_size, infer
+from .inference import chunk_size, infer
 from .model import ConvAutoencoder
 from .optim import make_optimizer, make_scheduler
 from .run import lock_existing_run, lock_new_run, read_weights, resumed_config

@@ -10,7 +10,7 @@ import torch
 
 from aelab import AelabError
 from aelab.cli import main
-from aelab.infer import infer
+from aelab.inference import infer
 from aelab.run import load_run
 
 from conftest import synthetic_images

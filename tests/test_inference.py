@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from aelab import load_run
 from aelab.data.batches import add_noise, noise_generator, to_unit
 from aelab.evaluation import evaluate, reconstruction_loss
-from aelab.infer import infer
+from aelab.inference import infer
 from aelab.latent import encode
 from conftest import make_splits
 

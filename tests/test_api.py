@@ -1,0 +1,63 @@
+"""The public API: what ``from aelab import ...`` gives, and the README's Python examples as written."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import aelab
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_public_name_is_also_a_submodule():
+    clashes = [name for name in aelab.__all__
+               if importlib.util.find_spec(f"aelab.{name}") is not None
+               and not isinstance(getattr(aelab, name), type(aelab))]
+    assert clashes == []
+
+
+def test_a_public_function_stays_a_function_whatever_was_imported_before():
+    # importing every submodule first loads them into the package, where a submodule of the same
+    # name as a lazy export would shadow it (``from aelab import infer`` gave the module)
+    code = ("import pkgutil, importlib, aelab\n"
+            "for info in pkgutil.walk_packages(aelab.__path__, 'aelab.'):\n"
+            "    info.name.endswith('__main__') or importlib.import_module(info.name)\n"
+            "import aelab as package\n"
+            "bad = [n for n in package.__all__ if n != '__version__' and type(getattr(package, n)).__name__ == 'module']\n"
+            "from aelab import infer, export, train\n"
+            "assert callable(infer) and callable(export) and callable(train), (infer, export, train)\n"
+            "print(bad)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_the_readme_has_python_examples():
+    assert len(readme_python_blocks()) >= 2
+
+
+@pytest.mark.parametrize("number", range(len(readme_python_blocks())))
+def test_every_python_block_of_the_readme_runs_as_written(number, fake_mnist, tmp_path, monkeypatch, capsys):
+    """Each block runs unchanged, in a fresh namespace, in an empty folder, on small fake MNIST
+    files; from outside the block, training is cut to one epoch."""
+    from aelab import training
+
+    real_train = training.train
+
+    def one_epoch(config=None, out=None, **options):
+        config = config or aelab.RunConfig()
+        return real_train(replace(config, train=replace(config.train, epochs=1)), out, **options)
+
+    monkeypatch.setattr(training, "train", one_epoch)
+    monkeypatch.setitem(vars(aelab), "train", one_epoch)  # (the package caches what it has exported)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_python_blocks()[number], f"README.md python block {number + 1}", "exec"), {})
