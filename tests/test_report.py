@@ -1,12 +1,16 @@
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_images
 
 from aelab.cli import main
 
@@ -39,8 +43,8 @@ def test_embed_plot_generate_commands(cli_run, tmp_path, capsys):
     assert len((tmp_path / "val.csv").read_text().splitlines()) == 61
     for method in ("scatter", "pca", "tsne"):
         out = tmp_path / f"{method}.html"
-        args = ["plot", str(cli_run), method, "--out", str(out), "--quiet", "--perplexity", "10"]
-        assert main(args + (["--max-points", "50"] if method == "tsne" else [])) == 0
+        args = ["plot", str(cli_run), method, "--out", str(out), "--quiet"]
+        assert main(args + (["--max-points", "50", "--perplexity", "10"] if method == "tsne" else [])) == 0
         assert out.stat().st_size > 1_000_000  # plotly's JavaScript is inside
         assert out.with_suffix(".png").exists()
         header, *rows = out.with_suffix(".csv").read_text().splitlines()
@@ -72,7 +76,7 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}", *args],
-            capture_output=True, text=True, timeout=120)
+            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -144,3 +148,117 @@ def test_pictures_of_big_images_are_kept_within_the_page_budget(tmp_path):
     assert epochs[0] == 1 and epochs[-1] == 30 and len(epochs) < 30
     assert report.map_points((1, 28, 28)) == report.MAP_POINTS
     assert report.map_points((3, 64, 64)) < report.map_points((1, 64, 64)) < report.MAP_POINTS
+
+
+# Values from the user or the data that reach the page: class names (the maps' legends and hover
+# labels), the run folder, the data path, and the run's JSON files (evaluation.json, anomaly.json).
+HOSTILE_CLASSES = ("<!--<script>", "</script><script>document.body.dataset.injected = 'script'</script>",
+                   "\"'&amp;\u2028x", "<b>bold</b><img src=x onerror=\"document.body.dataset.injected = 'img'\">")
+HOSTILE_RUN = "<b>x</b>&<!--"  # (the folder "b>&<!--" inside a folder "<b>x<")
+HOSTILE_DATA = "<i>data</i>&<!--<script>.npz"
+HOSTILE_EPOCH = "<b>1</b><!--"
+HOSTILE_METHOD = "</script><b>mse</b>"
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """A run whose class names, folder, data path, best epoch and anomaly score method are hostile
+    HTML, with its report."""
+    from aelab import RunConfig, report, train
+    from aelab.config import DataConfig, train_config_for
+    from aelab.data.sets import ImageSet
+
+    def images(n: int, seed: int) -> ImageSet:
+        return ImageSet.from_arrays(*synthetic_images(n, seed), HOSTILE_CLASSES)
+
+    splits = {"train": images(192, 0), "val": images(64, 1), "test": images(64, 2)}
+    out = tmp_path_factory.mktemp("hostile") / HOSTILE_RUN
+    config = RunConfig(data=DataConfig(dataset=HOSTILE_DATA, classes=HOSTILE_CLASSES[0]),
+                       train=train_config_for("fast", epochs=1, batch_size=64))
+    train(config, out, report=False, data=splits)
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    (out / "evaluation.json").write_text(json.dumps({**evaluation, "best_epoch": HOSTILE_EPOCH}))
+    section = report.anomaly_section
+    with pytest.MonkeyPatch.context() as patch:  # as if RUN/anomaly.json named this method
+        patch.setattr(report, "anomaly_section", lambda *args: {**section(*args), "method": HOSTILE_METHOD})
+        report.write_report(out, splits=splits)
+    return out
+
+
+def test_script_json_escapes_what_could_end_or_change_a_script():
+    from aelab.plots import plotly_text, script_json
+
+    value = {"name": "</script><!--<script>&\u2028\u2029>", "n": [1, 2.5, None]}
+    text = script_json(value)
+    assert not set("<>&\u2028\u2029") & set(text) and json.loads(text) == value
+    assert plotly_text("<b>x</b> &amp; \"'") == "&lt;b&gt;x&lt;/b&gt; &amp;amp; \"'"  # plotly decodes these only
+
+
+def test_hostile_names_and_paths_are_escaped_in_the_report(hostile_run):
+    from plotly.offline import get_plotlyjs
+
+    page = (hostile_run / "report.html").read_text(encoding="utf-8").replace(get_plotlyjs(), "")
+    for hostile in (*HOSTILE_CLASSES, HOSTILE_RUN, "b>&<!--", HOSTILE_DATA, HOSTILE_EPOCH, HOSTILE_METHOD):
+        assert hostile not in page
+    assert "<!--" not in page and "\u2028" not in page and page.count("<script") == 3
+
+
+class _Page(HTMLParser):
+    """What a dumped DOM holds: the elements by tag, the images' sources, the plotly legends' texts
+    and the page's text outside scripts and styles."""
+
+    def __init__(self, dom: str):
+        super().__init__()
+        self.tags, self.sources, self.legends, self.texts = Counter(), [], [], []
+        self._in, self._legend = [], None
+        self.feed(dom)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags[tag] += 1
+        self.sources += [attrs.get("src") or ""] if tag == "img" else []
+        if tag == "text" and "legendtext" in (attrs.get("class") or "").split():
+            self._legend = ""
+        self._in.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag == "text" and self._legend is not None:
+            self.legends.append(self._legend)
+            self._legend = None
+        if tag in self._in:
+            del self._in[len(self._in) - 1 - self._in[::-1].index(tag):]
+
+    def handle_data(self, data):
+        if self._legend is not None:
+            self._legend += data
+        if not {"script", "style"} & set(self._in):
+            self.texts.append(data)
+
+
+@pytest.mark.browser
+def test_hostile_names_and_paths_are_text_in_the_rendered_report(hostile_run):
+    """The page renders completely, nothing hostile became an element or ran, and the names show
+    as written (in the header, the tables and the maps' legends)."""
+    need_chromium()
+    dom = chromium("--virtual-time-budget=30000", "--dump-dom", (hostile_run / "report.html").resolve().as_uri()).stdout
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-rendered="ok"' in body and 'data-errors="[]"' in body, body
+    assert 'data-maps="2"' in body and 'data-broken-images="0"' in body and "injected" not in body, body
+    page = _Page(dom)
+    assert page.tags["script"] == 3 and page.tags["b"] == page.tags["i"] == 0, page.tags
+    assert page.sources and all(source.startswith("data:image/") for source in page.sources)
+    assert page.legends == [*HOSTILE_CLASSES] * 2  # the scatter's and the t-SNE's
+    text = "".join(page.texts)
+    for hostile in ("aelab run b>&<!--", HOSTILE_RUN, HOSTILE_DATA, f"epoch {HOSTILE_EPOCH} had",
+                    f"highest {HOSTILE_METHOD} scores", f"Trained on class {HOSTILE_CLASSES[0]} only"):
+        assert hostile in text, hostile
+
+
+def test_a_class_name_with_a_dollar_sign_draws_as_written(tmp_path):
+    """matplotlib reads $...$ as mathtext: a stray $ in a class name failed the PNG of a map."""
+    from aelab.plots import map_png
+
+    labels = np.arange(20) % 2
+    path = map_png(np.random.default_rng(0).normal(size=(20, 2)), labels, ("cost $5", "$x"), ("PC1", "PC2"),
+                   "a $ in the title", tmp_path / "map.png")
+    assert path.stat().st_size > 1000

@@ -150,12 +150,12 @@ def map_png(xy: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], ax
     axes = figure.add_subplot()
     for label in np.unique(labels):
         mask = labels == label
-        name = label_name(label, class_names)
+        name = matplotlib_text(label_name(label, class_names))
         axes.scatter(xy[mask, 0], xy[mask, 1], s=4, alpha=0.7, color=label_colour(label, class_names), label=name,
                      linewidths=0)
-    axes.set_xlabel(axis_names[0])
-    axes.set_ylabel(axis_names[1])
-    axes.set_title(title)
+    axes.set_xlabel(matplotlib_text(axis_names[0]))
+    axes.set_ylabel(matplotlib_text(axis_names[1]))
+    axes.set_title(matplotlib_text(title))
     axes.legend(markerscale=3, fontsize=8, loc="best", framealpha=0.8)
     figure.tight_layout()
     atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
@@ -167,20 +167,22 @@ def map_plotly(xy: np.ndarray, labels: np.ndarray, index: np.ndarray, class_name
     """An interactive plotly map: one trace per label (legend), hover shows index and label.
 
     Each point's customdata is [index, label name, position in the arrays] so a page can look
-    up the image under the pointer.
+    up the image under the pointer. Every text (class names, title, axis names) is shown as written
+    (``plotly_text``).
     """
     import plotly.graph_objects as go
 
     figure = go.Figure()
     for label in np.unique(labels):
         positions = np.flatnonzero(labels == label)
-        name = label_name(label, class_names)
+        name = plotly_text(label_name(label, class_names))
         figure.add_trace(go.Scattergl(
             x=xy[positions, 0], y=xy[positions, 1], mode="markers", name=name,
             marker={"size": 4, "color": label_colour(label, class_names), "opacity": 0.75},
             customdata=np.column_stack([index[positions], np.full(len(positions), name, dtype=object), positions]),
             hovertemplate="index %{customdata[0]}<br>label %{customdata[1]}<extra></extra>"))
-    figure.update_layout(title=title, xaxis_title=axis_names[0], yaxis_title=axis_names[1], template="plotly_white",
+    figure.update_layout(title=plotly_text(title), xaxis_title=plotly_text(axis_names[0]),
+                         yaxis_title=plotly_text(axis_names[1]), template="plotly_white",
                          legend={"itemsizing": "constant", "title": "label"}, height=560,
                          margin={"l": 50, "r": 20, "t": 50, "b": 50})
     return figure
@@ -234,9 +236,29 @@ def _encoded(image, kind: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+def matplotlib_text(text: str) -> str:
+    """``text`` for a matplotlib label, shown as written: a ``$`` would start mathtext (and a stray one
+    fails the figure)."""
+    return str(text).replace("$", r"\$")
+
+
+def plotly_text(text: str) -> str:
+    """``text`` for a plotly label (trace name, title, hover text), which plotly reads as its own HTML
+    subset (<b>, <br>, <a href>, &lt; ...): shown as written, never as markup. (Plotly decodes only
+    &amp; &lt; &gt; and numeric entities, so quotes stay as they are.)"""
+    return html.escape(str(text), quote=False)
+
+
+# What JSON must not hold raw inside a <script> element (as Django's json_script): "<" (</script>,
+# <!-- and <script switch the HTML parser's states), ">" and "&" (for good measure), and the line
+# separators U+2028/2029 (line ends to older JavaScript). Outside strings JSON has none of these.
+_SCRIPT_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
 def script_json(value) -> str:
-    """JSON that is safe inside a <script> element."""
-    return json.dumps(value).replace("</", "<\\/")
+    """``value`` as JSON that is safe inside a <script> element: the one way data reaches a page's
+    scripts (plotly's figures included)."""
+    return json.dumps(value).translate(_SCRIPT_ESCAPES)
 
 
 # Interactive maps with the image under the pointer: each map is a <div> whose parent also holds

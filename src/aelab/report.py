@@ -96,7 +96,7 @@ def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | N
     maps, how many pass the threshold, and AUROC when the run was trained on some classes only."""
     from . import scores
 
-    detector = scores.load_detector(run.path)
+    detector = scores.load_detector(run.path, run.model)
     if detector is None:
         if val is None:
             return None
@@ -146,13 +146,13 @@ def _interpolation_pair(test: ImageSet) -> tuple[int, int]:
 
 
 def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[str, ImageSet] | None = None,
-                 data: str | None = None) -> Path:
+                 data: str | None = None, device: str | torch.device = "cpu") -> Path:
     """Write RUN/report.html and return its path.
 
     The images come from the run's source (``data_dir`` may move its folder; ``data`` names another
     source, prepared as the run's images were), or from ``splits`` (``{"train", "val", "test"}``
     ImageSets; without "val" the anomaly section needs a saved RUN/anomaly.json) for a run trained on
-    data given in memory.
+    data given in memory. ``device``: where the model runs (``auto``: cuda, then mps, else cpu).
     """
     started = time.perf_counter()
     for module, package in REPORT_LIBRARIES:  # an incomplete install: say so before any work
@@ -161,7 +161,9 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
         except ImportError:
             raise AelabError(f"the report needs {package}, which is not installed: pip install {package} "
                              f"(or reinstall aelab), then write the report again (aelab report {run_dir})") from None
-    run = load_run(run_dir)
+    from .devices import resolve_device
+
+    run = load_run(run_dir, device=resolve_device(device) if isinstance(device, str) else device)
     log.info("writing the report (generated images, latent maps, t-SNE) ...")
     if splits is None:
         settings = data_for_run(run.config, data, data_dir)
@@ -179,9 +181,15 @@ def _uri(source) -> str:
     return plots.picture_uri(source, FIGURE_BYTES)
 
 
+def _text(value: Any) -> str:
+    """Any value (a class name, a path, a number read from a run's files) as HTML text: the one way
+    values reach the page's HTML."""
+    return html.escape(str(value))
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     return "<table class='kv'>" + "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
+        f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
 def _fmt(value: Any, digits: int = 5) -> str:
@@ -222,19 +230,19 @@ def render(run: Run, parts: dict[str, Any]) -> str:
     anomalies = ""
     if "anomalies" in parts:
         found = parts["anomalies"]
-        quality = (f" Trained on class {html.escape(str(found['normal']))} only: AUROC {found['auroc']:.4f}, average "
+        quality = (f" Trained on class {_text(found['normal'])} only: AUROC {found['auroc']:.4f}, average "
                    f"precision {found['average_precision']:.4f}, F1 {found['f1']:.4f} (the other classes as the "
                    "anomalies)." if "auroc" in found else "")
-        anomalies = (f"<section><h2>Anomaly scores</h2><p class='muted'>The test images with the highest {found['method']} "
-                     f"scores{_METHOD_WORDS.get(found['method'], '')}, above their reconstructions and "
-                     f"per-pixel error maps. {found['n']} of {found['total']} test images score above the threshold "
-                     f"{found['threshold']:.3f}, the {1 - found['contamination']:.0%} quantile of the validation scores."
-                     f"{quality} All scores: <code>aelab score {html.escape(str(run.path))}</code>.</p>"
+        anomalies = (f"<section><h2>Anomaly scores</h2><p class='muted'>The test images with the highest "
+                     f"{_text(found['method'])} scores{_METHOD_WORDS.get(found['method'], '')}, above their "
+                     f"reconstructions and per-pixel error maps. {found['n']} of {found['total']} test images score "
+                     f"above the threshold {found['threshold']:.3f}, the {1 - found['contamination']:.0%} quantile of the validation scores."
+                     f"{quality} All scores: <code>aelab score {_text(run.path)}</code>.</p>"
                      f"<img class='fig' src='{_uri(found['figure'])}' alt='most anomalous test images'></section>")
     maps_js = plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()}, parts["map_images"])
     title = f"aelab run {run.path.name}"
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{_text(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2433; background: #f5f6f8; }}
@@ -256,15 +264,15 @@ img.fig {{ max-width: 100%; image-rendering: pixelated; }}
 .muted {{ color: #5a6478; font-size: 13px; }}
 </style></head>
 <body data-rendered="no">
-<header><h1>{html.escape(title)}</h1>
-<p>{html.escape(config.data.dataset)} · latent size {config.model.latent_dim} · recipe {html.escape(config.train.recipe)} ·
-loss {html.escape(config.train.loss)}{' · denoising, noise ' + format(config.train.noise_factor, 'g') if config.train.noise_factor else ''}</p></header>
+<header><h1>{_text(title)}</h1>
+<p>{_text(config.data.dataset)} · latent size {_text(config.model.latent_dim)} · recipe {_text(config.train.recipe)} ·
+loss {_text(config.train.loss)}{' · denoising, noise ' + format(config.train.noise_factor, 'g') if config.train.noise_factor else ''}</p></header>
 <main>
-<div class="cards">{''.join(f"<div class='card'><div class='v'>{html.escape(v)}</div><div class='k'>{html.escape(k)}</div></div>" for k, v in cards)}</div>
+<div class="cards">{''.join(f"<div class='card'><div class='v'>{_text(v)}</div><div class='k'>{_text(k)}</div></div>" for k, v in cards)}</div>
 <section><h2>Training</h2><div class="two">
 <div><img class="fig" src="{_uri(loss_png)}" alt="loss curves"></div>
 <div class="scroll"><table><tr><th>epoch</th><th>train loss</th><th>val loss</th><th>lr</th><th>seconds</th></tr>{metric_rows}</table></div>
-</div><p class="muted">Weights kept: {html.escape(str(evaluation.get('kept', config.train.keep)))} (epoch {evaluation.get('best_epoch', '?')} had the lowest validation loss).</p></section>
+</div><p class="muted">Weights kept: {_text(evaluation.get('kept', config.train.keep))} (epoch {_text(evaluation.get('best_epoch', '?'))} had the lowest validation loss).</p></section>
 <section><h2>Reconstructions across epochs</h2>
 <p class="muted">The first five test images above the model's reconstructions. Move the slider to see how they improve.</p>
 <input id="epoch" type="range" min="1" max="{len(slider[0])}" value="{len(slider[0])}" style="width: 60%"> <span id="epoch-label"></span><br>
@@ -276,14 +284,14 @@ loss {html.escape(config.train.loss)}{' · denoising, noise ' + format(config.tr
 <div class="two"><div class="map"><div id="map-scatter"></div><canvas class="preview"></canvas></div>
 <div class="map"><div id="map-tsne"></div><canvas class="preview"></canvas></div></div></section>
 <section><h2>Generated images</h2>
-<h3>A {GRID_N} × {GRID_N} grid over the latent plane ({html.escape(' / '.join(parts['grid_plane']))})</h3>
+<h3>A {GRID_N} × {GRID_N} grid over the latent plane ({_text(' / '.join(parts['grid_plane']))})</h3>
 <p class="muted">Decoded from evenly spaced points between the 1st and 99th percentiles of the training codes{'' if config.model.latent_dim == 2 else ', the other directions held at the mean code'}.</p>
 <img class="fig" src="{_uri(parts['grid'])}" alt="latent grid">
 <div class="two"><div><h3>Samples</h3><p class="muted">Decoded from codes drawn from a Gaussian mixture (10 components) fitted to the training codes.</p>
 <img class="fig" src="{_uri(parts['samples'])}" alt="samples"></div>
 <div><h3>Interpolation</h3><p class="muted">The straight line between the codes of test images {a} and {b}.</p>
 <img class="fig" src="{_uri(parts['interpolation'])}" alt="interpolation"></div></div></section>
-<section><h2>Configuration</h2>{_table(config_rows)}<p class="muted">Run folder: {html.escape(str(run.path.resolve()))}</p></section>
+<section><h2>Configuration</h2>{_table(config_rows)}<p class="muted">Run folder: {_text(run.path.resolve())}</p></section>
 </main>
 <script>window.__errors = [];
 window.addEventListener("error", function (e) {{ window.__errors.push(String(e.message)); }});
