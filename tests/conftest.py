@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,49 @@ def real_mnist(tmp_path_factory):
     finally:
         sources._sources = real_sources
     return data_dir
+
+
+# Dropped first in a child that runs as root: the capabilities that let root ignore file
+# permissions (CAP_DAC_OVERRIDE 1, CAP_DAC_READ_SEARCH 2, CAP_FOWNER 3), from the bounding set too,
+# so processes it starts (a decoding pool) get them back neither.
+_DROP_ROOTS_POWERS = r"""
+import ctypes, os
+if os.geteuid() == 0:
+    _libc = ctypes.CDLL(None, use_errno=True)
+    _caps = (1, 2, 3)
+    class _Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class _Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    _header, _data = _Header(0x20080522, 0), (_Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    for _cap in _caps:
+        if _libc.prctl(24, _cap, 0, 0, 0):  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+    if _libc.capget(ctypes.byref(_header), _data):
+        raise OSError(ctypes.get_errno(), "capget failed")
+    for _name in ("effective", "permitted", "inheritable"):
+        setattr(_data[0], _name, getattr(_data[0], _name) & ~sum(1 << c for c in _caps))
+    if _libc.capset(ctypes.byref(_header), _data):
+        raise OSError(ctypes.get_errno(), "capset failed")
+    _effective = int(dict(line.split(":", 1) for line in open("/proc/self/status"))["CapEff"], 16)
+    assert not _effective & 0b1110, "the child still has root's powers over file permissions"
+"""
+
+
+def run_unprivileged(code: str, cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run Python ``code`` (``sys.argv[1:]`` = ``args``, ``from conftest import ...`` works) in a child
+    that file permissions apply to, for tests that root would pass by reading or writing anything.
+
+    As root (CI), the child keeps uid 0 but drops, before anything else (before aelab is imported),
+    the capabilities that bypass permissions: files and folders the test made (owned by root) then
+    obey their modes as a user's own files do (``chmod 0``: unreadable; a 0555 folder: no new files).
+    It does not become nobody (uid 65534): the interpreter may live where only root can reach
+    (/root/.pyenv, 0700), so nobody could not start Python or import the standard library, and
+    tmp_path's parents are root's alone. As another user the code runs as it is. Returns the
+    finished process (text stdout and stderr)."""
+    prelude = _DROP_ROOTS_POWERS + f"import sys\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(autouse=True)

@@ -100,13 +100,26 @@ def test_bad_files_are_skipped_listed_and_counted(tmp_path, caplog):
     assert "7 files skipped" in caplog.text
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: permissions cannot be tested as root")
+READ_LOCKED_FOLDER = r"""
+import sys
+from test_folders import data
+from aelab.data.sets import load_splits
+
+splits = load_splits(data(sys.argv[1], __import__("pathlib").Path(sys.argv[2])))
+print(dict(splits["train"].source.skipped).get("bars/001.png"))
+"""
+
+
 def test_an_unreadable_file_is_skipped(tmp_path):
+    """In a process that file permissions apply to (as root: one without root's override of them)."""
+    from conftest import run_unprivileged
+
     root = tmp_path / "locked"
     write_folder(root, n=6)
     (root / "bars" / "001.png").chmod(0)
-    splits = load_splits(data(root, tmp_path))
-    assert "unreadable" in dict(splits["train"].source.skipped)["bars/001.png"]
+    result = run_unprivileged(READ_LOCKED_FOLDER, tmp_path, str(root), str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "unreadable" in result.stdout, result.stdout + result.stderr
 
 
 def test_modes_are_converted_not_skipped(tmp_path):
@@ -255,3 +268,110 @@ def test_every_tool_on_a_folder_run(tmp_path, capsys):
     assert main(["generate", str(run), "--grid", "--data-dir", cache, "--quiet"]) == 0
     assert main(["report", str(run), "--data-dir", cache, "--quiet"]) == 0
     assert (run / "report.html").stat().st_size < 10 * 2**20
+
+
+def test_mapped_images_close_their_file_for_every_subset(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(6 * 2 * 3 * 3, dtype=np.uint8).reshape(6, 2, 3, 3))
+    with MappedImages(tmp_path / "a.npy") as mapped:
+        part = mapped.subset([4, 1])
+        fd = mapped._file.fd
+        assert torch.equal(part[[0]], mapped[[4]])
+    assert mapped.closed and part.closed
+    with pytest.raises(OSError):
+        os.fstat(fd)  # the descriptor is closed, not only forgotten
+    with pytest.raises(ValueError, match="closed"):
+        part[[0]]
+    mapped.close()  # (twice: nothing happens)
+
+
+def test_mapped_images_never_closed_are_closed_when_gone(tmp_path):
+    import gc
+
+    np.save(tmp_path / "a.npy", np.zeros((2, 1, 2, 2), np.uint8))
+    mapped = MappedImages(tmp_path / "a.npy")
+    fd = mapped._file.fd
+    del mapped
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_mapped_images_refuse_other_arrays(tmp_path):
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.arange(24, dtype=np.uint8).reshape(2, 3, 2, 2)))
+    np.save(tmp_path / "i.npy", np.zeros((2, 1, 2, 2), np.int16))
+    for name in ("f.npy", "i.npy"):
+        with pytest.raises(ValueError, match="not a uint8"):
+            MappedImages(tmp_path / name)
+
+
+def _open_files() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to list open files")
+def test_image_sets_close_their_cache_file(tmp_path):
+    from aelab.data.sets import close_sets
+
+    root = tmp_path / "images"
+    write_folder(root, n=8)
+    in_memory = load_splits(data(root, tmp_path))
+    assert not [path for path in _open_files() if path.endswith(".npy")]  # read into memory: the file is closed
+    splits = load_splits(data(root, tmp_path, memory_limit="1KB"))
+    assert splits["train"].on_disk and [path for path in _open_files() if path.endswith(".npy")]
+    with splits["test"] as test:
+        assert len(test.images[[0]]) == 1
+    assert not [path for path in _open_files() if path.endswith(".npy")]  # one file, shared by the splits
+    with pytest.raises(ValueError, match="closed"):
+        splits["train"].images[[0]]
+    close_sets(splits, in_memory, None)  # (closed ones and sets in memory: nothing happens)
+
+
+LOAD_FOLDER = r"""
+import logging, sys
+from pathlib import Path
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+from aelab.data.folders import load_folder
+
+print(len(load_folder(sys.argv[1], Path(sys.argv[2])).images))
+"""
+
+
+def test_a_process_that_waits_for_the_cache_says_for_which_process(tmp_path):
+    """Another process builds the cache (it holds the lock, its process id written in it): the second
+    says it waits for it, then goes on once the lock is released."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "images"
+    write_folder(root, n=3)
+    where = folders.cache_dir(root.resolve(), tmp_path / "cache")
+    where.mkdir(parents=True)
+    err = tmp_path / "stderr.txt"
+    with open(where / ".lock", "a+") as lock, open(err, "w") as sink:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        child = subprocess.Popen([sys.executable, "-c", LOAD_FOLDER, str(root), str(tmp_path / "cache")],
+                                 stdout=subprocess.PIPE, stderr=sink, text=True)
+        try:
+            deadline = time.time() + 30
+            while "waiting" not in err.read_text() and child.poll() is None and time.time() < deadline:
+                time.sleep(0.05)
+            said = err.read_text()
+            assert f"waiting for process {os.getpid()}, which is building the image cache in {where}" in said, said
+            assert child.poll() is None  # still waiting
+        except BaseException:
+            child.kill()
+            raise
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0 and out.strip() == "6", err.read_text()

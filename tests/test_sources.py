@@ -1,7 +1,10 @@
 import gzip
 import hashlib
+import json
 import os
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -10,6 +13,8 @@ import pytest
 from aelab import AelabError
 from aelab.data import sources
 from aelab.data.sources import idx_bytes, load_numpy_pickle, read_idx, write_idx_from_pickle
+
+from conftest import write_mnist_like
 
 
 def test_idx_round_trip(tmp_path):
@@ -95,6 +100,76 @@ def test_when_every_source_fails_the_message_says_what_was_tried(tmp_path, monke
     message = str(error.value)
     assert "torchvision's download: Name or service not known" in message
     assert "the mirror" in message and str(tmp_path / "MNIST" / "raw") in message
+
+
+# A process that fetches MNIST through a source that writes the files slowly, in place and in two
+# parts (as torchvision extracts), recording each time it runs; it starts fetching when both are ready.
+SLOW_FETCH = r"""
+import json, logging, os, sys, time
+from pathlib import Path
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+from aelab.data import sources
+
+settings = json.loads(sys.argv[1])
+info = sources.DATASETS["mnist"]
+sources.DATASETS["mnist"] = sources.DatasetInfo(info.name, info.folder, settings["md5"], info.class_names)
+
+
+def slow_in_place(folder):
+    with open(settings["runs"], "a") as runs:
+        runs.write(f"{os.getpid()}\n")
+    for name in sources.FILES:
+        data = Path(settings["source"], name).read_bytes()
+        with open(folder / name, "wb") as out:
+            out.write(data[: len(data) // 2])
+            out.flush()
+            time.sleep(0.25)
+            out.write(data[len(data) // 2:])
+
+
+sources._sources = lambda name: [("the slow source", slow_in_place)]
+Path(settings["ready"], str(os.getpid())).touch()
+deadline = time.time() + 60
+while len(os.listdir(settings["ready"])) < 2 and time.time() < deadline:
+    time.sleep(0.005)
+print(sources.fetch("mnist", settings["data_dir"]))
+"""
+
+
+def test_two_processes_fetching_into_one_empty_folder_fetch_once(tmp_path):
+    """The second waits for the first (saying so, with its process id), then finds the files: the
+    source runs once, both succeed, and no file of the one is taken for corrupt by the other."""
+    source = tmp_path / "source"
+    write_mnist_like(source)
+    (tmp_path / "ready").mkdir()
+    settings = {"md5": {name: sources.md5_of(source / name) for name in sources.FILES}, "source": str(source),
+                "data_dir": str(tmp_path / "data"), "runs": str(tmp_path / "runs.txt"), "ready": str(tmp_path / "ready")}
+    children = [subprocess.Popen([sys.executable, "-c", SLOW_FETCH, json.dumps(settings)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(child.pid, *child.communicate(timeout=120), child.returncode) for child in children]
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    for pid, out, err, code in results:
+        assert code == 0 and out.strip() == str(raw), err
+    runs = (tmp_path / "runs.txt").read_text().split()
+    assert len(runs) == 1, f"the source ran {len(runs)} times"
+    assert not list(raw.glob("*.corrupt"))
+    for name in sources.FILES:
+        assert (raw / name).read_bytes() == (source / name).read_bytes()
+    waiter = next(err for pid, out, err, code in results if str(pid) != runs[0])
+    assert f"waiting for process {runs[0]}, which is fetching mnist into {raw}" in waiter
+
+
+def test_a_check_without_the_lock_never_renames(tmp_path, monkeypatch):
+    """A file that fails its md5 may be another process's, half written: only the fetch (holding the
+    lock) renames it."""
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist_like(raw)
+    info = sources.DATASETS["mnist"]
+    md5 = {name: "0" * 32 for name in sources.FILES}
+    monkeypatch.setitem(sources.DATASETS, "mnist", sources.DatasetInfo(info.name, info.folder, md5, info.class_names))
+    assert sources.check_files("mnist", raw) == list(md5)
+    assert not list(raw.glob("*.corrupt"))
 
 
 def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):

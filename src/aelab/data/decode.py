@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .npyfile import ImageFileWriter
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 COLOUR_MODES = {"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"}
 WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -195,18 +197,14 @@ def decode_job(root: str, cache: str, jobs: list[tuple[int, str]], channels: int
                method: str) -> list[str]:
     """Decode each (row, path) of ``jobs`` into that row of the cache file ``cache`` (an .npy of uint8
     [N, C, H, W]); return, per job, the row's hash or ``"!" + reason`` when the file could not be used."""
-    images = np.load(cache, mmap_mode="r+")
     out = []
-    try:
+    with ImageFileWriter(cache) as images:
         for row, relative in jobs:
             try:
                 pixels = load_image(Path(root, relative), channels, height, width, method)
             except ImageError as error:
                 out.append("!" + str(error))
                 continue
-            images[row] = pixels
+            images.write_rows([row], pixels[None])
             out.append(row_hash(pixels))
-        images.flush()
-    finally:
-        del images
     return out

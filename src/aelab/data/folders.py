@@ -16,7 +16,6 @@ ever read. A file that cannot be used is skipped with its reason, never silently
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -32,9 +31,10 @@ from typing import Callable
 import numpy as np
 
 from ..errors import AelabError
-from ..fsutil import atomic_path, atomic_write_text
+from ..fsutil import atomic_path, atomic_write_text, locked
 from . import decode
 from .mapped import MappedImages
+from .npyfile import ImageFileWriter
 
 log = logging.getLogger("aelab")
 
@@ -55,7 +55,7 @@ class FolderData:
     """What the cache holds for one folder and one preprocessing (channels, size, resize)."""
 
     root: Path
-    images: MappedImages  # the usable images, in path order
+    images: MappedImages  # the usable images, in path order (an open file: ``close()`` when done)
     paths: np.ndarray  # str [N]: relative to the root
     labels: np.ndarray  # int64 [N]; -1 unlabelled
     splits: np.ndarray | None  # str [N] ("train", "val", "test") when the folder has split subfolders
@@ -97,7 +97,7 @@ def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = 
     except OSError as error:
         raise AelabError(f"cannot create the image cache in {where} ({error.strerror}); choose a writable "
                          "`data.data_dir`") from None
-    with _locked(where / ".lock"):
+    with locked(where / ".lock", f"building the image cache in {where}", "choose a writable `data.data_dir`"):
         files, skipped, split_layout = walk(root)
         headers = _headers(root, where, files)
         good = [f for f in files if not isinstance(headers[f.path], str)]
@@ -125,6 +125,7 @@ def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = 
     usable = [(position, entry) for position, entry in enumerate(rows) if not entry[3].startswith("!")]
     skipped += [(entry[0], entry[3][1:]) for entry in rows if entry[3].startswith("!")]
     if not usable:
+        whole.close()
         raise AelabError(f"{root}: none of its {len(rows)} image files could be decoded (see the reasons above); "
                          "give a folder of images")
     paths = np.array([entry[0] for _, entry in usable], dtype=object)
@@ -280,15 +281,12 @@ def _decoded(root: Path, where: Path, good: list[FileInfo], channels: int, size:
     log.info("decoding %s of %s into the cache %s (once; later runs reuse it)", what, root, where)
     images_path = where / f"{name}-{os.urandom(4).hex()}.npy"
     with atomic_path(images_path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), channels, *size))
-        if reuse:
-            previous = MappedImages(old_file)
-            for start in range(0, len(reuse), 4096):
-                part = np.array(reuse[start: start + 4096], dtype=np.int64)
-                out[part[:, 0]] = previous.read_rows(part[:, 1])
-            del previous
-        out.flush()
-        del out
+        with ImageFileWriter(tmp, shape=(len(rows), channels, *size)) as out:  # (closed before the workers write)
+            if reuse:
+                with MappedImages(old_file) as previous:
+                    for start in range(0, len(reuse), 4096):
+                        part = np.array(reuse[start: start + 4096], dtype=np.int64)
+                        out.write_rows(part[:, 0], previous.read_rows(part[:, 1]))
         if todo:
             job_args = [(str(root), str(tmp), chunk, channels, size[0], size[1], resize) for chunk in _chunks(todo)]
             results = _parallel(decode.decode_job, job_args, len(todo), "decoding images", lambda args: len(args[2]))
@@ -327,19 +325,3 @@ def _parallel(function: Callable, jobs: list[tuple], total: int, what: str, coun
                     results.append(future.result())
                     bar.update(count(job))
     return [item for part in results for item in part]
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """One process at a time builds a folder's cache (a second waits for the first)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover (Windows)
-        yield
-        return
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -7,15 +7,22 @@ read with one positioned read per run of consecutive rows, in file order (the in
 put back in the order asked for; so a batch is the same whether the set is on disk or in memory.
 Reading goes through the file, not a memory map, so the process holds only the batches it reads
 (the operating system's page cache keeps what it can and gives it back under pressure).
+
+A set and its subsets share one open file: ``close()`` (or leaving a ``with`` block) on any of
+them closes it for all of them, and reading afterwards is an error. A set that is never closed has
+its file closed when the set and all its subsets are gone (``weakref.finalize``, a safety net).
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .npyfile import npy_header
 
 
 class MappedImages:
@@ -64,6 +71,20 @@ class MappedImages:
             rows = self.rows[_positions(key)]
         return torch.from_numpy(self.read_rows(rows))
 
+    def close(self) -> None:
+        """Close the file (for this set and every subset of it); closing twice does nothing."""
+        self._file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.fd is None
+
+    def __enter__(self) -> "MappedImages":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def load(self) -> torch.Tensor:
         """Every image, in memory."""
         return self[:]
@@ -74,7 +95,7 @@ class MappedImages:
         ordered = rows[order]
         out = np.empty((len(rows), self.row_bytes), dtype=np.uint8)
         if len(rows):
-            fd = self._file.fd
+            fd = self._file.descriptor()
             breaks = np.flatnonzero(np.diff(ordered) != 1) + 1  # runs of consecutive rows: one read each
             for first, last in zip(np.concatenate(([0], breaks)), np.concatenate((breaks, [len(rows)]))):
                 _read_into(fd, out[first:last], self.offset + int(ordered[first]) * self.row_bytes)
@@ -88,21 +109,31 @@ class MappedImages:
             yield self[start: start + size]
 
 
-
 class _OpenFile:
-    """The open cache file (shared by a set and its subsets; closed when the last one goes)."""
+    """The open cache file, shared by a set and its subsets: closed by ``close()``, or (a safety net
+    for sets never closed) when the last of them is gone."""
 
     def __init__(self, path: Path):
-        header = np.load(path, mmap_mode="r")
-        if header.dtype != np.uint8 or header.ndim != 4:
-            raise ValueError(f"{path} is not a uint8 [N, C, H, W] array")
-        self.shape, self.offset = tuple(header.shape), int(header.offset)
-        del header
-        self.fd = os.open(path, os.O_RDONLY)
+        self.path = path
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with open(fd, "rb", closefd=False) as handle:  # the header of this very file (the descriptor's)
+                self.shape, self.offset = npy_header(handle, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd: int | None = fd
+        self._finalizer = weakref.finalize(self, os.close, fd)
 
-    def __del__(self):
-        if getattr(self, "fd", None) is not None:
-            os.close(self.fd)
+    def descriptor(self) -> int:
+        if self.fd is None:
+            raise ValueError(f"the images of {self.path} were closed; load them again")
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            self.fd = None  # (first: a closed number is never read again, whatever file gets it next)
+            self._finalizer()
 
 
 def _positions(key) -> np.ndarray:

@@ -46,6 +46,10 @@ class ImageSet:
     ``indices`` are the positions of the images in what they came from (the 60,000 training images
     or the 10,000 test images of a named dataset, the array file, the folder's files in path order),
     so a row of any table can be traced back; ``paths`` are the files' paths for a folder.
+
+    A set on disk holds its cache file open, shared with the sets split from it: ``close()`` (or a
+    ``with`` block) closes it for all of them when they are no longer needed; a set in memory has
+    nothing to close.
     """
 
     images: torch.Tensor | MappedImages  # uint8 [N, C, H, W]
@@ -71,6 +75,18 @@ class ImageSet:
     @property
     def on_disk(self) -> bool:
         return isinstance(self.images, MappedImages)
+
+    def close(self) -> None:
+        """Close the cache file of a set on disk (and of every set split from the same source); a
+        set in memory is unchanged. Closing twice does nothing."""
+        if self.on_disk:
+            self.images.close()
+
+    def __enter__(self) -> "ImageSet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def subset(self, positions: torch.Tensor) -> "ImageSet":
         images = self.images.subset(positions) if self.on_disk else self.images[positions]
@@ -108,6 +124,15 @@ class ImageSet:
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         names = tuple(class_names) if class_names else tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
         return cls(images.to(torch.uint8).contiguous(), labels, torch.arange(len(labels)), names)
+
+
+def close_sets(*sets: ImageSet | dict[str, ImageSet] | None) -> None:
+    """Close image sets (or dicts of them, as ``load_splits`` gives; None is passed over) that are
+    no longer needed: the cache files of sets on disk are closed."""
+    for item in sets:
+        for part in (item.values() if isinstance(item, dict) else (item,)):
+            if part is not None:
+                part.close()
 
 
 def load_file_set(data: DataConfig, train: bool) -> ImageSet:
@@ -158,7 +183,12 @@ def load_splits(data: DataConfig) -> dict[str, ImageSet]:
     """
     kind = data.kind()
     if kind == "folder":
-        return _only_classes(_folder_splits(data), data)
+        parts = _folder_splits(data)
+        try:
+            return _only_classes(parts, data)
+        except BaseException:
+            close_sets(parts)
+            raise
     if kind == "array":
         rest, test = split_off(_array_set(data), data.test_fraction, data.split_seed, "test_fraction")
     else:
@@ -206,7 +236,10 @@ def load_split(data: DataConfig, split: str) -> ImageSet:
                              "test files: choose train, val or test")
         if data.kind() == "folder":
             found = _folder_set(data)
-            return found if found.source.on_disk else found.in_memory()
+            if found.source.on_disk:
+                return found
+            with found:
+                return found.in_memory()
         return _array_set(data)
     if split not in SPLITS:
         raise AelabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or {ALL}")
@@ -242,6 +275,19 @@ def _folder_set(data: DataConfig) -> ImageSet:
 
 def _folder_splits(data: DataConfig) -> dict[str, ImageSet]:
     full = _folder_set(data)
+    try:
+        parts = _split_folder_set(full, data)
+        if full.source.on_disk:
+            return parts
+        parts = {name: part.in_memory() for name, part in parts.items()}
+    except BaseException:
+        full.close()
+        raise
+    full.close()  # (in memory now: the cache file is no longer needed)
+    return parts
+
+
+def _split_folder_set(full: ImageSet, data: DataConfig) -> dict[str, ImageSet]:
     found = full.source
     if found.splits is not None:
         parts = {name: full.subset(torch.as_tensor(np.flatnonzero(found.splits == name))) for name in SPLITS}
@@ -255,9 +301,7 @@ def _folder_splits(data: DataConfig) -> dict[str, ImageSet]:
         rest, test = split_off(full, data.test_fraction, data.split_seed, "test_fraction", sort=True)
         train, val = split_train_val(rest, data.val_fraction, data.split_seed, sort=True)
         parts = {"train": train, "val": val, "test": test}
-    if found.on_disk:
-        return parts
-    return {name: part.in_memory() for name, part in parts.items()}
+    return parts
 
 
 def _conformed(full: ImageSet, data: DataConfig) -> ImageSet:

@@ -13,7 +13,9 @@ a folder that torchvision filled works here and the reverse. Sources are tried i
 
 Every file is checked against its md5 before use. A file that fails is renamed ``*.corrupt``
 (never deleted, never used) and fetched again. Files are written to a temporary name, fsynced
-and renamed, so a partial download never looks like a valid file.
+and renamed, so a partial download never looks like a valid file. One process at a time fetches
+into a data folder (a lock, ``raw/.lock``; torchvision extracts in place): another one waits for
+it, saying so, then finds the files there.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import AelabError
-from ..fsutil import atomic_write_bytes
+from ..fsutil import atomic_write_bytes, locked
 from .catalog import DATASETS, DatasetInfo  # noqa: F401 (DatasetInfo: part of this module's interface)
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -84,16 +86,21 @@ def _matches(path: Path, expected: str) -> bool:
     return True
 
 
-def check_files(name: str, folder: Path) -> list[str]:
-    """The files that are missing or fail their md5. A failing file is renamed ``*.corrupt``."""
+def check_files(name: str, folder: Path, rename: bool = False) -> list[str]:
+    """The files that are missing or fail their md5. With ``rename`` (only while holding the fetch
+    lock: without it the file may be another process's, half written), a failing file is renamed
+    ``*.corrupt``."""
     bad = []
     for file, expected in DATASETS[name].md5.items():
         path = folder / file
-        if not path.is_file():
+        try:
+            good = path.is_file() and _matches(path, expected)
+        except FileNotFoundError:  # (renamed or replaced by another process while it was read)
+            good = False
+        if not good:
             bad.append(file)
-        elif not _matches(path, expected):
-            path.replace(path.with_name(file + ".corrupt"))
-            bad.append(file)
+            if rename and path.is_file():
+                path.replace(path.with_name(file + ".corrupt"))
     return bad
 
 
@@ -106,14 +113,23 @@ def fetch(name: str = "mnist", data_dir: str | os.PathLike | None = None) -> Pat
     if name not in DATASETS:
         raise AelabError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     folder = raw_dir(name, data_dir)
-    bad = check_files(name, folder)
-    if not bad:
-        return folder
+    if not check_files(name, folder):
+        return folder  # (a folder that is only read, such as a shared read-only copy, needs no lock)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AelabError(f"cannot create the data folder {folder} ({error.strerror}); "
                          "choose another with `data.data_dir` or AELAB_DATA_DIR") from None
+    # one process at a time fetches (others wait, then find the files): sources write in place
+    with locked(folder / ".lock", f"fetching {name} into {folder}",
+                "choose a data folder you can write to with `data.data_dir` or AELAB_DATA_DIR"):
+        return _fetch_locked(name, folder, data_dir)
+
+
+def _fetch_locked(name: str, folder: Path, data_dir: str | os.PathLike | None) -> Path:
+    bad = check_files(name, folder, rename=True)  # (again: another process may have fetched them meanwhile)
+    if not bad:
+        return folder
     tried = [f"{folder}: missing or failing md5: {', '.join(bad)}"]
     for label, source in _sources(name):
         log.info("%s: trying %s ...", name, label)
@@ -122,7 +138,7 @@ def fetch(name: str = "mnist", data_dir: str | os.PathLike | None = None) -> Pat
         except Exception as error:  # every source may fail for its own reasons; report them all
             tried.append(f"{label}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
             continue
-        bad = check_files(name, folder)
+        bad = check_files(name, folder, rename=True)
         if not bad:
             log.info("%s: verified 4 files in %s", name, folder)
             return folder
