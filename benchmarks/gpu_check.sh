@@ -59,8 +59,9 @@ cp /tmp/gpu-run/metrics.csv /tmp/gpu-run/evaluation.json "$out/" 2>/dev/null
 
 {
   timeout 60 python3 -m aelab train --epochs 5 --device cuda --out /tmp/plain --overwrite --quiet --no-report
+  # one process in a process group (NCCL for CUDA tensors, gloo for CPU ones): the start line names them
   timeout 90 python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m aelab train --epochs 5 --device cuda \
-    --out /tmp/ddp1 --overwrite --quiet --no-report
+    --out /tmp/ddp1 --overwrite --no-report | grep "under torchrun"
   for run in plain ddp1; do echo "$run"; cat /tmp/$run/metrics.csv; done
 } 2>&1 | tail -40 | tee "$out/torchrun.txt"
 true

@@ -136,3 +136,82 @@ def test_resume_may_point_at_the_data_elsewhere(fake_mnist, tmp_path, monkeypatc
     fake_mnist.rename(moved)
     monkeypatch.setenv("AELAB_DATA_DIR", str(tmp_path / "nowhere"))
     assert main(["train", "--resume", str(out), "--epochs", "2", "--data-dir", str(moved), "--quiet", "--no-report"]) == 0
+
+
+# --- one way everywhere -----------------------------------------------------------------------------
+
+def test_debug_and_quiet_work_before_or_after_the_command(tmp_path):
+    for args in (["--debug", "evaluate", "/nonexistent/run"], ["evaluate", "/nonexistent/run", "--debug"]):
+        result = run_cli(*args)
+        assert result.returncode != 0 and "Traceback" in result.stderr and "unrecognized" not in result.stderr, args
+    for args in (["-q", "evaluate", "/nonexistent/run"], ["evaluate", "/nonexistent/run", "--quiet"]):
+        result = run_cli(*args)
+        assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+MODEL_COMMANDS = ("evaluate", "embed", "plot", "generate", "report", "score", "reconstruct", "denoise", "encode",
+                  "export")
+
+
+def test_every_command_that_runs_the_model_takes_device_auto():
+    from aelab.cli import build_parser
+
+    subcommands = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices).choices
+    for name in MODEL_COMMANDS:
+        device = [a for a in subcommands[name]._actions if "--device" in a.option_strings]
+        assert len(device) == 1 and device[0].default == "auto", name
+    train = [a for a in subcommands["train"]._actions if "--device" in a.option_strings][0]
+    assert train.default is None  # (the config's default, auto)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["generate", "RUN", "--samples", "40", "--dims", "0,1"], "--dims applies to --grid only, not to --samples"),
+    (["generate", "RUN", "--grid", "--steps", "5"], "--steps applies to --interpolate only, not to --grid"),
+    (["generate", "RUN", "--interpolate", "0", "1", "--n", "5"], "--n applies to --grid only"),
+    (["generate", "RUN", "--grid", "--seed", "3"], "--seed applies to --samples only"),
+    (["generate", "RUN", "--grid", "--split", "val"], "--split applies to --interpolate only"),
+    (["plot", "RUN", "tsne", "--dims", "0,1"], "--dims applies to scatter only, not to tsne"),
+    (["plot", "RUN", "scatter", "--perplexity", "5"], "--perplexity applies to tsne only"),
+    (["plot", "RUN", "pca", "--seed", "1"], "--seed applies to tsne or umap only"),
+    (["evaluate", "RUN", "--seed", "1"], "--seed is the seed of --noise-factor's noise"),
+    (["denoise", "RUN", "IN", "--out", "OUT", "--seed", "1"], "--seed is the seed of --add-noise's noise"),
+])
+def test_an_option_that_does_not_apply_is_refused(args, words, trained_run, capsys):
+    args = [str(trained_run) if a == "RUN" else a for a in args]
+    assert main([*args, "--quiet"]) == 2, args
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
+def test_info_says_what_a_run_folder_holds(trained_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["info", str(run)]) == 0
+    text = capsys.readouterr().out
+    for words in ("finished", "latent size 4", "fast: 3 epochs (3 done)", "test      MSE", "none yet", "torch"):
+        assert words in text, words
+    from aelab.run import load_run
+    from aelab.scores import fit_detector, save_detector
+    from conftest import make_splits
+
+    splits = make_splits()
+    save_detector(fit_detector(load_run(run).model, splits["train"].images, splits["val"].images), run)
+    assert main(["info", str(run), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["epochs_done"] == 3 and found["best_epoch"] in (1, 2, 3) and found["status"] == "finished"
+    assert found["detector"]["fitted_on_these_weights"] is True and found["evaluation"]["test_mse"] > 0
+    assert found["data"]["image_size"] == "28x28" and found["versions"]["aelab"]
+    # the run trains on: a detector of its old weights is said to be so
+    from aelab import RunConfig, train
+    from aelab.config import train_config_for
+
+    train(RunConfig(train=train_config_for("fast", epochs=4, batch_size=32, lr=3e-3)), run, resume=True,
+          report=False, data=splits)
+    save_detector(fit_detector(load_run(trained_run).model, splits["train"].images, splits["val"].images), run)
+    assert main(["info", str(run)]) == 0
+    assert "fitted on other weights" in capsys.readouterr().out
+    (run / "anomaly.json").write_text('{"method": "mse"}')  # (a detector file from elsewhere, without its numbers)
+    assert main(["info", str(run)]) == 0
+    assert "detector  mse score, fitted on other weights" in capsys.readouterr().out

@@ -146,21 +146,95 @@ def test_a_killed_rank_comes_back_under_max_restarts_and_ends_as_a_straight_run(
 
 
 def test_two_nodes_on_one_machine_train_one_run(shapes, tmp_path):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     common = ["--data", str(shapes), "--epochs", "2", "--batch-size", "32", "--out", str(tmp_path / "nodes")]
-    nodes = [torchrun(*common, processes=1, launcher=("--nnodes=2", f"--node-rank={rank}", "--rdzv-backend=c10d",
-                                                       f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=aelab-test"))
-             for rank in (0, 1)]
-    for node in nodes:
+    for node in two_nodes(*common, cwds=(tmp_path, tmp_path)):
         out, err = node.communicate(timeout=300)
         assert node.returncode == 0, err[-3000:]
     assert main(["train", *common[:-1], str(tmp_path / "threads"), "--shards", "2", "--quiet", "--no-report"]) == 0
     assert same_weights(tmp_path / "nodes", tmp_path / "threads") < 1e-5
     assert metrics(tmp_path / "nodes") == metrics(tmp_path / "threads")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_nodes(*args: str, cwds: tuple[Path, Path]) -> list[subprocess.Popen]:
+    """Two torchrun "nodes" of one process each on this machine, each in a folder of its own."""
+    port = free_port()
+    return [torchrun(*args, processes=1, cwd=cwds[rank],
+                     launcher=("--nnodes=2", f"--node-rank={rank}", "--rdzv-backend=c10d",
+                               f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=aelab-{port}")) for rank in (0, 1)]
+
+
+def test_a_node_that_cannot_see_the_run_folder_resumes_with_the_others(shapes, tmp_path):
+    """No shared file system: the run folder (relative, runs/nodes) exists on node 0 only. Rank 0 decides
+    to resume and sends node 1 the configuration and the checkpoint; the run is --shards 2's."""
+    first, second = tmp_path / "node0", tmp_path / "node1"
+    first.mkdir(), second.mkdir()
+    common = ["--data", str(shapes), "--batch-size", "32"]
+    for args in ((*common, "--epochs", "1", "--out", "runs/nodes"), ("--resume", "runs/nodes", "--epochs", "2")):
+        for node in two_nodes(*args, cwds=(first, second)):
+            out, err = node.communicate(timeout=300)
+            assert node.returncode == 0, err[-3000:]
+    assert not (second / "runs").exists()  # node 1 never wrote (or needed) a run folder
+    straight = tmp_path / "threads"
+    assert main(["train", *common, "--epochs", "1", "--shards", "2", "--out", str(straight), "--quiet",
+                 "--no-report"]) == 0
+    assert main(["train", "--resume", str(straight), "--epochs", "2", "--quiet", "--no-report"]) == 0
+    assert same_weights(first / "runs" / "nodes", straight) < 1e-5
+    assert metrics(first / "runs" / "nodes") == metrics(straight)
+
+
+def test_a_rank_that_cannot_read_the_data_stops_every_rank_with_one_line(shapes, tmp_path):
+    """The data (relative, shapes.npz) are on node 0 only: rank 1 cannot read them; both ranks stop
+    (none waits for ever in a collective), and rank 0 says rank 1's error in one line."""
+    import shutil
+
+    first, second = tmp_path / "node0", tmp_path / "node1"
+    first.mkdir(), second.mkdir()
+    shutil.copy(shapes, first / "shapes.npz")
+    nodes = two_nodes("--data", "shapes.npz", "--epochs", "1", "--batch-size", "32", "--out", "run",
+                      cwds=(first, second))
+    said = []
+    for node in nodes:
+        out, err = node.communicate(timeout=300)
+        assert node.returncode != 0
+        said.append(err)
+    lines = [line for err in said for line in err.splitlines() if line.startswith("aelab: error")]  # (rank 0's)
+    assert len(lines) == 1 and lines[0].startswith("aelab: error: rank 1 under torchrun: ") and "shapes.npz" in lines[0], said
+    assert not (first / "run" / "config.json").exists()  # nothing was trained or written
+    # each node has a shapes.npz, of other images: refused before any model is built
+    images, labels = synthetic_images(400, seed=2)
+    np.savez(second / "shapes.npz", images=images, labels=labels)
+    said = []
+    for node in two_nodes("--data", "shapes.npz", "--epochs", "1", "--batch-size", "32", "--out", "run",
+                          cwds=(first, second)):
+        out, err = node.communicate(timeout=300)
+        assert node.returncode != 0
+        said.append(err)
+    lines = [line for err in said for line in err.splitlines() if line.startswith("aelab: error")]  # (rank 0's)
+    assert len(lines) == 1 and "read different training images (rank 1's differ from rank 0's" in lines[0], said
+
+
+def test_one_process_under_torchrun_joins_the_process_group(shapes, tmp_path):
+    """torchrun --nproc-per-node 1 trains in a process group of one (on a GPU: the NCCL path), and
+    computes what a plain run without shards computes."""
+    common = ["--data", str(shapes), "--epochs", "2", "--batch-size", "32"]
+    done = torchrun(*common, "--out", str(tmp_path / "one"), processes=1, quiet=False)
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-2000:]
+    assert "(under torchrun: 1 process, gloo)" in out
+    plain = subprocess.run([sys.executable, "-m", "aelab", "train", *common, "--shards", "1", "--out",
+                            str(tmp_path / "plain"), "--quiet", "--no-report"], capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)  # (one thread, as the rank)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert same_weights(tmp_path / "one", tmp_path / "plain") < 1e-6
+    assert metrics(tmp_path / "one") == metrics(tmp_path / "plain")
 
 
 def test_a_nan_on_one_rank_only_stops_every_rank_at_one_step(shapes, tmp_path):
@@ -184,3 +258,28 @@ def test_a_nan_on_one_rank_only_stops_every_rank_at_one_step(shapes, tmp_path):
     assert started.returncode != 0
     assert err.count("the loss became nan at epoch 2, step 3") == 1, err[-3000:]  # said once, by rank 0
     assert (run / "state" / "last.json").read_text().strip().endswith('"ckpt-0001-00000"}')
+
+
+def test_collectives_reduce_on_the_ranks_device(monkeypatch):
+    """In a process group of one (as torchrun --nproc-per-node 1 makes): every collective reduces a
+    tensor on the rank's device (a CPU tensor in an NCCL group cannot be reduced); on GPUs the group
+    has a backend for each kind of tensor."""
+    from aelab import distributed
+
+    for name, value in (("TORCHELASTIC_RUN_ID", "test"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(free_port())),
+                        ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert distributed.active() and distributed.world() == (0, 1, 0)
+    assert distributed.backend(torch.device("cuda", 0)) == "cpu:gloo,cuda:nccl"
+    assert distributed.backend(torch.device("cpu")) == "gloo"
+    device = distributed.setup(torch.device("cpu"))
+    try:
+        assert distributed.device() == device and distributed.backend_name() == "gloo"
+        assert distributed.any_rank(True) is True and distributed.any_rank(False) is False
+        assert distributed.mean_across(np.array([1.0, 2.0, 6.0])) == 3.0
+        assert distributed.from_rank_0({"plan": 1}) == {"plan": 1} and distributed.gathered("a") == ["a"]
+        with pytest.raises(ValueError, match="meta tensor in a group on cpu"):
+            distributed.all_reduce(torch.zeros(1, device="meta"))
+    finally:
+        distributed.teardown()
+    assert distributed.backend_name() == ""

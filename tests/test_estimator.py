@@ -61,3 +61,20 @@ def test_save_and_load_a_run_folder(fitted, shapes, tmp_path):
     assert loaded.threshold_ == fitted.threshold_ and loaded.get_params()["contamination"] == 0.1
     with pytest.raises(AelabError, match="shape"):
         loaded.predict(np.zeros((2, 32, 32), np.uint8))
+    evaluation = __import__("json").loads((path / "evaluation.json").read_text())
+    assert "test_mse" not in evaluation and evaluation["val_mse"] == fitted.metrics_["val_mse"]
+    assert loaded.metrics_ == fitted.metrics_
+
+
+def test_fit_leaves_no_temporary_folder_and_names_its_split(shapes, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where fit's temporary run folder goes
+    images, labels = shapes
+    detector = AutoencoderDetector(epochs=1, batch_size=64).fit(images[:200])
+    assert list(tmp_path.iterdir()) == []
+    assert detector.run_dir_ is None
+    assert set(detector.metrics_) == {"val_mse", "val_psnr"} and detector.metrics_["val_mse"] > 0
+    kept = AutoencoderDetector(epochs=1, batch_size=64, run_dir=str(tmp_path / "kept")).fit(images[:200])
+    assert kept.run_dir_ == tmp_path / "kept" and (tmp_path / "kept" / "anomaly.json").is_file()
+    assert [path.name for path in tmp_path.iterdir()] == ["kept"]

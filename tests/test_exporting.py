@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from aelab import AelabError
 from aelab.cli import main
 from aelab.inference import infer
 from aelab.run import load_run

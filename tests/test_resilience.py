@@ -267,9 +267,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
 
     data = make_splits()  # 256 training images: 8 steps of 32 an epoch
     run_dir = tmp_path / "run"
-    real_schedule = aelab.optim.one_cycle
+    real_schedule = aelab.optim.Schedule.__call__
     # from the second epoch on, a rate of 1e30: the weights explode and the loss becomes NaN for real
-    monkeypatch.setattr(aelab.optim, "one_cycle", lambda step, total: 1e30 if step >= 8 else real_schedule(step, total))
+    monkeypatch.setattr(aelab.optim.Schedule, "__call__", lambda self, step: 1e30 if step >= 8 else real_schedule(self, step))
 
     class Remember(Callback):
         def on_epoch_end(self, trainer, row):
@@ -353,8 +353,9 @@ def test_infinite_weights_stop_training_like_a_nan_loss(tmp_path, monkeypatch):
 
     data = make_splits()  # 8 steps an epoch
     run_dir = tmp_path / "run"
-    real_schedule = aelab.optim.one_cycle
-    monkeypatch.setattr(aelab.optim, "one_cycle", lambda step, total: 1e3 / 3e-3 if step >= 8 else real_schedule(step, total))
+    real_schedule = aelab.optim.Schedule.__call__
+    monkeypatch.setattr(aelab.optim.Schedule, "__call__",
+                        lambda self, step: 1e3 / 3e-3 if step >= 8 else real_schedule(self, step))
     train(config(epochs=1), run_dir, report=False, data=data)
     saved = (run_dir / "model.safetensors").read_bytes(), (run_dir / "state" / "last.json").read_text()
     with pytest.raises(NumericalFault, match=r"weights became NaN or infinite \(.*running_var\) at epoch 2.*"
@@ -415,3 +416,93 @@ def test_two_processes_on_one_run_folder(tmp_path):
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert len(read_metrics(run_dir)) == done + 1
+
+
+# --- extending, and what a resumed run keeps ------------------------------------------------------
+
+def test_extending_a_finished_run_continues_its_rate_without_a_jump(tmp_path):
+    """The schedule planned for the first epochs is kept; the added epochs get a cycle of their own
+    that starts at the rate where the run ended (today's rate: no jump to a quarter of the peak)."""
+    data = make_splits()  # 8 steps an epoch
+    first = train(config(epochs=3), tmp_path / "run", report=False, data=data)
+    extended = train(config(epochs=5), tmp_path / "run", resume=True, explicit={"train.epochs"}, report=False,
+                     data=data)
+    straight = train(config(epochs=3), tmp_path / "straight", report=False, data=data)
+    peak = config().train.lr
+    rates = [row["lr"] for row in extended.metrics]  # the rate after each epoch's last step
+    assert rates[:3] == [row["lr"] for row in straight.metrics] == [row["lr"] for row in first.metrics]
+    assert rates[2] == pytest.approx(peak * 1e-4)  # where the first cycle ended
+    from aelab.optim import EXTENSION_PEAK, Schedule
+
+    assert peak * 1e-4 < rates[3] <= peak * EXTENSION_PEAK and rates[4] == pytest.approx(peak * 1e-4)
+    # step by step: no step of the extension is above the extension's own peak, and the first ones
+    # rise smoothly from the end of the first cycle
+
+    schedule = Schedule.planned("onecycle", 30 * 188).resized(30 * 188, 40 * 188)  # MNIST: 30 -> 40 epochs
+    steps = [schedule(step) for step in range(30 * 188 - 100, 40 * 188)]
+    assert max(steps[100:]) == pytest.approx(EXTENSION_PEAK) and steps[100] == pytest.approx(1e-4)
+    assert max(abs(b - a) for a, b in zip(steps, steps[1:])) < 1e-3  # (the old rule jumped by 0.25)
+
+
+def test_an_interrupted_run_resumed_with_more_epochs_keeps_the_rates_it_planned(tmp_path):
+    data = make_splits()
+
+    class InterruptAfterEpoch1(Callback):
+        def on_epoch_end(self, trainer, row):
+            if row["epoch"] == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train(config(epochs=3), tmp_path / "run", report=False, data=data, callbacks=[InterruptAfterEpoch1()])
+    resumed = train(config(epochs=4), tmp_path / "run", resume=True, explicit={"train.epochs"}, report=False,
+                    data=data)
+    straight = train(config(epochs=3), tmp_path / "straight", report=False, data=data)
+    assert same_metrics(resumed.metrics[:3], straight.metrics)  # the first 3 epochs as planned, bit for bit
+
+
+def test_resume_from_python_refuses_settings_it_would_ignore(tmp_path):
+    data = make_splits()
+    train(config(epochs=2), tmp_path / "run", report=False, data=data)
+    asked = RunConfig(model=replace_model(latent_dim=2), train=train_config_for("fast", epochs=3, batch_size=32,
+                                                                                  lr=1e-3))
+    with pytest.raises(AelabError, match=r"`model.latent_dim` 4, not 2.*`train.lr` 0.003, not 0.001"):
+        train(asked, tmp_path / "run", resume=True, report=False, data=data)
+    # epochs (and the settings that only say where and how to read the data) are taken, not ignored
+    result = train(config(epochs=3, device="cpu"), tmp_path / "run", resume=True, report=False, data=data)
+    assert len(result.metrics) == 3 and result.config.train.device == "cpu"
+
+
+def replace_model(**values):
+    from aelab.config import ModelConfig
+
+    return ModelConfig(**values)
+
+
+# --- an error on close never hides the error that stopped training --------------------------------
+
+class FailsOnClose(Callback):
+    def on_epoch_end(self, trainer, row):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_close(self, trainer):
+        raise RuntimeError("the tracker's server went away")
+
+
+def test_an_error_on_close_does_not_hide_the_interrupt(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="aelab")
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(config(), tmp_path / "run", report=False, data=make_splits(), callbacks=[FailsOnClose()])
+    assert stopped.value.exit_code == 143
+    assert "the tracker's server went away" in caplog.text
+    assert (tmp_path / "run" / "state" / "last.json").is_file()
+
+
+def test_an_error_on_close_after_a_clean_run_is_raised(tmp_path):
+    class Fails(Callback):
+        def on_close(self, trainer):
+            raise RuntimeError("cannot close")
+
+    with pytest.raises(RuntimeError, match="cannot close"):
+        train(config(epochs=1), tmp_path / "run", report=False, data=make_splits(), callbacks=[Fails()])

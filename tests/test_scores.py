@@ -14,21 +14,48 @@ from aelab.scores import check_contamination, fit_detector, load_detector, score
 from conftest import make_splits, synthetic_images
 
 
-def test_the_threshold_flags_the_contamination_share_of_validation_images(trained_run, tmp_path):
+def test_the_threshold_flags_the_contamination_share_of_validation_images(tmp_path, capsys):
+    """For every method, `aelab score` fits the detector (its threshold in anomaly.json); scoring the
+    validation images again then flags the contamination share of them (within one image), images
+    of a class left out of training more often, and noise nearly always; the saved detector reads
+    back to the same scores."""
+    from aelab.data.sets import data_for_run, load_run_splits
     from aelab.run import load_run
-    from aelab.scores import METHODS, save_detector
+    from aelab.scores import METHODS
 
-    run = load_run(trained_run)
-    splits = make_splits()
-    for method in METHODS:
-        detector = fit_detector(run.model, splits["train"].images, splits["val"].images, method, contamination=0.25)
-        val = score_images(run.model, detector, splits["val"].images)
-        assert abs(val.is_anomaly.mean() - 0.25) <= 1 / len(val.score) + 1e-9
-        save_detector(detector, tmp_path)
-        again = load_detector(tmp_path)  # as saved in the run
-        assert again.method == method
-        assert np.allclose(score_images(run.model, again, splits["test"].images).score,
-                           score_images(run.model, detector, splits["test"].images).score)
+    images, labels = synthetic_images(400, seed=3)
+    np.savez(tmp_path / "shapes.npz", images=images, labels=labels)
+    noise = np.random.default_rng(0).integers(128, 256, (50, 28, 28), dtype=np.uint8)  # bright noise: nothing like them
+    np.save(tmp_path / "noise.npy", noise)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "shapes.npz"), "--classes", "0,1,2", "--epochs", "3",
+                 "--batch-size", "32", "--out", str(run), "--no-report", "--quiet"]) == 0
+
+    def score(*options) -> dict:
+        capsys.readouterr()
+        assert main(["score", str(run), "--contamination", "0.25", "--top", "1", "--json", "--quiet", *options]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    for method in reversed(METHODS):  # combined, the default, last: the detector the run keeps
+        val = score("--method", method, "--split", "val")
+        saved = json.loads((run / "anomaly.json").read_text())
+        assert (saved["method"], saved["contamination"], saved["threshold"]) == (method, 0.25, val["threshold"])
+        assert abs(val["n_anomalies"] / val["n_images"] - 0.25) <= 1 / val["n_images"] + 1e-9, (method, val)
+    score("--split", "test")  # every class: 3 is the one left out of training
+    rows = [row.split(",") for row in (run / "scores-test.csv").read_text().splitlines()[1:]]
+    flagged = {label: np.mean([int(row[3]) for row in rows if (row[1] == "3") == (label == "3")]) for label in ("3", "0-2")}
+    assert flagged["3"] > 0.5 > flagged["0-2"], flagged
+    noise = score("--data", str(tmp_path / "noise.npy"), "--data-dir", str(tmp_path / "cache"),
+                  "--out", str(tmp_path / "noise.csv"))
+    assert noise["n_anomalies"] == noise["n_images"] == 50, noise
+
+    trained = load_run(run)  # the saved detector is the one fitted on the run's own images
+    splits = load_run_splits(trained.config, data_for_run(trained.config), ("train", "val"))
+    fresh = fit_detector(trained.model, splits["train"].images, splits["val"].images, contamination=0.25, seed=0)
+    again = load_detector(run, trained.model)
+    assert again.threshold == fresh.threshold
+    assert np.array_equal(score_images(trained.model, again, splits["val"].images).score,
+                          score_images(trained.model, fresh, splits["val"].images).score)
 
 
 def test_the_ingredients_are_what_they_say(trained_run):
@@ -149,3 +176,78 @@ def test_the_default_score_sees_simple_images_the_error_misses(real_mnist, tmp_p
         auroc[method] = roc_auc_score(labels[pair] == 1, scores[pair])
     assert auroc["mse"] < 0.4, auroc  # the blind spot: 1s look more normal than 8s
     assert auroc["combined"] > 0.75, auroc
+
+
+# --- a detector belongs to the weights it was fitted on --------------------------------------------
+
+def _scores_csv(run) -> list[str]:
+    return (run / "scores-test.csv").read_text().splitlines()
+
+
+def test_a_detector_is_fitted_anew_when_the_run_trains_on(tmp_path, capsys):
+    """Score, extend the run by one epoch, score again: the scores are those of a fresh fit on the new
+    weights (the saved detector of the old weights is neither kept nor reused)."""
+    from aelab.data.sets import data_for_run, load_run_splits
+    from aelab.run import load_run, weights_digest
+    from aelab.scores import fit_detector, save_detector
+
+    images, labels = synthetic_images(300, seed=4)
+    np.savez(tmp_path / "shapes.npz", images=images, labels=labels)
+    run = tmp_path / "run"
+    common = ["--data", str(tmp_path / "shapes.npz"), "--batch-size", "32", "--no-report", "--quiet"]
+    assert main(["train", *common, "--epochs", "2", "--out", str(run)]) == 0
+    assert main(["score", str(run), "--quiet"]) == 0
+    first = _scores_csv(run)
+    old = load_detector(run)
+    assert old.weights == weights_digest(load_run(run).model)
+
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet", "--no-report"]) == 0
+    assert not (run / "anomaly.json").exists() and not (run / "anomaly.safetensors").exists()
+    assert main(["score", str(run), "--quiet"]) == 0
+    again = _scores_csv(run)
+    assert again != first
+    trained = load_run(run)
+    splits = load_run_splits(trained.config, data_for_run(trained.config), ("train", "val", "test"))
+    fresh = fit_detector(trained.model, splits["train"].images, splits["val"].images, seed=trained.config.train.seed)
+    assert load_detector(run, trained.model).threshold == fresh.threshold
+    expected = np.sort(score_images(trained.model, fresh, splits["test"].images).score)[::-1]
+    assert np.allclose([float(row.split(",")[2]) for row in again[1:]], expected, rtol=0, atol=1e-9)
+
+    # a detector of other weights (say, scored while the run was still training) is fitted anew, with a note
+    save_detector(old, run)
+    capsys.readouterr()
+    assert main(["score", str(run)]) == 0
+    assert "fitted on other weights" in capsys.readouterr().err
+    save_detector(old, run)
+    assert load_detector(run) is not None and load_detector(run, trained.model) is None
+    assert main(["score", str(run), "--quiet"]) == 0
+    assert _scores_csv(run) == again
+
+    # --overwrite replaces the run and its detector
+    assert (run / "anomaly.json").exists()
+    assert main(["train", *common, "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
+    assert not (run / "anomaly.json").exists()
+
+
+def test_a_reader_never_pairs_one_half_of_a_detector_with_the_other(trained_run, tmp_path, caplog):
+    """anomaly.json records the digest of anomaly.safetensors: the arrays of another detector next to
+    it (a writer caught between the two files) are not used."""
+    import logging
+    import shutil
+
+    from aelab.run import load_run
+    from aelab.scores import save_detector
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    model = load_run(run).model
+    splits = make_splits()
+    one = fit_detector(model, splits["train"].images, splits["val"].images, seed=0)
+    other = fit_detector(model, splits["train"].images[:128], splits["val"].images, seed=1)
+    save_detector(other, tmp_path)
+    save_detector(one, run)
+    assert load_detector(run, model) is not None
+    shutil.copy(tmp_path / "anomaly.safetensors", run / "anomaly.safetensors")  # the other's arrays
+    caplog.set_level(logging.INFO, logger="aelab")
+    assert load_detector(run, model) is None
+    assert "do not belong together" in caplog.text

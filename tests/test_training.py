@@ -1,18 +1,19 @@
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from aelab import AelabError, RunConfig, load_run, train
-from aelab.config import train_config_for
+from aelab.config import DataConfig, train_config_for
 from aelab.data.batches import Batches, epoch_order
 from aelab.data.sets import ImageSet, split_train_val
 from aelab.evaluation import reconstruction_loss
 from aelab import steps
-from aelab.optim import one_cycle
-from aelab.steps import ShardedStep, TrainStep
+from aelab.optim import Schedule
+from aelab.steps import ShardedStep
 from aelab.training import Trainer
 from conftest import make_splits
 
@@ -68,6 +69,7 @@ def test_a_rank_reads_only_its_slice_of_each_batch(tmp_path, on_disk):
 def test_ranks_share_the_evaluation_in_whole_chunks(monkeypatch):
     from aelab import distributed
 
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # (as under torchrun)
     for size in (2, 3, 4):
         for total in (0, 1, 5, 64, 1000):
             shares = []
@@ -81,8 +83,12 @@ def test_ranks_share_the_evaluation_in_whole_chunks(monkeypatch):
 
 
 def test_one_cycle_goes_up_then_down():
-    rates = [one_cycle(step, 100) for step in range(101)]
-    assert rates[0] == pytest.approx(1 / 25) and max(rates) == pytest.approx(1.0) and rates[-1] < 1e-3
+    schedule = Schedule.planned("onecycle", 100)
+    rates = [schedule(step) for step in range(101)]
+    assert rates[0] == pytest.approx(1 / 25) and max(rates) == pytest.approx(1.0) == rates[25]
+    assert rates[-1] == pytest.approx(1e-4) and all(a <= b for a, b in zip(rates[:25], rates[1:26]))
+    assert all(a >= b for a, b in zip(rates[25:], rates[26:]))
+    assert [Schedule.planned("constant", 100)(step) for step in (0, 50, 100)] == [1.0, 1.0, 1.0]
 
 
 def test_weights_change_after_a_step_and_not_after_evaluation(tmp_path, splits):
@@ -127,17 +133,33 @@ def test_evaluation_json_matches_a_fresh_computation(trained_run):
     assert reconstruction_loss(run.model, make_splits()["test"].images) == pytest.approx(saved["test_mse"], abs=1e-7)
 
 
-@pytest.mark.parametrize("shards, golden", [(1, 0.1787445), (2, 0.1787080)])
-def test_golden_loss_with_seed_0(tmp_path, shards, golden):
+# The last of 16 losses, bit for bit, for the torch the set-up installs, by the CPU kernels that torch
+# picks (torch.backends.cpu.get_cpu_capability(): its vectorised kernels sum in another order on
+# another instruction set: AVX2 and DEFAULT differ by 1e-6 of the loss). Any other torch or
+# instruction set: within GOLDEN_TOLERANCE of them (relative), the spread seen between them x 100.
+GOLDEN_EXACT = {
+    ("2.14.1", "AVX2"): {1: 0.17874445021152496, 2: 0.178708016872406},
+    ("2.14.1", "DEFAULT"): {1: 0.17874430119991302, 2: 0.178708016872406},
+}
+GOLDEN_TOLERANCE = 1e-4
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_golden_loss_with_seed_0(tmp_path, shards):
     """Numerics guard: seed 0, 16 steps of the tutorial recipe on fixed data give a known loss, for
-    the eager step and the sharded one (2.14.1 CPU; a change in numerics shows up here)."""
+    the eager step and the sharded one (a change in numerics shows up here)."""
     config = RunConfig(train=train_config_for("tutorial", epochs=2, batch_size=32, shards=shards))
     trainer = Trainer(config, tmp_path, make_splits())  # seeds and builds the model
     with trainer.train_step as step:
         assert (step.sharded is not None) == (shards > 1)
         losses = [float(step(index)) for epoch in range(2) for index in trainer.batches.indices(0, epoch, shuffle=False)]
     assert len(losses) == 16 and losses[-1] < losses[0]
-    assert losses[-1] == pytest.approx(golden, rel=1e-4)
+    kernels = (torch.__version__.split("+")[0], torch.backends.cpu.get_cpu_capability())
+    if kernels in GOLDEN_EXACT:
+        assert losses[-1] == GOLDEN_EXACT[kernels][shards], f"{kernels}: {losses[-1]!r}"
+    else:  # (a new torch or instruction set: its exact value, for GOLDEN_EXACT, is in the message)
+        assert losses[-1] == pytest.approx(GOLDEN_EXACT[("2.14.1", "AVX2")][shards], rel=GOLDEN_TOLERANCE), \
+            f"{kernels}: {losses[-1]!r}"
 
 
 def test_denoising_uses_the_clean_image_as_target(tmp_path, splits):
@@ -182,6 +204,14 @@ def test_an_existing_run_is_not_overwritten(tmp_path, splits):
     with pytest.raises(AelabError, match="already holds a run.*`overwrite`"):
         train(tiny_config(epochs=1), tmp_path / "run", report=False, data=splits)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    # `overwrite` with data that cannot be read: refused before the run it would replace is touched
+    missing = replace(tiny_config(epochs=1), data=DataConfig(dataset=str(tmp_path / "missing.npz")))
+    with pytest.raises(AelabError, match="missing.npz"):
+        train(missing, tmp_path / "run", overwrite=True, report=False)
+    with pytest.raises(AelabError, match="no test split"):
+        train(tiny_config(epochs=1), tmp_path / "run", overwrite=True, data={"train": splits["train"], "val": splits["val"]})
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
+    assert (tmp_path / "run" / "metrics.csv").exists() and (tmp_path / "run" / "state").is_dir()
     train(tiny_config(epochs=1, seed=5), tmp_path / "run", overwrite=True, report=False, data=splits)
     assert (tmp_path / "run" / "model.safetensors").read_bytes() != before
 
@@ -236,10 +266,19 @@ def test_sharded_runs_are_reproducible_and_record_their_shards(tmp_path, splits)
     assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
     assert a.metrics[-1]["train_loss"] < a.metrics[0]["train_loss"]
     assert json.loads((tmp_path / "a" / "config.json").read_text())["train"]["shards"] == 2
-    auto_small = train(tiny_config(epochs=1), tmp_path / "c", report=False, data=splits)
-    assert auto_small.config.train.shards == 1  # batches of 32: too small to split
-    auto = train(tiny_config(epochs=1, batch_size=128), tmp_path / "d", report=False, data=splits)
-    assert auto.config.train.shards == (2 if torch.get_num_threads() >= 2 else 1)
+
+
+@pytest.mark.parametrize("threads, batch_size, shards", [(2, 128, 2), (2, 32, 1), (1, 128, 1), (4, 256, 2)])
+def test_auto_shards_split_big_batches_when_there_are_threads_to_share(tmp_path, splits, threads, batch_size, shards):
+    """`shards 0` (auto) records 2 shards for batches of 128 or more with 2 or more threads, else 1."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        result = train(tiny_config(epochs=1, batch_size=batch_size, shards=0), tmp_path / "run", report=False, data=splits)
+    finally:
+        torch.set_num_threads(saved)
+    assert result.config.train.shards == shards
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["shards"] == shards
 
 
 def test_an_error_in_a_shard_thread_reaches_the_caller(tmp_path, splits, monkeypatch):

@@ -17,6 +17,7 @@ import shutil
 import sys
 from typing import TYPE_CHECKING, Any, Iterable
 
+from . import distributed
 from .errors import AelabError
 
 if TYPE_CHECKING:
@@ -81,13 +82,16 @@ for _event in EVENTS:
 # --- the run folder -------------------------------------------------------------------------------
 
 class RunFolder(Callback):
-    """Writes config.json, data-skipped.csv (the files of a folder that are not usable images, with
-    why), the checkpoint of every epoch (and of an interrupt), state/best.safetensors,
-    model.safetensors (the weights ``train.keep`` chooses), metrics.csv and evaluation.json."""
+    """Removes a detector fitted on earlier weights (anomaly.json), writes config.json,
+    data-skipped.csv (the files of a folder that are not usable images, with why), the checkpoint
+    of every epoch (and of an interrupt), state/best.safetensors, model.safetensors (the weights
+    ``train.keep`` chooses), metrics.csv and evaluation.json."""
 
     def on_train_start(self, trainer):
         from .run import save_config, write_skipped
+        from .scores import remove_detector
 
+        remove_detector(trainer.run_dir)  # (fitted on weights that training now replaces)
         save_config(trainer.config, trainer.run_dir)
         source = trainer.splits["train"].source
         if source is not None and source.skipped:
@@ -124,8 +128,9 @@ class RunFolder(Callback):
 
 
 class Figures(Callback):
-    """figures/reconstructions/epoch-NNN.png after every epoch (the first test images above their
-    reconstructions, with the noisy inputs of a denoising run) and figures/loss_curves.png at the end."""
+    """figures/reconstructions/epoch-NNN.png after every epoch (the first test images, or validation
+    images when there is no test split, above their reconstructions, with the noisy inputs of a
+    denoising run) and figures/loss_curves.png at the end."""
 
     N_IMAGES = 5
 
@@ -133,7 +138,7 @@ class Figures(Callback):
         from .figures import reconstruction_examples
         from .plots import reconstruction_figure
 
-        images = trainer.splits["test"].images[: self.N_IMAGES]
+        images = trainer.splits["test" if "test" in trainer.splits else "val"].images[: self.N_IMAGES]
         clean, noisy, output = reconstruction_examples(trainer.model, images, trainer.config.train.noise_factor)
         path = trainer.run_dir / "figures" / "reconstructions" / f"epoch-{trainer.epoch:03d}.png"
         reconstruction_figure(clean, output, path, title=f"epoch {trainer.epoch}", noisy=noisy)
@@ -150,7 +155,7 @@ class Report(Callback):
     def on_train_end(self, trainer, result):
         from .report import write_report
 
-        result.report = write_report(trainer.run_dir, splits=trainer.splits)
+        result.report = write_report(trainer.run_dir, splits=trainer.splits, device=trainer.device)
 
 
 # --- what a person sees ---------------------------------------------------------------------------
@@ -196,7 +201,11 @@ class Console(Callback):
     def on_train_start(self, trainer):
         splits, config = trainer.splits, trainer.config
         where = f"resuming at epoch {trainer.epoch + 1}" if trainer.epoch or trainer.step else "training"
-        self._say(f"aelab: {where} on {trainer.device}: {len(splits['train'])} train / {len(splits['val'])} val images, "
+        on = f"{trainer.device}"
+        if distributed.active():
+            size = distributed.world()[1]
+            on += f" (under torchrun: {size} process{'es' if size > 1 else ''}, {distributed.backend_name()})"
+        self._say(f"aelab: {where} on {on}: {len(splits['train'])} train / {len(splits['val'])} val images, "
                   f"latent size {config.model.latent_dim}, recipe {config.train.recipe}, run folder {trainer.run_dir}")
 
     def on_epoch_end(self, trainer, row):
@@ -205,8 +214,9 @@ class Console(Callback):
 
     def on_train_end(self, trainer, result):
         evaluation = result.evaluation
-        denoising = evaluation.get("test_denoising_mse")
-        self._say(f"test MSE {evaluation['test_mse']:.5f} (PSNR {evaluation['test_psnr']:.2f} dB)"
+        split = "test" if "test_mse" in evaluation else "val"
+        denoising = evaluation.get(f"{split}_denoising_mse")
+        self._say(f"{split} MSE {evaluation[f'{split}_mse']:.5f} (PSNR {evaluation[f'{split}_psnr']:.2f} dB)"
                   + (f", denoising MSE {denoising:.5f}" if denoising is not None else ""))
         if result.report is not None:
             self._say(f"report: {result.report}")

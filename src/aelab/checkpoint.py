@@ -18,6 +18,7 @@ import io
 import json
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 
 from .errors import AelabError
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .run import FORMAT_VERSION, load_weights_into, read_weights, save_weights
+from .run import FORMAT_VERSION, load_config, read_weights, save_weights
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, trainer_state: dict[str, Any], name: str) -> None:
@@ -49,8 +50,21 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, trainer_state: dict[s
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(run_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
-    """Load the last complete checkpoint's weights into ``model``; return its trainer state."""
+@dataclass
+class Checkpoint:
+    """A checkpoint read from a run folder: the weights, the trainer's state (``Trainer.state()``),
+    the best weights so far, and how many epochs the run had planned (for a state saved before
+    schedules were saved with it)."""
+
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    best: dict[str, torch.Tensor] | None
+    planned_epochs: int
+    source: Path
+
+
+def read_checkpoint(run_dir: Path) -> Checkpoint:
+    """The run folder's last complete checkpoint (read by rank 0 alone under torchrun)."""
     pointer = run_dir / "state" / "last.json"
     if not pointer.is_file():
         raise AelabError(f"{run_dir} has no checkpoint to resume (state/last.json is missing); "
@@ -62,8 +76,10 @@ def load_checkpoint(run_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
     folder = run_dir / "state" / str(name)
     if Path(str(name)).name != str(name) or not folder.is_dir():
         raise AelabError(f"{pointer} points at a checkpoint that does not exist ({name}); start again with `overwrite`")
-    load_weights_into(model, read_weights(folder / "weights.safetensors"), folder / "weights.safetensors")
-    return load_trusted_state(folder / "trainer.pt")
+    best = run_dir / "state" / "best.safetensors"
+    return Checkpoint(read_weights(folder / "weights.safetensors"), load_trusted_state(folder / "trainer.pt"),
+                      read_weights(best) if best.is_file() else None, load_config(run_dir).train.epochs,
+                      folder / "weights.safetensors")
 
 
 def load_trusted_state(path: Path) -> dict[str, Any]:
@@ -78,8 +94,6 @@ def load_trusted_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise AelabError(f"{path} is not an aelab training state of format {FORMAT_VERSION}")
     return state
-
-
 
 
 def has_checkpoint(run_dir: Path) -> bool:

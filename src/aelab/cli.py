@@ -7,6 +7,7 @@ functions, so ``aelab --help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -90,8 +91,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
 
+    if args.seed is not None and not args.noise_factor:
+        raise AelabError("--seed is the seed of --noise-factor's noise: give --noise-factor F too, or leave --seed out")
     run, data = _load(args)
-    result = evaluate(run.model, data, split=args.split, noise_factor=args.noise_factor, seed=args.seed)
+    result = evaluate(run.model, data, split=args.split, noise_factor=args.noise_factor, seed=args.seed or 0)
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -123,8 +126,14 @@ def _load(args: argparse.Namespace):
     from .devices import resolve_device
     from .run import load_run
 
-    run = load_run(args.run, device=resolve_device(getattr(args, "device", "cpu")))
-    return run, load_run_split(run.config, _data_config(run.config, args), args.split)
+    run = load_run(args.run, device=resolve_device(args.device))
+    return run, _opened(args, load_run_split(run.config, _data_config(run.config, args), args.split))
+
+
+def _opened(args: argparse.Namespace, images):
+    """``images`` (an ImageSet), closed when the command ends (``main``)."""
+    args.resources.callback(images.close)
+    return images
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -141,6 +150,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from . import figures, latent, plots
 
+    applies = PLOT_OPTIONS if args.max_points is None else {**PLOT_OPTIONS, "seed": ("scatter", "pca", "tsne", "umap")}
+    _options_for(args, args.method, applies, PLOT_DEFAULTS)
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix != ".html":
         raise AelabError(f"--out must end in .html (the PNG and CSV are written beside it), got {out}")
@@ -158,19 +169,44 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# which of a command's modes each option applies to; an option given for another mode is refused
+GENERATE_OPTIONS = {"n": ("--grid",), "dims": ("--grid",), "steps": ("--interpolate",), "split": ("--interpolate",),
+                    "seed": ("--samples",)}
+GENERATE_DEFAULTS = {"n": 12, "steps": 10, "split": "test", "seed": 0}
+PLOT_OPTIONS = {"dims": ("scatter",), "perplexity": ("tsne",), "seed": ("tsne", "umap")}  # (seed: with --max-points too)
+PLOT_DEFAULTS = {"dims": (0, 1), "perplexity": 30.0, "seed": 0}
+
+
+def _options_for(args: argparse.Namespace, mode: str, applies: dict[str, tuple[str, ...]],
+                 defaults: dict[str, object]) -> None:
+    """Refuse an option given for a mode it does not apply to (one line naming both); then fill in
+    the defaults of the options left out."""
+    parser = args.parser
+    flags = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+    for dest, modes in applies.items():
+        if getattr(args, dest, None) is not None and mode not in modes:
+            raise AelabError(f"{flags[dest]} applies to {' or '.join(modes)} only, not to {mode}; leave it out")
+    for dest, value in defaults.items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, value)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import figures, latent, plots
     from .data.sets import load_run_split
 
-    modes = [bool(args.grid), args.n_samples is not None, args.interpolate is not None]
-    if sum(modes) != 1:
+    modes = {"--grid": bool(args.grid), "--samples": args.n_samples is not None,
+             "--interpolate": args.interpolate is not None}
+    if sum(modes.values()) != 1:
         raise AelabError("choose one of --grid, --samples N or --interpolate I J")
+    _options_for(args, next(mode for mode, chosen in modes.items() if chosen), GENERATE_OPTIONS, GENERATE_DEFAULTS)
     run, data = _load(args)
     if args.interpolate is not None:
         picture = figures.interpolation_picture(run, data, *args.interpolate, steps=args.steps)
         default = f"interpolation-{args.interpolate[0]}-{args.interpolate[1]}.png"
     else:
-        train_codes = latent.encode(run.model, load_run_split(run.config, _data_config(run.config, args), "train").images)
+        train = _opened(args, load_run_split(run.config, _data_config(run.config, args), "train"))
+        train_codes = latent.encode(run.model, train.images)
         if args.grid:
             picture, default = figures.grid_picture(run, latent.latent_plane(train_codes, args.dims), args.n), "grid.png"
         else:
@@ -194,7 +230,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     detector = scores.run_detector(run, args.method, args.contamination, args.data_dir, args.memory_limit)
     data = _data_config(run.config, args)
     split = args.split or ("test" if data.kind() == "named" or not args.data else "all")
-    part = load_run_split(run.config, data, split)
+    part = _opened(args, load_run_split(run.config, data, split))
     scored = scores.score_images(run.model, detector, part.images)
     order = np.argsort(-scored.score, kind="stable")
     table = {"index": part.indices.numpy()[order]}
@@ -237,6 +273,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .files import reconstruct_files
     from .run import load_run
 
+    if getattr(args, "seed", None) is not None and not getattr(args, "add_noise", None):
+        raise AelabError("--seed is the seed of --add-noise's noise: give --add-noise F too, or leave --seed out")
     run = load_run(args.run, device=resolve_device(args.device))
     noise = 0.0
     if args.command == "denoise":
@@ -244,7 +282,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             logging.getLogger("aelab").warning("%s was not trained to denoise (no --noise-factor); its outputs are "
                                                "plain reconstructions", run.path)
         noise = args.add_noise or 0.0
-    written, skipped = reconstruct_files(run, args.inputs, args.out, noise_factor=noise, seed=args.seed)
+    written, skipped = reconstruct_files(run, args.inputs, args.out, noise_factor=noise, seed=getattr(args, "seed", None) or 0)
     _report_skipped(skipped, Path(args.out))
     print(f"{len(written)} images written to {args.out}")
     return 0
@@ -276,10 +314,11 @@ def _report_skipped(skipped: list[tuple[str, str]], folder: Path, name: str = "s
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .devices import resolve_device
     from .exporting import export
     from .run import load_run
 
-    run = load_run(args.run)
+    run = load_run(args.run, device=resolve_device(args.device))
     suffix = {"onnx": ".onnx", "torchscript": ".pt"}[args.format]
     out = Path(args.out or run.path / f"{args.part}{suffix}")
     export(run, out, args.format, args.part)
@@ -287,10 +326,52 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from .run import summary
+
+    found = summary(args.run)
+    if args.json:
+        print(json.dumps(found))
+        return 0
+    data, model, recipe, evaluation = found["data"], found["model"], found["train"], found["evaluation"]
+    lines = [("run", f"{found['run']}: {found['status']}"),
+             ("data", f"{data['source']}, {data['channels']} x {data['image_size']}"
+                      + (f", classes {data['classes']}" if data["classes"] else "")),
+             ("model", f"latent size {model['latent_dim']}, width {model['width']}, hidden {model['hidden']}"),
+             ("recipe", f"{recipe['recipe']}: {recipe['epochs']} epochs ({found['epochs_done']} done), batch "
+                        f"{recipe['batch_size']}, lr {recipe['lr']:g} {recipe['schedule']}, loss {recipe['loss']}"
+                        + (f", noise {recipe['noise_factor']:g}" if recipe["noise_factor"] else "")
+                        + f", seed {recipe['seed']}, shards {recipe['shards']}")]
+    if found["best_val_loss"] is not None:
+        best = f"epoch {found['best_epoch']}, " if found["best_epoch"] else ""
+        lines.append(("best", f"{best}validation loss {found['best_val_loss']:.5f} (model.safetensors holds the "
+                              f"{recipe['keep']} epoch's weights)"))
+    for split in ("test", "val"):
+        if f"{split}_mse" in evaluation:
+            psnr = evaluation.get(f"{split}_psnr")
+            lines.append((split, f"MSE {evaluation[f'{split}_mse']:.5f}" + (f", PSNR {psnr:.2f} dB" if psnr else "")
+                          + (f", denoising MSE {evaluation[f'{split}_denoising_mse']:.5f}"
+                             if f"{split}_denoising_mse" in evaluation else "")))
+    detector = found["detector"]
+    if detector:
+        said = [f"{detector['method'] or 'unnamed'} score"]
+        said += [f"{key} {detector[key]:{form}}" for key, form in (("contamination", "g"), ("threshold", ".3f"))
+                 if isinstance(detector[key], (int, float))]  # (a detector file from elsewhere may lack them)
+        said.append("fitted on these weights" if detector["fitted_on_these_weights"] else
+                    "fitted on other weights (fitted anew when used)")
+        lines.append(("detector", ", ".join(said)))
+    else:
+        lines.append(("detector", "none yet (`aelab score` fits one)"))
+    lines.append(("versions", ", ".join(f"{name} {version}" for name, version in found["versions"].items())))
+    for key, value in lines:
+        print(f"{key:<9} {value}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    print(write_report(args.run, data_dir=args.data_dir, data=args.data))
+    print(write_report(args.run, data_dir=args.data_dir, data=args.data, device=args.device))
     return 0
 
 
@@ -312,10 +393,11 @@ def _add_explore(sub) -> None:
                    help="scatter: two latent variables (--dims); pca: first two principal components; "
                         "tsne: scikit-learn t-SNE; umap: umap-learn (pip install 'aelab[umap]')")
     p.add_argument("--out", metavar="FILE.html", help="default: RUN/figures/METHOD-SPLIT.html")
-    p.add_argument("--dims", type=_dims, default=(0, 1), metavar="I,J", help="scatter: the two latent variables (default: 0,1)")
-    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: 30)")
+    p.add_argument("--dims", type=_dims, metavar="I,J", help="scatter: the two latent variables (default: 0,1)")
+    p.add_argument("--perplexity", type=float, help="tsne: the t-SNE perplexity (default: 30)")
     p.add_argument("--max-points", type=int, metavar="N", help="at most N points, sampled stratified by label (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of t-SNE/UMAP and of the subsample (default: 0)")
+    p.add_argument("--seed", type=int, help="tsne, umap (or with --max-points): the seed of t-SNE/UMAP and of the "
+                   "subsample (default: 0)")
     _add_common(p)
     p.set_defaults(func=cmd_plot)
 
@@ -325,14 +407,14 @@ def _add_explore(sub) -> None:
                                    "of the first two principal components); ranges span the 1st-99th percentiles of "
                                    "the training codes. --samples N: codes drawn from a Gaussian mixture fitted to the "
                                    "training codes. --interpolate I J: the line between test images I and J.")
-    _add_run(p, split_help="split of --interpolate's images (default: test)")
+    _add_run(p, split_help="--interpolate: the split of images I and J (default: test)", split_default=None)
     p.add_argument("--grid", action="store_true", help="decode an n x n grid")
-    p.add_argument("--n", type=int, default=12, help="grid size (default: 12)")
-    p.add_argument("--dims", type=_dims, metavar="I,J", help="grid over two latent variables (default: the PCA plane)")
+    p.add_argument("--n", type=int, help="--grid: its size (default: 12)")
+    p.add_argument("--dims", type=_dims, metavar="I,J", help="--grid: over two latent variables (default: the PCA plane)")
     p.add_argument("--samples", type=int, metavar="N", dest="n_samples", help="draw N new images")
     p.add_argument("--interpolate", type=int, nargs=2, metavar=("I", "J"), help="interpolate between images I and J of --split")
-    p.add_argument("--steps", type=int, default=10, help="interpolation steps (default: 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples (default: 0)")
+    p.add_argument("--steps", type=int, help="--interpolate: the number of steps (default: 10)")
+    p.add_argument("--seed", type=int, help="--samples: their seed (default: 0)")
     p.add_argument("--scale", type=int, default=2, help="enlarge the PNG this many times (default: 2)")
     p.add_argument("--out", metavar="FILE.png", help="default: RUN/figures/grid.png (samples.png, interpolation-I-J.png)")
     _add_common(p)
@@ -368,7 +450,7 @@ def _add_explore(sub) -> None:
     p.add_argument("--normal", metavar="C[,C...]", help="the normal classes (labels or names): also print AUROC, "
                    "average precision and F1 at the threshold, the other classes being the anomalies")
     p.add_argument("--top", type=int, default=12, metavar="N", help="images in the figure (default: 12)")
-    p.add_argument("--device", default="cpu", help="default: cpu")
+    _add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_common(p)
     p.set_defaults(func=cmd_score)
@@ -386,8 +468,8 @@ def _add_explore(sub) -> None:
         if name == "denoise":
             p.add_argument("--add-noise", type=float, metavar="F", help="first add seeded Gaussian noise times F to "
                            "the inputs (to see the run at work on clean files; default: none, the inputs are noisy)")
-        p.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default: 0)" if name == "denoise"
-                       else argparse.SUPPRESS)
+        if name == "denoise":
+            p.add_argument("--seed", type=int, help="with --add-noise: the seed of the noise (default: 0)")
         _add_common(p, data_dir=False)
         p.set_defaults(func=cmd_reconstruct)
 
@@ -416,8 +498,18 @@ def _add_explore(sub) -> None:
                    help="autoencoder: images -> reconstructions; encoder: images -> codes; decoder: codes -> images "
                         "(default: autoencoder)")
     p.add_argument("--out", metavar="FILE", help="default: RUN/PART.onnx or RUN/PART.pt")
+    _add_device(p)
     _add_common(p, data_dir=False)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="what a run folder holds: data, model, recipe, progress, test metrics, detector",
+                       description="Describe a run folder from its files (nothing is computed): its data source, "
+                                   "model, recipe, epochs done, best epoch, test (or validation) metrics, anomaly "
+                                   "detector, and the versions of aelab and torch that made it.")
+    p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_common(p, data_dir=False)
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("report", help="write RUN/report.html, one self-contained page",
                        description="Write RUN/report.html: configuration, metrics, loss curves, reconstructions per "
@@ -425,6 +517,7 @@ def _add_explore(sub) -> None:
     p.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
     p.add_argument("--data", metavar="SOURCE", help="the images to show instead of the run's own source (another "
                    "copy of the same data, or new images), prepared as the run's training images were")
+    _add_device(p)
     _add_common(p)
     p.set_defaults(func=cmd_report)
 
@@ -436,21 +529,34 @@ def _add_common(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
         parser.add_argument("--data-dir", metavar="DIR",
                             help="folder for datasets and the image cache (default: $AELAB_DATA_DIR, else "
                                  "~/.cache/aelab/data)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+    _add_switches(parser, argparse.SUPPRESS)  # (given before the command, or after it: the same)
     parser.set_defaults(parser=parser)  # error messages name this command's options
+
+
+def _add_switches(parser: argparse.ArgumentParser, default) -> None:
+    """--quiet and --debug: the main parser's, and every command's (their default leaves the main one's)."""
+    parser.add_argument("--quiet", "-q", action="store_true", default=default, help="no progress bars or messages")
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
     """RUN and INPUT...: the files-in commands (reconstruct, denoise, encode)."""
     parser.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    parser.add_argument("--device", default="cpu", help="default: cpu")
+    _add_device(parser)
 
 
-def _add_run(parser: argparse.ArgumentParser, split_help: str = "default: test") -> None:
+def _add_run(parser: argparse.ArgumentParser, split_help: str = "default: test", split_default: str | None = "test") -> None:
     parser.add_argument("run", metavar="RUN", help="a run folder written by `aelab train`")
-    parser.add_argument("--split", choices=SPLIT_CHOICES, default="test", help=split_help)
+    parser.add_argument("--split", choices=SPLIT_CHOICES, default=split_default, help=split_help)
     _add_data(parser)
+    _add_device(parser)
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", metavar="DEV",
+                        help="where the model runs: auto (cuda, then mps, else cpu), cpu, cuda, cuda:N, mps "
+                             "(default: auto)")
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
@@ -485,8 +591,10 @@ def _add_train(sub) -> None:
                     "-m aelab train ...) the processes train one run with DistributedDataParallel; --batch-size "
                     "stays the global batch.")
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/DATASET-dLATENT, e.g. runs/mnist-d4)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint "
-                   "(--epochs may extend a finished run)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint, with its "
+                   "own settings; --epochs may extend a finished run (the added epochs get a one-cycle of their "
+                   "own, from the rate where the run ended up to a quarter of the peak and back down); under "
+                   "torchrun only rank 0 needs to see RUN")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--recipe", choices=sorted(RECIPES), help="a set of training settings (default: fast)")
     p.add_argument("--data", "--dataset", dest="dataset", metavar="SOURCE",
@@ -554,8 +662,7 @@ def _add_evaluate(sub) -> None:
     _add_run(p)
     p.add_argument("--noise-factor", type=float, default=0.0, metavar="F",
                    help="measure denoising: noisy input (seeded), clean target (default: 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
-    p.add_argument("--device", default="cpu", help="default: cpu")
+    p.add_argument("--seed", type=int, help="with --noise-factor: the seed of the noise (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object (mse, psnr, split, n_images, noise_factor)")
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
@@ -565,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="aelab", description="Train, evaluate and explore convolutional autoencoders on images.",
                     epilog="Start with `aelab train` (MNIST, latent size 4), then open the run's report.html.")
     parser.add_argument("--version", action="version", version=f"aelab {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_switches(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
 
@@ -622,9 +729,9 @@ def _show_progress(quiet: bool) -> None:
 
 def _rank() -> int | None:
     """This process's rank under torchrun (None outside it)."""
-    import os
+    from . import distributed
 
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+    return distributed.world()[0] if distributed.under_torchrun() else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -632,7 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _show_progress(args.quiet or bool(_rank()))  # under torchrun, rank 0 alone shows progress
     try:
-        return args.func(args)
+        with contextlib.ExitStack() as args.resources:  # (what a command opens: closed when it ends)
+            return args.func(args)
     except AelabError as error:
         if args.debug:
             raise

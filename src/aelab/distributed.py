@@ -1,57 +1,74 @@
-"""Training across processes under ``torchrun``: PyTorch's DistributedDataParallel, aelab's batches.
+"""Processes under ``torchrun``: the process group, its collectives, and each rank's share.
 
-Outside torchrun (no ``WORLD_SIZE`` above 1 in the environment) nothing here is used. Under it,
-every process (rank) reads the same data and walks the same (seed, epoch) order of global batches
+Outside torchrun nothing here is used. Under it (with one process too, so that a single GPU runs
+the code many run, NCCL included) every process joins one group: on GPUs NCCL for CUDA tensors
+and gloo for CPU ones, on CPUs gloo; every collective reduces its tensors on the rank's device.
+Every rank reads the same data and walks the same (seed, epoch) order of global batches
 (``--batch-size`` stays the global batch); rank r trains on its slice of each batch, exactly the
-rows the r-th shard of ``--shards N`` would take, and normalises with its own BatchNorm
-statistics. The gradients are added across ranks by DDP (each rank's loss weighted by its share of
-the batch) and after each step the BatchNorm running statistics are averaged the way ``--shards``
-averages them, so N ranks compute what one process with ``--shards N`` computes (a test compares
-them). This is not SyncBatchNorm, which would normalise with the whole batch's statistics.
+rows the r-th shard of ``--shards N`` would take (``aelab.steps.DistributedStep``), and evaluates
+only its ``share`` of the validation and test images (whole chunks of ``infer``, whose noise is
+seeded by their place), the losses averaged across the ranks (``mean_across``).
 
-A rank gathers only its slice of each batch (``Batches(part=...)``), with its rows of the batch's
-noise, and evaluates only its ``share`` of the validation and test images (whole chunks of
-``infer``, whose noise is seeded by their place), the losses averaged across the ranks
-(``mean_across``).
+Rank 0 alone reads and writes the run folder: it decides whether the run is new or resumed and
+sends the other ranks the configuration and the checkpoint (``from_rank_0``), so a rank on a
+machine that cannot see the run folder trains the same run.
+
+This module is the lower layer: it knows nothing of models, steps or runs.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # (torch is imported where it is used: the command line reads torchrun's environment here)
+    import torch
 
-from .config import TrainConfig
+_device: "torch.device | None" = None  # this rank's device, once it has joined the process group
+_joined = False  # whether setup() made the process group (teardown() leaves a group the caller made)
+
+
+def under_torchrun() -> bool:
+    """Whether torchrun started this process (with any number of processes, one included)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ)
 
 
 def world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside it."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
+    if not under_torchrun():
         return 0, 1, 0
-    return int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def restarts() -> int:
     """How many times torchrun has restarted this run's processes (``--max-restarts``); 0 outside it."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) if world()[1] > 1 else 0
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) if under_torchrun() else 0
 
 
 def active() -> bool:
-    return world()[1] > 1
+    """Whether this process trains in a process group: under torchrun, even as its only process (so
+    that one GPU runs the same code, NCCL included, as many)."""
+    return under_torchrun()
+
+
+def backend(device: torch.device) -> str:
+    """The process group's backends: on GPUs NCCL for CUDA tensors and gloo for CPU ones (a CPU
+    tensor given to an NCCL-only group fails), on CPUs gloo."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def setup(device: torch.device) -> torch.device:
-    """Join the process group (NCCL on GPUs, gloo on CPUs) once; the device this rank trains on."""
+    """Join the process group once; the device this rank trains on (on GPUs, its local one), on
+    which every collective of this module reduces its tensors."""
+    import torch
     import torch.distributed as dist
 
+    global _device, _joined
     rank, size, local = world()
     if device.type == "cuda":
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         if restarts() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             # after a restart the agent's store still holds the dead processes' addresses under the same
             # keys (pytorch/pytorch#167288: "connection refused"); each attempt takes keys of its own
@@ -59,22 +76,41 @@ def setup(device: torch.device) -> torch.device:
 
             store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size=size,
                                   is_master=False, timeout=timedelta(minutes=5))
-            dist.init_process_group(backend, store=dist.PrefixStore(f"aelab-attempt-{restarts()}", store),
+            dist.init_process_group(backend(device), store=dist.PrefixStore(f"aelab-attempt-{restarts()}", store),
                                     rank=rank, world_size=size)
         else:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend(device))
+        _joined = True
+    _device = device
     return device
 
 
+def device() -> torch.device:
+    """This rank's device (the CPU outside a process group)."""
+    import torch
+
+    return _device if _device is not None else torch.device("cpu")
+
+
+def backend_name() -> str:
+    """The process group's backend, as PyTorch names it ("gloo", "nccl", ...); "" outside one."""
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_initialized() else ""
+
+
 def teardown() -> None:
-    """Leave the process group (before the process ends: an orderly exit on every rank). Every rank
+    """Leave the process group that ``setup()`` made (before the process ends: an orderly exit on
+    every rank; a group the caller made stays theirs). Every rank
     waits for the others first: one that left while rank 0 still wrote the run folder could abort
     in gloo's threads at exit ("terminate called without an active exception", seen 2 times in 16)."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
-        dist.barrier()
+    global _device, _joined
+    if dist.is_initialized() and _joined:
+        barrier()
         dist.destroy_process_group()
+    _device, _joined = None, False
 
 
 def local_size() -> int:
@@ -91,13 +127,23 @@ def share(total: int, chunk: int) -> tuple[int, int]:
     return min(total, chunks * rank // size * chunk), min(total, chunks * (rank + 1) // size * chunk)
 
 
-def mean_across(values, device: torch.device) -> float:
-    """The mean of per-image ``values`` (a float64 array) over the images of every rank's share."""
+def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``values`` reduced over the ranks (sum or max), in place, on this rank's device; unchanged
+    outside a process group. Every collective of aelab on tensors goes through here."""
     import torch.distributed as dist
 
-    sums = torch.tensor([float(values.sum()), float(len(values))], dtype=torch.float64, device=device)
     if dist.is_initialized():
-        dist.all_reduce(sums)
+        if values.device != device():
+            raise ValueError(f"a collective of a {values.device} tensor in a group on {device()}")
+        dist.all_reduce(values, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return values
+
+
+def mean_across(values) -> float:
+    """The mean of per-image ``values`` (a float64 array) over the images of every rank's share."""
+    import torch
+
+    sums = all_reduce(torch.tensor([float(values.sum()), float(len(values))], dtype=torch.float64, device=device()))
     return float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
 
 
@@ -105,70 +151,51 @@ def barrier() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(device_ids=[device().index] if device().type == "cuda" else None)
 
 
 def any_rank(flag: bool) -> bool:
     """Whether ``flag`` is set on any rank (every rank gets the same answer): so that a signal seen
     by one rank stops all of them at the same step."""
+    import torch
+
+    value = torch.tensor([1.0 if flag else 0.0], device=device())
+    return bool(all_reduce(value, "max").item())
+
+
+def from_rank_0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (any picklable object; rank 0's own elsewhere ignored):
+    what rank 0 alone decides from the run folder, so that the other ranks need not see it."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return value
+    box = [value if world()[0] == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=device() if device().type == "cuda" else None)
+    return box[0]
 
 
-class _Forward(nn.Module):
-    """``steps.model_output`` as a module, for DDP to wrap."""
+def raise_together(error: Exception | None) -> None:
+    """Stop every rank when any met an error (``error``: this rank's, None where it met none), so
+    that no rank waits for ever in a collective for one that stopped: a rank raises its own error,
+    or an AelabError with the first other rank's message and that rank's number. Outside torchrun:
+    ``error`` raised, if any."""
+    from .errors import AelabError
 
-    def __init__(self, model: nn.Module, loss: str):
-        super().__init__()
-        self.model, self.loss = model, loss
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .steps import model_output
-
-        return model_output(self.model, x, self.loss)
+    found = gathered(None if error is None else str(error))
+    if error is not None:
+        raise error
+    failed = next((rank for rank, message in enumerate(found) if message is not None), None)
+    if failed is not None:
+        raise AelabError(f"rank {failed} under torchrun: {found[failed]}")
 
 
-class DistributedStep:
-    """One training step of a global batch across the ranks (see the module's docstring)."""
+def gathered(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order."""
+    import torch.distributed as dist
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig, device: torch.device):
-        from torch.nn.parallel import DistributedDataParallel
-
-        self.model, self.optimizer, self.config = model, optimizer, config
-        self.size = world()[1]
-        import inspect
-
-        # each rank keeps its own BatchNorm statistics during a step (merged after it); they start equal
-        no_sync = ({"forward_sync_buffers": False}
-                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
-                   else {"broadcast_buffers": False})  # (the older name of the same setting)
-        self.ddp = DistributedDataParallel(_Forward(model, config.loss), **no_sync,
-                                           device_ids=[device] if device.type == "cuda" else None)
-        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
-
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
-        """Forward and backward of this rank's slice (``inputs``, ``targets``) of a batch of ``n``
-        images, the gradients added across ranks, one optimizer step, the BatchNorm statistics
-        merged; returns the batch's mean loss (the same on every rank)."""
-        import torch.distributed as dist
-
-        from .steps import forward_backward
-
-        weight = len(inputs) / n
-        self.optimizer.zero_grad(set_to_none=True)
-        # DDP averages the gradients over the ranks: weighted by size, their sum is the whole batch's
-        loss = forward_backward(self.model, inputs, targets, self.config, weight * self.size, forward=self.ddp)
-        self.optimizer.step()
-        with torch.no_grad():
-            shared = torch.cat([b.flatten() for b in self.buffers] + [loss.float().reshape(1)]) * weight
-            dist.all_reduce(shared)
-            offset = 0
-            for buffer in self.buffers:
-                buffer.copy_(shared[offset: offset + buffer.numel()].view_as(buffer))
-                offset += buffer.numel()
-        return shared[-1]
+    if not dist.is_initialized():
+        return [value]
+    out: list[Any] = [None] * world()[1]
+    dist.all_gather_object(out, value)
+    return out

@@ -8,11 +8,15 @@
     detector.transform(X_new)          # codes [N, latent_dim]; inverse_transform(codes) -> images
     detector.save("runs/detector"); AutoencoderDetector.load("runs/detector")
 
-``fit`` trains with the same code as ``aelab train`` (``aelab.train`` into a run folder: a
-temporary one unless ``run_dir`` is given), holds out ``val_fraction`` of X (seeded) for validation,
-and fits the score of ``aelab score`` (``method``; threshold at the (1 - contamination) quantile of
-the validation scores). After fit: ``decision_scores_`` (the scores of X), ``threshold_``, ``labels_``
-(0/1 for X), ``run_dir_``. X is uint8 or floats in [0, 1], as ``aelab.data.arrays`` reads files.
+``fit`` trains with the same code as ``aelab train`` (``aelab.train`` into the run folder
+``run_dir``, or without it into a temporary one that is removed before ``fit`` returns), holds out
+``val_fraction`` of X (seeded) for validation, and fits the score of ``aelab score`` (``method``;
+threshold at the (1 - contamination) quantile of the validation scores). After fit:
+``decision_scores_`` (the scores of X), ``threshold_``, ``labels_`` (0/1 for X), ``metrics_`` (the
+validation split's MSE and PSNR, named ``val_*``: X has no test split; a run loaded with ``load``:
+those of its evaluation.json, ``test_*`` for a run of ``aelab train``), ``run_dir_`` (None without
+``run_dir``: ``save`` writes a run folder). X is uint8 or floats in [0, 1], as ``aelab.data.arrays``
+reads files.
 
 The defaults are aelab's one-class recipe (latent size 16, the fast recipe, 30 epochs, the combined
 score): mean AUROC 0.979 on MNIST and 0.939 on Fashion-MNIST in the one-class benchmark
@@ -48,8 +52,8 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
     def fit(self, X, y=None) -> "AutoencoderDetector":
         from .config import DataConfig, ModelConfig, RunConfig, train_config_for
         from .data.sets import ImageSet, split_train_val
+        from .run import split_metrics
         from .scores import check_contamination, fit_detector, save_detector
-        from .training import train
 
         check_contamination(self.contamination)
         images = self._images(X, fitting=True)
@@ -61,16 +65,28 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
             train=train_config_for(self.recipe, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                    loss=self.loss, noise_factor=self.noise_factor, seed=self.seed, device=self.device),
         )
-        run_dir = Path(self.run_dir) if self.run_dir else Path(tempfile.mkdtemp(prefix="aelab-detector-")) / "run"
-        result = train(config, run_dir, overwrite=self.run_dir is not None, report=False,
-                       data={"train": train_set, "val": val_set, "test": val_set})
-        self.model_ = result.model.eval()
-        self.run_dir_ = run_dir
+        data = {"train": train_set, "val": val_set}
+        if self.run_dir:
+            result = self._train(config, Path(self.run_dir), data)
+        else:  # a run folder only while training: the fitted detector lives in memory (save() writes one)
+            with tempfile.TemporaryDirectory(prefix="aelab-detector-") as folder:
+                result = self._train(config, Path(folder) / "run", data)
+        self.model_, self.config_ = result.model.eval(), result.config
+        self.metrics_ = split_metrics(result.evaluation)
+        self.history_ = result.metrics
+        self.run_dir_ = Path(self.run_dir) if self.run_dir else None
         self.detector_ = fit_detector(self.model_, train_set.images, val_set.images, self.method, self.contamination,
                                       seed=self.seed)
-        save_detector(self.detector_, run_dir)
+        if self.run_dir_ is not None:
+            save_detector(self.detector_, self.run_dir_)
         self._fitted(images)
         return self
+
+    @staticmethod
+    def _train(config, run_dir: Path, data):
+        from .training import train
+
+        return train(config, run_dir, overwrite=True, report=False, data=data)
 
     def _fitted(self, images: torch.Tensor) -> None:
         self.threshold_ = float(self.detector_.threshold)
@@ -110,32 +126,48 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
 
     # --- a run folder -------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Copy the fitted run folder (weights, config, metrics, the score in anomaly.json) to ``path``."""
+        """Write the fitted detector as a run folder at ``path`` (a copy of ``run_dir`` when it was given;
+        else config.json, model.safetensors, metrics.csv, evaluation.json and the score in anomaly.json):
+        ``load`` and every ``aelab`` command read it."""
+        from .run import save_config, save_weights, write_json, write_metrics
+        from .scores import save_detector
+
         self._check_fitted()
         path = Path(path)
         if path.exists():
             raise AelabError(f"{path} exists; choose another folder")
-        shutil.copytree(self.run_dir_, path, ignore=shutil.ignore_patterns(".lock", "state"))
+        if self.run_dir_ is not None:
+            shutil.copytree(self.run_dir_, path, ignore=shutil.ignore_patterns(".lock", "state"))
+            return path
+        path.mkdir(parents=True)
+        save_config(self.config_, path)
+        save_weights(self.model_, path / "model.safetensors")
+        write_metrics(self.history_, path)
+        write_json(path / "evaluation.json", self.metrics_)
+        save_detector(self.detector_, path)
         return path
 
     @classmethod
     def load(cls, path: str | Path, X=None) -> "AutoencoderDetector":
         """A fitted detector from a run folder (saved by ``save``, or any run scored by ``aelab score``);
         with ``X``, ``decision_scores_`` and ``labels_`` are those of X."""
-        from .run import load_run
+        from .run import load_run, read_json, split_metrics
         from .scores import load_detector
 
         run = load_run(path)
-        detector = load_detector(run.path)
+        detector = load_detector(run.path, run.model)
         if detector is None:
-            raise AelabError(f"{run.path} has no anomaly score of this aelab version; score it first (aelab score "
-                             f"{run.path})")
+            raise AelabError(f"{run.path} has no anomaly score fitted on its weights by this aelab version; score it "
+                             f"first (aelab score {run.path})")
         model, train = run.config.model, run.config.train
         self = cls(latent_dim=model.latent_dim, epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
                    recipe=train.recipe, loss=train.loss, noise_factor=train.noise_factor, width=model.width,
                    hidden=model.hidden, method=detector.method, contamination=detector.contamination,
                    val_fraction=run.config.data.val_fraction, seed=train.seed)
-        self.model_, self.detector_, self.run_dir_ = run.model, detector, run.path
+        self.model_, self.detector_, self.run_dir_, self.config_ = run.model, detector, run.path, run.config
+        self.history_ = run.metrics
+        evaluation = read_json(run.path / "evaluation.json")
+        self.metrics_ = split_metrics(evaluation)
         self.threshold_ = float(detector.threshold)
         self.n_features_in_ = model.in_channels * model.image_size * (model.image_width or model.image_size)
         if X is not None:

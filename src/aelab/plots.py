@@ -213,8 +213,9 @@ def picture_uri(source: Path | np.ndarray, max_bytes: int, shrink: bool = True) 
         data = source.read_bytes()
         if len(data) <= max_bytes:
             return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        image = Image.open(source)
-        image.load()
+        with Image.open(source) as opened:
+            opened.load()
+            image = opened.copy()
     else:
         image = Image.fromarray(source)
     image = image.convert("RGB") if image.mode not in ("L", "RGB") else image

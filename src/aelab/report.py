@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import figures, latent, plots
-from .data.sets import ImageSet, data_for_run, load_run_splits
+from .data.sets import ImageSet, close_sets, data_for_run, load_run_splits
 from .errors import AelabError
 from .fsutil import atomic_write_text
 from .run import Run, load_run, read_json
@@ -165,10 +165,13 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
 
     run = load_run(run_dir, device=resolve_device(device) if isinstance(device, str) else device)
     log.info("writing the report (generated images, latent maps, t-SNE) ...")
+    owned = None
     if splits is None:
-        settings = data_for_run(run.config, data, data_dir)
-        splits = load_run_splits(run.config, settings)
-    page = render(run, build_figures(run, splits["test"], splits["train"], splits.get("val")))
+        owned = splits = load_run_splits(run.config, data_for_run(run.config, data, data_dir))
+    try:
+        page = render(run, build_figures(run, splits["test"], splits["train"], splits.get("val")))
+    finally:
+        close_sets(owned)
     path = run.path / "report.html"
     atomic_write_text(path, page)
     log.info("report written in %.1f s: %s", time.perf_counter() - started, path)

@@ -18,10 +18,8 @@ Weights are only ever read from safetensors: nothing a user hands in is unpickle
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
-import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,14 +29,14 @@ import torch
 
 from .config import RunConfig
 from .errors import AelabError
-from .fsutil import atomic_write_bytes, atomic_write_text
+from .fsutil import ProcessLock, atomic_write_bytes, atomic_write_text
 from .model import ConvAutoencoder
 
 FORMAT_VERSION = 1
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
 # what a run folder holds (besides files a user puts there): replaced together by overwrite=True
 RUN_FILES = ("config.json", "model.safetensors", "metrics.csv", "state", "figures", "report.html", "evaluation.json",
-             "tensorboard", "mlflow.json", "data-skipped.csv")
+             "tensorboard", "mlflow.json", "data-skipped.csv", "anomaly.json", "anomaly.safetensors")
 
 
 def versions() -> dict[str, str]:
@@ -55,6 +53,20 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | 
 
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
     atomic_write_bytes(path, save(tensors, metadata=metadata or {}))
+
+
+def weights_digest(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """A short hash of a model's weights and buffers (names, dtypes, shapes, values; or of the same
+    tensors as ``read_weights`` gives them): what a detector fitted on them records, so that it is
+    never used with other weights."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    tensors = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    for name, value in sorted(tensors.items()):
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -177,6 +189,50 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     return Run(path, config, model, read_metrics(path))
 
 
+def summary(run_dir: str | Path) -> dict[str, Any]:
+    """What a user asks of a run folder first (``aelab info``): its data, model and recipe, how far
+    it has trained, its best epoch and test metrics, its anomaly detector, and the versions that
+    made it; read from the folder's files (the model is not built)."""
+    path = check_run_dir(run_dir)
+    config, versions = load_config(path), read_json(path / "config.json").get("versions", {})
+    metrics = read_metrics(path)
+    evaluation = read_json(path / "evaluation.json")
+    detector = read_json(path / "anomaly.json")
+    done, planned = len(metrics), config.train.epochs
+    if evaluation and done >= planned:
+        status = "finished"
+    elif (path / "state" / "last.json").is_file():
+        status = f"stopped after {done} of {planned} epochs (continue it with `resume`)"
+    else:
+        status = "not trained yet"
+    found: dict[str, Any] = {
+        "run": str(path), "status": status,
+        "data": {"source": config.data.dataset, "channels": config.model.in_channels,
+                 "image_size": f"{config.model.image_size}x{config.model.image_width or config.model.image_size}",
+                 "classes": config.data.classes, "val_fraction": config.data.val_fraction},
+        "model": {"latent_dim": config.model.latent_dim, "width": config.model.width, "hidden": config.model.hidden},
+        "train": {key: getattr(config.train, key) for key in ("recipe", "epochs", "batch_size", "lr", "schedule",
+                                                              "loss", "noise_factor", "seed", "keep", "shards")},
+        "epochs_done": done, "best_epoch": evaluation.get("best_epoch"),
+        "best_val_loss": min((row["val_loss"] for row in metrics), default=None),
+        "evaluation": split_metrics(evaluation),
+        "detector": None,
+        "versions": versions,
+    }
+    if detector:
+        weights = path / "model.safetensors"
+        found["detector"] = {key: detector.get(key) for key in ("method", "contamination", "threshold")}
+        found["detector"]["fitted_on_these_weights"] = bool(
+            weights.is_file() and detector.get("weights") == weights_digest(read_weights(weights)))
+    return found
+
+
+def split_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
+    """The per-split image metrics of an evaluation.json (``test_mse``, ``val_psnr``,
+    ``test_denoising_mse``, ...), without its other entries (best epoch, seconds)."""
+    return {key: value for key, value in evaluation.items() if key.endswith(("_mse", "_psnr"))}
+
+
 def write_json(path: Path, values: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(values, indent=2) + "\n")
 
@@ -195,44 +251,40 @@ def read_json(path: Path) -> dict[str, Any]:
 # --- the rules: one process per run; new, resumed, replaced -------------------------------------
 
 class RunLock:
-    """An OS lock on ``RUN/.lock``, held by the one process that trains, resumes or replaces a run.
+    """An OS lock on ``RUN/.lock`` (a ``fsutil.ProcessLock``), held by the one process that trains,
+    resumes or replaces a run.
 
     The operating system releases it when the process ends in any way, so a crash never leaves a
-    stale lock. A second process is refused with the holder's process id. (Where the OS has no
-    ``fcntl``, as on Windows, runs are not locked.)
+    stale lock. A second process is refused with the holder's process id; a folder where the lock
+    file cannot be made (read-only) is refused with the fix. (Where the OS has no ``fcntl``, as on
+    Windows, runs are not locked.)
     """
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
-        self._handle = None
+        self._lock: ProcessLock | None = None
 
     def acquire(self) -> "RunLock":
+        lock = ProcessLock(self.path)
         try:
-            import fcntl
-        except ImportError:
-            return self
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken = lock.open().try_acquire()
         except OSError as error:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
-            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
+            lock.release()
+            raise AelabError(f"cannot lock the run folder {self.path.parent} ({error.strerror or error}): training "
+                             "writes into it; make it writable, or copy the run to a folder you can write to (or "
+                             "choose another `out` folder)") from None
+        if not taken:
+            holder = lock.holder() or "?"
+            lock.release()
             raise AelabError(f"{self.path.parent} is in use: process {holder} is training it; wait for it to "
-                             f"finish (or stop it), or choose another folder") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._handle = handle
+                             f"finish (or stop it), or choose another folder")
+        self._lock = lock
         return self
 
     def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the file releases the lock (the file stays: removing it would race)
-            self._handle = None
+        if self._lock is not None:
+            self._lock.release()  # closing the file releases the lock (the file stays: removing it would race)
+            self._lock = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -242,10 +294,11 @@ class RunLock:
 
 
 def lock_new_run(run_dir: Path, overwrite: bool) -> RunLock:
-    """Make (or, with ``overwrite``, empty) the folder of a new run and lock it.
+    """Make the folder of a new run and lock it.
 
-    A folder that already holds a run is refused unless ``overwrite``; the lock is taken before
-    anything is removed, so a run that another process trains is never deleted under it."""
+    A folder that already holds a run is refused unless ``overwrite``; the run there is removed
+    only later (``remove_run_files``), once the new run's data are read, so that a mistake found
+    before training starts loses nothing, and never under another process that trains it."""
     if run_dir.exists() and not run_dir.is_dir():
         raise AelabError(f"{run_dir} is a file; give a folder for the run as `out`")
     try:
@@ -258,10 +311,18 @@ def lock_new_run(run_dir: Path, overwrite: bool) -> RunLock:
         lock.release()
         raise AelabError(f"{run_dir} already holds a run ({', '.join(present)}); continue it with `resume`, "
                          "replace it with `overwrite`, or choose another `out` folder")
-    for name in present:
-        path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
     return lock
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Remove what a run wrote in ``run_dir`` (``RUN_FILES``; other files stay), for the new run
+    that replaces it; its lock must be held."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def lock_existing_run(run_dir: Path) -> RunLock:
@@ -269,26 +330,46 @@ def lock_existing_run(run_dir: Path) -> RunLock:
     return RunLock(check_run_dir(run_dir)).acquire()
 
 
-# settings a resumed run may change; the data themselves are checked by their fingerprint
-# the data may move (the data fingerprint is checked on resume) and be read another way; nothing else changes
+# what a resumed run may change besides `train.epochs`: where the data are and how they are read (the data
+# themselves are checked by their fingerprint) and where it trains; nothing else changes
 RESUMABLE = ("train.epochs", "train.device", "train.keep", "data.data_dir", "data.dataset", "data.memory_limit")
+# settings that training fills in from the data (or resolves from auto): a config that leaves them as they
+# start (None, 0, the model's defaults) asks for nothing
+FITTED = {"model.in_channels": 1, "model.image_size": 28, "model.image_width": None, "data.channels": None,
+          "data.image_size": None, "data.fingerprint": None, "train.shards": 0}
 
 
-def resumed_config(run_dir: Path, requested: RunConfig | None, explicit: set[str]) -> RunConfig:
-    """The run's own config, with the settings named in ``explicit`` (``"train.epochs"``) taken from
-    ``requested``; only those in ``RESUMABLE`` may differ from the run's."""
+def _setting(config: RunConfig, name: str) -> Any:
+    section, key = name.split(".")
+    return getattr(getattr(config, section), key)
+
+
+def config_differences(requested: RunConfig, saved: RunConfig) -> set[str]:
+    """The settings (``"train.lr"``) where ``requested`` asks for something else than ``saved`` has;
+    a setting that training fills in (``FITTED``) counts only when ``requested`` sets it."""
+    names = {f"{section}.{key}" for section, values in requested.to_dict().items() for key in values}
+    return {name for name in names if _setting(requested, name) != _setting(saved, name)
+            and not (name in FITTED and _setting(requested, name) == FITTED[name])}
+
+
+def resumed_config(run_dir: Path, requested: RunConfig | None, explicit: set[str] | None = None) -> RunConfig:
+    """The run's own config, with what ``requested`` changes of it: the settings named in ``explicit``
+    (the command line's options, ``"train.epochs"``), or without ``explicit`` every setting where
+    ``requested`` differs from the run's. Only those in ``RESUMABLE`` may differ; any other is refused,
+    each named."""
     saved = load_config(check_run_dir(run_dir))
     if requested is None:
         return saved
-    for name in sorted(explicit - set(RESUMABLE)):
-        section, key = name.split(".")
-        asked, have = getattr(getattr(requested, section), key), getattr(getattr(saved, section), key)
-        if asked != have:
-            raise AelabError(f"resume: the run was trained with `{name}` {have!r}, not {asked!r}; a resumed run keeps "
-                             f"its architecture, data and recipe (only {', '.join(f'`{n}`' for n in RESUMABLE)} may "
-                             "change); start a new run in another folder instead")
+    changed = {name for name in (config_differences(requested, saved) if explicit is None else explicit)
+               if _setting(requested, name) != _setting(saved, name)}
+    refused = sorted(changed - set(RESUMABLE))
+    if refused:
+        said = "; ".join(f"`{name}` {_setting(saved, name)!r}, not {_setting(requested, name)!r}" for name in refused)
+        raise AelabError(f"resume: the run was trained with {said}; a resumed run keeps its architecture, data and "
+                         f"recipe (only {', '.join(f'`{n}`' for n in RESUMABLE)} may change); start a new run in "
+                         "another folder instead")
     changes: dict[str, dict[str, Any]] = {"data": {}, "train": {}}
-    for name in explicit & set(RESUMABLE):
+    for name in changed:
         section, key = name.split(".")
-        changes[section][key] = getattr(getattr(requested, section), key)
+        changes[section][key] = _setting(requested, name)
     return replace(saved, data=replace(saved.data, **changes["data"]), train=replace(saved.train, **changes["train"]))

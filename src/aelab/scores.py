@@ -22,13 +22,18 @@ trained on, and scores as normal; its features, though, lie where the training i
 The threshold follows PyOD's convention: ``contamination`` c sets it at the (1 - c) quantile of
 the validation images' scores. A ``Detector`` (the fitted Gaussians and mixture, the
 standardisation, the threshold) is saved in the run folder, ``anomaly.json`` with
-``anomaly.safetensors``, and read back by every later use.
+``anomaly.safetensors``, and read back by every later use. It belongs to the weights it was fitted
+on: ``anomaly.json`` records their digest (and that of ``anomaly.safetensors``, so a reader never
+pairs one file of a detector with the other's), and a detector of other weights (the run was
+trained on since, or replaced) is fitted anew.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +76,7 @@ class Detector:
     # {"feature_distance": {"mean": [F], "precision": [F, F]}, "feature_error": {...}} (float64)
     gaussians: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     version: int = VERSION
+    weights: str = ""  # the digest of the weights it was fitted on (aelab.run.weights_digest)
 
     def parts(self, images, model: torch.nn.Module) -> dict[str, np.ndarray]:
         """Every ingredient (``INGREDIENTS``) of uint8 images [N, C, H, W] (a tensor or on disk)."""
@@ -123,7 +129,7 @@ class Detector:
             name, part = key.split(".", 1)
             gaussians.setdefault(name, {})[part] = np.asarray(value, dtype=np.float64)
         return cls(**{key: values[key] for key in ("method", "contamination", "threshold", "mixture", "standard",
-                                                   "version")}, gaussians=gaussians)
+                                                   "version")}, gaussians=gaussians, weights=values.get("weights", ""))
 
 
 def _mahalanobis(values: np.ndarray, gaussian: dict[str, np.ndarray]) -> np.ndarray:
@@ -158,6 +164,8 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
     standardisation and the threshold on the validation images."""
     from sklearn.mixture import GaussianMixture
 
+    from .run import weights_digest
+
     if method not in METHODS:
         raise AelabError(f"unknown score {method!r}; choose one of {', '.join(METHODS)}")
     contamination = check_contamination(contamination)
@@ -172,7 +180,8 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
                         {"weights": gmm.weights_.tolist(), "means": gmm.means_.tolist(),
                          "covariances": gmm.covariances_.tolist()},
                         gaussians={"feature_distance": _gaussian(train.features),
-                                   "feature_error": _gaussian(train.feature_errors)})
+                                   "feature_error": _gaussian(train.feature_errors)},
+                        weights=weights_digest(model))
     parts = detector.parts(val_images, model)
     for name in COMBINED:
         logs = np.log(np.maximum(parts[name], 1e-12))
@@ -182,31 +191,62 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
 
 
 def save_detector(detector: Detector, run_dir: Path) -> Path:
-    """``RUN/anomaly.safetensors`` (the Gaussians), then ``RUN/anomaly.json`` (the rest, written last)."""
+    """``RUN/anomaly.safetensors`` (the Gaussians), then ``RUN/anomaly.json`` (the rest, with the
+    digest of the first, written last), each replaced atomically."""
     from safetensors.numpy import save
 
     path = Path(run_dir) / FILE
-    atomic_write_bytes(path.with_name(ARRAYS), save(detector.arrays()))
-    atomic_write_text(path, json.dumps(detector.to_dict()))
+    arrays = save(detector.arrays())
+    atomic_write_bytes(path.with_name(ARRAYS), arrays)
+    atomic_write_text(path, json.dumps({**detector.to_dict(), "arrays": _digest(arrays)}))
     return path
 
 
-def load_detector(run_dir: Path) -> Detector | None:
-    """The run's saved detector; None when it has none, or one of an older aelab (fitted anew then)."""
-    from safetensors.numpy import load_file
+def remove_detector(run_dir: Path) -> None:
+    """Remove a run's detector (its weights change): ``anomaly.json`` first, so no reader finds it half gone."""
+    for name in (FILE, ARRAYS):
+        (Path(run_dir) / name).unlink(missing_ok=True)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def load_detector(run_dir: Path, model: torch.nn.Module | None = None) -> Detector | None:
+    """The run's saved detector; None (fitted anew then, with a note) when it has none, when it is one
+    of an older aelab, or, given ``model``, when it was fitted on other weights than ``model``'s."""
+    from safetensors.numpy import load
+
+    from .run import weights_digest
 
     path = Path(run_dir) / FILE
-    if not path.is_file():
-        return None
-    try:
-        values = json.loads(path.read_text())
-        if values.get("version", 1) != VERSION:
-            log.info("%s holds a score of an older aelab: it is fitted anew", path)
+    for attempt in range(5):  # another process may be replacing the pair: read until both halves agree
+        if not path.is_file():
             return None
-        return Detector.from_dict(values, load_file(str(path.with_name(ARRAYS))))
-    except (ValueError, KeyError, TypeError, OSError) as error:
-        raise AelabError(f"{path} (with {ARRAYS}) is damaged ({error}); delete it and score again (it is fitted "
-                         "anew)") from None
+        try:
+            values = json.loads(path.read_text())
+            if values.get("version", 1) != VERSION:
+                log.info("%s holds a score of an older aelab: it is fitted anew", path)
+                return None
+            arrays = path.with_name(ARRAYS).read_bytes()
+            if values.get("arrays") not in (None, _digest(arrays)):
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            detector = Detector.from_dict(values, load(arrays))
+        except FileNotFoundError:
+            time.sleep(0.05 * (attempt + 1))
+            continue
+        except (ValueError, KeyError, TypeError, OSError) as error:
+            raise AelabError(f"{path} (with {ARRAYS}) is damaged ({error}); delete it and score again (it is fitted "
+                             "anew)") from None
+        if model is not None and detector.weights != weights_digest(model):
+            log.info("%s was fitted on other weights than the run's model.safetensors (the run has been trained "
+                     "since): it is fitted anew", path)
+            return None
+        return detector
+    log.info("%s and %s do not belong together (another process is writing them?): the score is fitted anew",
+             path, ARRAYS)
+    return None
 
 
 @dataclass
@@ -252,17 +292,20 @@ def run_detector(run, method: str = "combined", contamination: float = 0.1, data
     """The run's detector: ``RUN/anomaly.json`` when it was fitted with this method and contamination,
     else fitted now on the run's own training and validation images (``data_dir``: where they are
     now) and saved there."""
-    from .data.sets import data_for_run, load_run_splits
+    from .data.sets import close_sets, data_for_run, load_run_splits
 
     contamination = check_contamination(contamination)
-    saved = load_detector(run.path)
+    saved = load_detector(run.path, run.model)
     if saved is not None and saved.method == method and saved.contamination == contamination:
         return saved
     log.info("fitting the %s score on the run's training and validation images ...", method)
     data = data_for_run(run.config, data_dir=data_dir, memory_limit=memory_limit)
     splits = load_run_splits(run.config, data, ("train", "val"))
-    detector = fit_detector(run.model, splits["train"].images, splits["val"].images, method, contamination,
-                            seed=run.config.train.seed)
+    try:
+        detector = fit_detector(run.model, splits["train"].images, splits["val"].images, method, contamination,
+                                seed=run.config.train.seed)
+    finally:
+        close_sets(splits)
     save_detector(detector, run.path)
     return detector
 

@@ -7,6 +7,8 @@ how the step runs:
 - a CUDA device, no input noise, a full batch: the whole step replayed as one captured CUDA graph
   (``CudaGraphStep``; ``AELAB_CUDA_GRAPHS=0`` turns it off);
 - a CPU with ``shards`` > 1: the batch split over threads of their own (``ShardedStep``);
+- under torchrun: this rank's slice of the batch, the gradients added across the ranks
+  (``DistributedStep``);
 - otherwise the eager step.
 
 All of them compute the same model: the gradient of the batch's mean loss, one optimizer step.
@@ -24,6 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .config import TrainConfig
 from .data.batches import Batches, add_noise
 
@@ -90,10 +93,8 @@ class TrainStep:
                  config: TrainConfig, shards: int = 1):
         self.model, self.optimizer, self.batches, self.config = model, optimizer, batches, config
         device = batches.device
-        from . import distributed
-
-        # under torchrun the batch's shards are the ranks (aelab.distributed), not threads
-        self.distributed = distributed.DistributedStep(model, optimizer, config, device) if distributed.active() else None
+        # under torchrun the batch's shards are the ranks, not threads
+        self.distributed = DistributedStep(model, optimizer, config, device) if distributed.active() else None
         wanted = cuda_graphs_wanted(device, config.noise_factor) and batches.resident  # (a graph gathers on the GPU)
         self.graph = CudaGraphStep(model, optimizer, batches, config) if wanted and not self.distributed else None
         self.sharded = ShardedStep(model, optimizer, config, shards) if shards > 1 and not self.distributed else None
@@ -349,3 +350,61 @@ class ShardedStep:
                 torch._foreach_add_(merged, self.buffers[k], alpha=weights[k])
         for k in range(1, self.shards):
             torch._foreach_copy_(self.buffers[k], merged)
+
+
+# --- torchrun: each rank one shard of the batch ------------------------------------------------------
+
+class _Forward(torch.nn.Module):
+    """``model_output`` as a module, for DDP to wrap."""
+
+    def __init__(self, model: torch.nn.Module, loss: str):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return model_output(self.model, x, self.loss)
+
+
+class DistributedStep:
+    """One training step of a global batch across the ranks, with PyTorch's DistributedDataParallel.
+
+    Rank r trains on its slice of the batch and normalises with its own BatchNorm statistics; DDP
+    adds the gradients across the ranks (each rank's loss weighted by its share of the batch), and
+    after the step the BatchNorm running statistics are averaged the way ``ShardedStep`` averages
+    its shards': N ranks compute what one process with ``--shards N`` computes (a test compares
+    them). This is not SyncBatchNorm, which would normalise with the whole batch's statistics.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 device: torch.device):
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.size = distributed.world()[1]
+        # each rank keeps its own BatchNorm statistics during a step (merged after it); they start equal
+        no_sync = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+                   else {"broadcast_buffers": False})  # (the older name of the same setting)
+        self.ddp = DistributedDataParallel(_Forward(model, config.loss), **no_sync,
+                                           device_ids=[device] if device.type == "cuda" else None)
+        self.buffers = [b for b in model.buffers() if b.is_floating_point()]
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
+        """Forward and backward of this rank's slice (``inputs``, ``targets``) of a batch of ``n``
+        images, the gradients added across ranks, one optimizer step, the BatchNorm statistics
+        merged; returns the batch's mean loss (the same on every rank)."""
+        weight = len(inputs) / n
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP averages the gradients over the ranks: weighted by size, their sum is the whole batch's
+        loss = forward_backward(self.model, inputs, targets, self.config, weight * self.size, forward=self.ddp)
+        self.optimizer.step()
+        with torch.no_grad():
+            shared = distributed.all_reduce(
+                torch.cat([b.flatten() for b in self.buffers] + [loss.float().reshape(1)]) * weight)
+            offset = 0
+            for buffer in self.buffers:
+                buffer.copy_(shared[offset: offset + buffer.numel()].view_as(buffer))
+                offset += buffer.numel()
+        return shared[-1]

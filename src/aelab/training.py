@@ -9,6 +9,7 @@ continues bit for bit from the last checkpoint. Nothing here prints or writes a 
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import threading
@@ -24,15 +25,17 @@ from . import distributed
 from .callbacks import Callback, CallbackList, Figures, Report, RunFolder
 from .config import RunConfig
 from .data.batches import Batches, noise_generator
-from .data.sets import ImageSet, load_splits
+from .data.sets import ImageSet, close_sets, load_splits
 from .devices import resolve_device
 from .errors import AelabError
 from .evaluation import psnr_from_mse
 from .inference import chunk_size, infer
 from .model import ConvAutoencoder
-from .optim import make_optimizer, make_scheduler
-from .run import lock_existing_run, lock_new_run, read_weights, resumed_config
+from .optim import Schedule, make_optimizer, make_scheduler
+from .run import load_weights_into, lock_existing_run, lock_new_run, remove_run_files, resumed_config
 from .steps import TrainStep, resolve_shards
+
+log = logging.getLogger("aelab")
 
 
 class TrainingInterrupted(AelabError):
@@ -81,18 +84,21 @@ class StopFlag:
 
 
 class Trainer:
-    """Trains one run in memory and tells ``callbacks`` what happens; ``fit()`` does it all."""
+    """Trains one run in memory and tells ``callbacks`` what happens; ``fit()`` does it all.
+
+    ``splits``: "train" and "val" ImageSets, and "test" (evaluated at the end; without it the
+    result has the validation split's numbers only). Under torchrun, ``train()`` has joined the
+    process group and gives this rank's ``device``.
+    """
 
     CHECK_EVERY = 25  # steps between loss checks: each is a host sync (costly on a GPU); a bad step is still found
 
     def __init__(self, config: RunConfig, run_dir: Path, splits: dict[str, ImageSet],
-                 callbacks: Iterable[Callback] = ()):
+                 callbacks: Iterable[Callback] = (), device: torch.device | None = None):
         self.config, self.run_dir = config, Path(run_dir)
         self.callbacks = CallbackList(callbacks)
         cfg = config.train
-        self.device = resolve_device(cfg.device)
-        if distributed.active():  # under torchrun: this rank's device, in the process group
-            self.device = distributed.setup(self.device)
+        self.device = device if device is not None else resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)  # as the tutorial: the seed is set before the model is built
         # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
         self.model = ConvAutoencoder.from_config(config.model).to(self.device, memory_format=torch.channels_last)
@@ -102,12 +108,13 @@ class Trainer:
         self.batches = Batches(splits["train"].images, cfg.batch_size, self.device, part=(rank, world_size))
         self.train_step = TrainStep(self.model, self.optimizer, self.batches, cfg,
                                     resolve_shards(cfg.shards, self.device, cfg.batch_size))
-        self.scheduler = make_scheduler(self.optimizer, cfg.schedule, cfg.epochs * len(self.batches))
+        self.schedule = Schedule.planned(cfg.schedule, cfg.epochs * len(self.batches))
+        self.scheduler = make_scheduler(self.optimizer, self.schedule)
         self.fingerprint = ckpt.data_fingerprint(splits)
         self.distributed = distributed.active()
         # the images this process evaluates, and the row of the split they start at: the whole split, or
         # under torchrun this rank's share (the losses are averaged across the ranks)
-        self.evaluated = {name: self._share(splits[name]) for name in ("val", "test")}
+        self.evaluated = {name: self._share(splits[name]) for name in ("val", "test") if name in splits}
         if rank != 0:  # only rank 0's callbacks (figures, report) use the whole validation and test splits
             splits = {"train": splits["train"]}
         self.splits = splits
@@ -122,7 +129,11 @@ class Trainer:
 
     # the loop --------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train until ``train.epochs``, evaluate on the test split, and return the result."""
+        """Train until ``train.epochs``, evaluate on the test split, and return the result.
+
+        The callbacks' ``on_close`` runs last, whatever happened; when training stopped with an
+        error (a signal, a numerical fault), an error in ``on_close`` is logged and the first one
+        is raised, so that it never hides why training stopped."""
         try:
             with StopFlag() as stop, self.train_step:
                 self.callbacks.on_train_start(self)
@@ -136,9 +147,15 @@ class Trainer:
                         raise self._interrupted(stop.signum, f"after epoch {self.epoch}")
             result = self.finish()
             self.callbacks.on_train_end(self, result)
-            return result
-        finally:
-            self.callbacks.on_close(self)
+        except BaseException:
+            try:
+                self.callbacks.on_close(self)
+            except Exception as error:  # (the error that stopped training is the one to raise)
+                log.warning("a callback failed while closing after training stopped: %s: %s",
+                            type(error).__name__, error)
+            raise
+        self.callbacks.on_close(self)
+        return result
 
     def train_epoch(self, stop: StopFlag) -> None:
         cfg = self.config.train
@@ -154,8 +171,12 @@ class Trainer:
             self.loss_sum += loss.double() * len(index)
             self.loss_count += len(index)
             self.step += 1
-            stopping = distributed.any_rank(stop.signum is not None) if self.distributed else stop.signum is not None
-            if len(pending) >= self.CHECK_EVERY or stopping or self.step == len(self.batches):
+            checking = len(pending) >= self.CHECK_EVERY or self.step == len(self.batches)
+            if self.distributed:  # (asked of every rank at the same steps: each ask is a collective and a host sync)
+                stopping = checking and distributed.any_rank(stop.signum is not None)
+            else:
+                stopping = stop.signum is not None
+            if checking or stopping:
                 self._check_losses(torch.stack(pending), self.step - len(pending))
                 pending = []
                 self.running_loss = float(self.loss_sum) / self.loss_count
@@ -185,19 +206,25 @@ class Trainer:
         return row
 
     def finish(self) -> TrainResult:
-        """The kept weights (``train.keep``: best or last) in the model, and their test evaluation."""
+        """The kept weights (``train.keep``: best or last) in the model, and their evaluation: on the
+        test split, and the validation split's MSE (without a test split: the validation split's
+        numbers only, named so)."""
         cfg = self.config.train
         if cfg.keep == "best" and self.best_weights is not None:
             self.model.load_state_dict(self.best_weights)
         self.model.eval()
-        test_mse = self.loss("test", "mse")
-        evaluation: dict[str, Any] = {
-            "test_mse": test_mse, "test_psnr": psnr_from_mse(test_mse),
-            "val_mse": self.loss("val", "mse"),
-            "kept": cfg.keep, "best_epoch": self.best_epoch, "train_seconds": round(self.elapsed, 3),
-        }
+        val_mse = self.loss("val", "mse")
+        evaluation: dict[str, Any] = {}
+        if "test" in self.evaluated:
+            test_mse = self.loss("test", "mse")
+            evaluation.update(test_mse=test_mse, test_psnr=psnr_from_mse(test_mse))
+        else:
+            evaluation.update(val_psnr=psnr_from_mse(val_mse))
+        evaluation.update(val_mse=val_mse, kept=cfg.keep, best_epoch=self.best_epoch,
+                          train_seconds=round(self.elapsed, 3))
         if cfg.noise_factor > 0:
-            evaluation["test_denoising_mse"] = self.loss("test", "mse", noise_factor=cfg.noise_factor)
+            split = "test" if "test" in self.evaluated else "val"
+            evaluation[f"{split}_denoising_mse"] = self.loss(split, "mse", noise_factor=cfg.noise_factor)
         return TrainResult(self.run_dir, self.config, self.model, self.metrics, evaluation)
 
     def _share(self, split: ImageSet) -> tuple[Any, int]:
@@ -212,7 +239,7 @@ class Trainer:
         result = infer(self.model, images, mse=loss == "mse", bce=loss == "bce", noise_factor=noise_factor,
                        seed=self.config.train.seed, first=first)
         errors = result.mse if loss == "mse" else result.bce
-        return distributed.mean_across(errors, self.device) if self.distributed else result.mean(loss)
+        return distributed.mean_across(errors) if self.distributed else result.mean(loss)
 
     # checks ----------------------------------------------------------------------------------------
     def _check_losses(self, losses: torch.Tensor, first_step: int) -> None:
@@ -258,11 +285,16 @@ class Trainer:
             "loss_sum": self.loss_sum.cpu(), "loss_count": self.loss_count,
             "metrics": self.metrics, "best_val": self.best_val, "best_epoch": self.best_epoch,
             "data_fingerprint": self.fingerprint, "elapsed": self.elapsed,
+            "schedule": self.schedule.state(),
         }
 
-    def restore(self) -> None:
-        """Continue from the run folder's last checkpoint (and its best weights so far)."""
-        state = ckpt.load_checkpoint(self.run_dir, self.model)
+    def restore(self, saved: ckpt.Checkpoint) -> None:
+        """Continue from a checkpoint (``checkpoint.read_checkpoint``; under torchrun, rank 0's).
+
+        The learning-rate schedule planned so far is kept; epochs added beyond it (or taken away)
+        change only what comes after the current step (``optim.Schedule.resized``)."""
+        load_weights_into(self.model, saved.weights, saved.source)
+        state = saved.state
         if state.get("data_fingerprint") != self.fingerprint:
             raise AelabError(f"resume {self.run_dir}: the training data differ from the data this run was trained on "
                              "(another dataset version or data folder); resume with the same data")
@@ -277,9 +309,14 @@ class Trainer:
         self.metrics = list(state["metrics"])
         self.best_val, self.best_epoch = float(state["best_val"]), int(state["best_epoch"])
         self.elapsed = float(state["elapsed"])
-        best = self.run_dir / "state" / "best.safetensors"
-        if best.is_file():
-            self.best_weights = {name: value.to(self.device) for name, value in read_weights(best).items()}
+        if saved.best is not None:
+            self.best_weights = {name: value.to(self.device) for name, value in saved.best.items()}
+        steps = len(self.batches)
+        # (a state saved before the schedule was: the one-cycle the run had planned)
+        planned = Schedule.from_state(state["schedule"]) if "schedule" in state else Schedule.planned(
+            self.config.train.schedule, saved.planned_epochs * steps)
+        resized = planned.resized(self.epoch * steps + self.step, self.config.train.epochs * steps)
+        self.schedule.pieces, self.schedule.total = resized.pieces, resized.total  # (the scheduler holds this object)
         if self.step > 0 and state["noise_rng"] is not None:
             self.noise = self._noise_for(self.epoch)
             self.noise.set_state(state["noise_rng"])
@@ -298,51 +335,102 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
 
     The run folder is written by the callbacks ``RunFolder``, ``Figures`` and (with ``report``)
     ``Report``; ``callbacks`` are added after them (progress, console lines, trackers, your own).
-    ``data`` (``{"train", "val", "test"}`` ImageSets) replaces the dataset named in the config,
-    for tests and notebooks. With ``resume=True`` the run in ``out`` continues from its last
-    checkpoint; ``config`` then only supplies the settings named in ``explicit`` (``"train.epochs"``).
+    ``data`` (``{"train", "val", "test"}`` ImageSets; "test" may be left out with ``report=False``)
+    replaces the dataset named in the config, for tests and notebooks. With ``resume=True`` the run
+    in ``out`` continues from its last checkpoint with its own settings; a ``config`` given then may
+    differ from them only in ``train.epochs`` (to extend a run) and in where the data are and how
+    they are read (``run.RESUMABLE``); any other difference is refused, naming the settings.
+    ``explicit`` (the command line's) names the settings the user gave; only those are compared.
     One process at a time trains a run folder: a second is refused with an AelabError.
+
+    Under torchrun every process joins the process group; rank 0 alone reads and writes the run
+    folder and sends the others the configuration and checkpoint to resume from.
     """
     run_dir = Path(out if out is not None else (config or RunConfig()).default_run_dir())
-    rank, world_size, _ = distributed.world()
-    if not resume and distributed.restarts() and ckpt.has_checkpoint(run_dir):
-        # torchrun restarted the processes (--max-restarts) after one failed: go on from the checkpoint,
-        # whatever the command said (an --overwrite would otherwise erase what the first try trained)
-        resume = True
-    lock = None
-    if not resume:
-        config = (config or RunConfig()).validate()
-    if rank == 0:  # under torchrun, rank 0 alone holds the run folder and writes it
-        lock = lock_existing_run(run_dir) if resume else lock_new_run(run_dir, overwrite)
-    else:
-        callbacks = ()
+    rank = distributed.world()[0]
+    device = None
+    if distributed.active():
+        device = distributed.setup(resolve_device((config or RunConfig()).train.device))
+    lock, owned = None, None
     try:
-        if world_size > 1:
-            distributed.setup(resolve_device((config or RunConfig()).train.device))
-            distributed.barrier()  # rank 0 has the folder (an old run replaced) before any rank reads it
-        if resume:
-            config = resumed_config(run_dir, config, explicit or set())
-        config = config.validate()
-        splits = data if data is not None else load_splits(config.data)
-        config = _fitted_to(config, splits, world_size)
+        plan = None
+        if rank == 0:  # rank 0 alone holds the run folder: it decides, the others follow
+            try:
+                lock, plan = _plan(run_dir, config, resume, overwrite, explicit)
+            except AelabError as error:
+                distributed.from_rank_0(("error", str(error)))
+                raise
+        plan = distributed.from_rank_0(plan or ("plan", None, None))
+        if plan[0] == "error":  # (rank 0 raised it and says it)
+            raise AelabError(plan[1])
+        config, checkpoint = RunConfig.from_dict(plan[1]).validate(), plan[2]
+        error = None
+        try:  # (each rank reads the data itself: one that cannot stops them all, with its message)
+            splits = data if data is not None else load_splits(config.data)
+            owned = splits if data is None else None  # (sets given in `data` stay open: the caller's)
+            if "test" not in splits and report:
+                raise AelabError("`data` has no test split; give one, or train with `report` False")
+            config = _fitted_to(config, splits)
+        except AelabError as raised:
+            error = raised
+        distributed.raise_together(error)  # (before the Trainer: building its DDP step is a collective)
+        _same_data_on_every_rank(splits)
         defaults = [RunFolder(), Figures()] + ([Report()] if report else []) if rank == 0 else []
-        trainer = Trainer(config, run_dir, splits, [*defaults, *callbacks])
+        trainer = Trainer(config, run_dir, splits, [*defaults, *(callbacks if rank == 0 else ())], device)
         del splits  # (the trainer keeps what this process needs: under torchrun, a share of val and test on rank > 0)
-        if resume:
-            trainer.restore()
-            if config.train.epochs < trainer.epoch:
-                raise AelabError(f"`train.epochs` {config.train.epochs} is less than the {trainer.epoch} epochs "
-                                 f"already trained; give {trainer.epoch} or more")
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+        elif rank == 0:  # a new run: the one it replaces (`overwrite`) goes only now, once the data are read
+            remove_run_files(run_dir)
         result = trainer.fit()
-        if world_size > 1:
+        if distributed.active():
             distributed.teardown()  # (only after a clean end: with a rank gone it could wait for ever)
         return result
     finally:
+        close_sets(owned)
         if lock is not None:
             lock.release()
 
 
-def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], world_size: int = 1) -> RunConfig:
+def _plan(run_dir: Path, config: RunConfig | None, resume: bool, overwrite: bool,
+          explicit: set[str] | None) -> tuple[Any, tuple[str, dict, ckpt.Checkpoint | None]]:
+    """What rank 0 decides from the run folder: its lock, and ("plan", the config as a dict, the
+    checkpoint to resume from or None)."""
+    if not resume and distributed.restarts() and ckpt.has_checkpoint(run_dir):
+        # torchrun restarted the processes (--max-restarts) after one failed: go on from the checkpoint,
+        # whatever the command said (an --overwrite would otherwise erase what the first try trained)
+        resume = True
+    if not resume:
+        config = (config or RunConfig()).validate()
+        return lock_new_run(run_dir, overwrite), ("plan", config.to_dict(), None)
+    lock = lock_existing_run(run_dir)
+    try:
+        config = resumed_config(run_dir, config, explicit).validate()
+        checkpoint = ckpt.read_checkpoint(run_dir)
+        trained = int(checkpoint.state["epoch"])
+        if config.train.epochs < trained:
+            raise AelabError(f"`train.epochs` {config.train.epochs} is less than the {trained} epochs already trained; "
+                             f"give {trained} or more")
+    except BaseException:
+        lock.release()
+        raise
+    return lock, ("plan", config.to_dict(), checkpoint)
+
+
+def _same_data_on_every_rank(splits: dict[str, ImageSet]) -> None:
+    """Under torchrun: every rank must train on the same images (each reads them itself); checked
+    before the model is built for them (a model of another size on one rank fails in DDP's own check)."""
+    if not distributed.active():
+        return
+    found = distributed.gathered(ckpt.data_fingerprint(splits))
+    other = next((rank for rank, value in enumerate(found) if value != found[0]), None)
+    if other is not None:
+        raise AelabError(f"the processes under torchrun read different training images (rank {other}'s differ from "
+                         "rank 0's: another dataset version or data folder on its machine); every process must read "
+                         "the same data")
+
+
+def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
     """The config with the model sized for the data, the images' channels, size and fingerprint (so
     any tool prepares other images the same way), a file's or folder's absolute path, and the number
     of shards that auto resolves to."""
@@ -355,7 +443,8 @@ def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], world_size: int =
     if data.kind() != "named" and Path(data.dataset).expanduser().exists():  # a file or folder: where it is
         data = replace(data, dataset=str(Path(data.dataset).expanduser().resolve()))
     config = replace(config, data=data)
-    if world_size > 1:  # under torchrun the ranks are the shards: the run is the one --shards N computes
+    world_size = distributed.world()[1]
+    if distributed.active():  # under torchrun the ranks are the shards: the run is the one --shards N computes
         if config.train.shards not in (0, world_size):
             raise AelabError(f"`train.shards` is {config.train.shards} but {world_size} processes train this run; under "
                              f"torchrun each process is one shard: give {world_size} (or leave it out), or run "
