@@ -128,14 +128,18 @@ def main() -> None:
     def save() -> None:
         out.write_text(json.dumps(record, indent=1))
 
+    def fresh_run(folder: Path, epochs: int, seed: int) -> dict:
+        """A new run of the default recipe for ``epochs`` epochs, summarised."""
+        last = last_test_callback()
+        start = time.perf_counter()
+        result = train(RunConfig(train=train_config_for("fast", epochs=epochs, seed=seed)), out=folder,
+                       overwrite=True, report=False, callbacks=[last])
+        return summary(result, last, time.perf_counter() - start)
+
     for seed in args.seeds:
         entry = record["seeds"][str(seed)] = {"rules": {}}
         base = work / f"seed{seed}-base"
-        last = last_test_callback()
-        start = time.perf_counter()
-        result = train(RunConfig(train=train_config_for("fast", epochs=args.epochs, seed=seed)), out=base,
-                       overwrite=True, report=False, callbacks=[last])
-        entry["base"] = summary(result, last, time.perf_counter() - start)
+        entry["base"] = fresh_run(base, args.epochs, seed)
         save()
         print(f"seed {seed}: {args.epochs} epochs: test MSE {entry['base']['test_mse']:.5f} "
               f"(best epoch {entry['base']['best_epoch']}, last val {entry['base']['last_val_loss']:.5f})",
@@ -149,11 +153,7 @@ def main() -> None:
                   f"{row['seconds']:.0f} s)", file=sys.stderr, flush=True)
         if not args.no_fresh:
             fresh_dir = work / f"seed{seed}-fresh{args.to}"
-            last = last_test_callback()
-            start = time.perf_counter()
-            result = train(RunConfig(train=train_config_for("fast", epochs=args.to, seed=seed)), out=fresh_dir,
-                           overwrite=True, report=False, callbacks=[last])
-            entry["fresh"] = summary(result, last, time.perf_counter() - start)
+            entry["fresh"] = fresh_run(fresh_dir, args.to, seed)
             save()
             if not args.keep_runs:
                 shutil.rmtree(fresh_dir, ignore_errors=True)
