@@ -61,3 +61,45 @@ def test_every_python_block_of_the_readme_runs_as_written(number, fake_mnist, tm
     monkeypatch.setitem(vars(aelab), "train", one_epoch)  # (the package caches what it has exported)
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_python_blocks()[number], f"README.md python block {number + 1}", "exec"), {})
+
+
+def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """The aelab modules that ``module`` (the file ``path``) imports anywhere: at the top, inside
+    functions, under TYPE_CHECKING."""
+    import ast
+
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            parts = package.split(".")
+            base = ".".join(parts[: len(parts) - node.level + 1] + [node.module or ""]).strip(".") if node.level \
+                else node.module or ""
+            found |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name in modules and name not in (module, "aelab")}
+
+
+def test_no_two_modules_import_each_other_even_inside_functions():
+    """The layers go one way (e.g. steps use distributed, never the reverse; callbacks type against a
+    protocol, not the Trainer's module): no cycle in the graph of every import of every module."""
+    source = ROOT / "src"
+    files = {".".join(path.relative_to(source).with_suffix("").parts).removesuffix(".__init__"): path
+             for path in (source / "aelab").rglob("*.py")}
+    graph = {module: _imports(path, module, set(files)) for module, path in files.items()}
+    assert len(graph) > 20 and graph["aelab.steps"] >= {"aelab.distributed"}
+
+    def cycle_from(start: str) -> list[str] | None:
+        paths = [[start]]
+        while paths:
+            path = paths.pop()
+            for following in sorted(graph[path[-1]]):
+                if following == start:
+                    return path + [start]
+                if following not in path and len(path) < len(graph):
+                    paths.append(path + [following])
+        return None
+
+    cycles = [cycle for cycle in map(cycle_from, sorted(graph)) if cycle]
+    assert cycles == [], cycles[0]

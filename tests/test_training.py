@@ -322,3 +322,22 @@ def test_colour_non_square_images_train_and_reload(tmp_path):
     wider = RunConfig(model=ModelConfig(width=8), train=config.train)
     with pytest.raises(AelabError, match="`model.width` 4, not 8"):
         train(wider, tmp_path / "run", resume=True, explicit={"model.width"}, data=splits)
+
+
+def test_training_leaves_the_callers_random_numbers_alone(tmp_path, splits):
+    """train() and resuming neither read nor change the global RNGs: what a caller draws next is what
+    it would have drawn without training, and a seeded run is the same whatever the global state."""
+    import random
+
+    def draws():
+        return torch.rand(3).tolist(), np.random.rand(2).tolist(), random.random()
+
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    expected = draws()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    first = train(tiny_config(epochs=1), tmp_path / "a", report=False, data=splits)
+    train(tiny_config(epochs=2), tmp_path / "a", resume=True, explicit={"train.epochs"}, report=False, data=splits)
+    assert draws() == expected
+    torch.manual_seed(7)
+    again = train(tiny_config(epochs=1), tmp_path / "b", report=False, data=splits)
+    assert all(torch.equal(x, y) for x, y in zip(first.model.state_dict().values(), again.model.state_dict().values()))

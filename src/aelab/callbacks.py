@@ -15,31 +15,65 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from . import distributed
 from .errors import AelabError
 
 if TYPE_CHECKING:
-    from .training import Trainer, TrainResult
+    from pathlib import Path
+
+    import torch
+
+    from .config import RunConfig
+    from .data.batches import Batches
+    from .data.sets import ImageSet
+
+
+class TrainerView(Protocol):
+    """What a callback reads of the training loop (``aelab.training.Trainer`` is one): its run,
+    model and data, and where it is. Read it; do not change it."""
+
+    config: "RunConfig"
+    run_dir: "Path"
+    model: "torch.nn.Module"
+    device: "torch.device"
+    splits: "dict[str, ImageSet]"
+    batches: "Batches"
+    epoch: int  # epochs done
+    step: int  # optimizer steps done in the current epoch
+    metrics: list[dict[str, float]]  # a row per epoch done
+    best_val: float
+    best_epoch: int
+    running_loss: float  # the current epoch's mean training loss so far
+
+    def state(self) -> dict[str, Any]: ...
+
+
+class ResultView(Protocol):
+    """What ``on_train_end`` gets (``aelab.training.TrainResult`` is one); ``report`` may be set."""
+
+    run_dir: "Path"
+    evaluation: dict[str, Any]
+    report: "Path | None"
 
 
 class Callback:
     """Override the events you need; every one gets the trainer (read its state, do not change it)."""
 
-    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_train_start(self, trainer: "TrainerView") -> None: ...
 
-    def on_epoch_start(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: "TrainerView") -> None: ...
 
-    def on_step_end(self, trainer: "Trainer") -> None: ...
+    def on_step_end(self, trainer: "TrainerView") -> None: ...
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None: ...
+    def on_epoch_end(self, trainer: "TrainerView", row: dict[str, float]) -> None: ...
 
-    def on_interrupt(self, trainer: "Trainer") -> None: ...
+    def on_interrupt(self, trainer: "TrainerView") -> None: ...
 
-    def on_train_end(self, trainer: "Trainer", result: "TrainResult") -> None: ...
+    def on_train_end(self, trainer: "TrainerView", result: "ResultView") -> None: ...
 
-    def on_close(self, trainer: "Trainer") -> None: ...
+    def on_close(self, trainer: "TrainerView") -> None: ...
 
 
 EVENTS = ("on_train_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_interrupt", "on_train_end")

@@ -1,14 +1,17 @@
-"""The training state that resuming needs: checkpoints, RNG states, the data's fingerprint.
+"""The training state that resuming needs: checkpoints and the data's fingerprint.
 
 ```
 RUN/state/
   last.json            points at the newest complete checkpoint folder (replaced last)
-  ckpt-EEEE-SSSSS/     weights.safetensors + trainer.pt (optimizer, scheduler, RNG, position)
+  ckpt-EEEE-SSSSS/     weights.safetensors + trainer.pt (optimizer, schedule, noise generator, position)
   best.safetensors     the weights with the lowest validation loss so far
 ```
 
 ``trainer.pt`` holds only tensors, numbers, strings, lists and dicts and is read with
-``torch.load(weights_only=True)``: nothing is unpickled.
+``torch.load(weights_only=True)``: nothing is unpickled. Training draws every random number from
+generators of its own (the data order, the noise), seeded by ``train.seed`` and saved here, so the
+global RNGs are neither used, saved nor set (checkpoints of earlier versions keep an "rng" entry,
+ignored).
 """
 
 from __future__ import annotations
@@ -16,13 +19,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .errors import AelabError
@@ -98,30 +99,6 @@ def load_trusted_state(path: Path) -> dict[str, Any]:
 
 def has_checkpoint(run_dir: Path) -> bool:
     return (run_dir / "state" / "last.json").is_file()
-
-
-# --- RNG state as plain tensors and lists (so torch.load(weights_only=True) can read it) ---------
-
-def rng_state() -> dict[str, Any]:
-    numpy_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
-        "python": [list(random.getstate()[1]), random.getstate()[0]],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    values, version = state["python"]
-    random.setstate((version, tuple(values), None))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def data_fingerprint(splits: dict) -> str:

@@ -99,9 +99,11 @@ class Trainer:
         self.callbacks = CallbackList(callbacks)
         cfg = config.train
         self.device = device if device is not None else resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)  # as the tutorial: the seed is set before the model is built
+        with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
+            torch.manual_seed(cfg.seed)  # as the tutorial: the seed is set before the model is built
+            model = ConvAutoencoder.from_config(config.model)
         # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
-        self.model = ConvAutoencoder.from_config(config.model).to(self.device, memory_format=torch.channels_last)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         rank, world_size, _ = distributed.world()
         # under torchrun each rank reads and trains its slice of every batch
@@ -280,7 +282,6 @@ class Trainer:
             "format_version": ckpt.FORMAT_VERSION,
             "epoch": self.epoch, "step": self.step,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": ckpt.rng_state(),
             "noise_rng": self.noise.get_state() if self.noise is not None else None,
             "loss_sum": self.loss_sum.cpu(), "loss_count": self.loss_count,
             "metrics": self.metrics, "best_val": self.best_val, "best_epoch": self.best_epoch,
@@ -302,7 +303,6 @@ class Trainer:
         for group in self.optimizer.param_groups:  # the run may have been saved on another device: keep this one's
             group["fused"], group["capturable"] = self.optimizer.defaults["fused"], self.optimizer.defaults["capturable"]
         self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.loss_sum = state["loss_sum"].to(self.device)
         self.loss_count = int(state["loss_count"])
