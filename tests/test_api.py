@@ -103,3 +103,14 @@ def test_no_two_modules_import_each_other_even_inside_functions():
 
     cycles = [cycle for cycle in map(cycle_from, sorted(graph)) if cycle]
     assert cycles == [], cycles[0]
+
+
+def test_the_readme_development_map_names_every_module():
+    """Every module of src/aelab has its line (its one job) in the README's development map."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("```\nsrc/aelab/\n"):]
+    block = block[: block.index("```", 4)]
+    listed = set(re.findall(r"^\s+([a-z_]+\.py)\s+\S", block, re.MULTILINE))
+    source = ROOT / "src" / "aelab"
+    modules = {path.name for path in source.rglob("*.py") if path.name != "__init__.py" or path.parent == source}
+    assert modules - listed == set(), "not in the README's development map"
