@@ -45,6 +45,7 @@ BAD_VALUES = [
     ("data", "memory_limit", "lots", "512MB", "512MB"),
     ("data", "memory_limit", "-1G", "4GB", "4GB"),
     ("data", "classes", " , ", "0,6", "0,6"),
+    ("model", "kind", "vae2", "ae", "ae"),
     ("model", "latent_dim", 0, "4", 4),
     ("model", "in_channels", 0, "1", 1),
     ("model", "width", 0, "8", 8),

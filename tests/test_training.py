@@ -251,7 +251,11 @@ def test_a_sharded_step_gives_the_gradient_of_the_batch_mean_loss(tmp_path, spli
 
 def test_a_sharded_step_works_for_a_model_without_batchnorm():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 4), torch.nn.Unflatten(1, (1, 2, 2)))
+    class Tiny(torch.nn.Sequential):  # (any model with a training_loss)
+        def training_loss(self, inputs, targets):
+            return torch.nn.functional.mse_loss(self(inputs), targets)
+
+    model = Tiny(torch.nn.Flatten(), torch.nn.Linear(4, 4), torch.nn.Unflatten(1, (1, 2, 2)))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x = torch.rand(8, 1, 2, 2)
     before = [p.detach().clone() for p in model.parameters()]
@@ -284,14 +288,16 @@ def test_auto_shards_split_big_batches_when_there_are_threads_to_share(tmp_path,
 def test_an_error_in_a_shard_thread_reaches_the_caller(tmp_path, splits, monkeypatch):
     import threading
 
-    original = steps.loss_fn
+    from aelab.model import ConvAutoencoder
+
+    original = ConvAutoencoder.training_loss
 
     def failing_in_workers(*args):
         if threading.current_thread().name.startswith("aelab-shard"):
             raise RuntimeError("planted failure in a shard thread")
         return original(*args)
 
-    monkeypatch.setattr(steps, "loss_fn", failing_in_workers)
+    monkeypatch.setattr(ConvAutoencoder, "training_loss", failing_in_workers)
     before = threading.active_count()
     with pytest.raises(RuntimeError, match="planted failure"):
         train(tiny_config(shards=2), tmp_path / "run", report=False, data=splits)
@@ -341,3 +347,43 @@ def test_training_leaves_the_callers_random_numbers_alone(tmp_path, splits):
     torch.manual_seed(7)
     again = train(tiny_config(epochs=1), tmp_path / "b", report=False, data=splits)
     assert all(torch.equal(x, y) for x, y in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+
+
+class L1Autoencoder(__import__("aelab.model", fromlist=["ConvAutoencoder"]).ConvAutoencoder):
+    """A family of its own for the test below: the same network, minimising the mean absolute error."""
+
+    def training_loss(self, inputs, targets):
+        return (self(inputs) - targets).abs().mean()
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_family_is_one_class_and_one_registry_entry(tmp_path, splits, monkeypatch, shards):
+    """Registered in aelab.families, a model class with an objective of its own trains through the
+    steps unchanged (eager and sharded): their losses are its objective, and the run records its kind."""
+    import sys
+
+    from aelab import families
+    from aelab.config import ModelConfig
+
+    monkeypatch.setitem(sys.modules, "l1_family", sys.modules[__name__])
+    monkeypatch.setitem(families.FAMILIES, "l1", ("l1_family", "L1Autoencoder"))
+    config = replace(tiny_config(epochs=1, shards=shards), model=ModelConfig(kind="l1"))
+    trainer = Trainer(config, tmp_path, splits)
+    assert isinstance(trainer.model, L1Autoencoder)
+    with trainer.train_step as step:
+        index = next(iter(trainer.batches.indices(0, 0, shuffle=False)))
+        batch = trainer.batches.gather(index).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            expected = [(trainer.model(part) - part).abs().mean() * len(part) for part in batch.chunk(shards)]
+        loss = float(step(index))
+    assert loss == pytest.approx(float(sum(expected) / len(batch)), rel=1e-5)
+    result = train(config, tmp_path / "run", report=False, data=splits)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["kind"] == "l1"
+    assert isinstance(load_run(tmp_path / "run").model, L1Autoencoder) and result.metrics
+
+
+def test_an_unknown_family_is_refused_naming_the_known_ones():
+    from aelab.config import ModelConfig
+
+    with pytest.raises(AelabError, match="unknown `model.kind` 'vae2'; choose ae"):
+        RunConfig(model=ModelConfig(kind="vae2")).validate()

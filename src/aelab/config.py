@@ -128,8 +128,13 @@ class ModelConfig:
     width: int = 8  # channels of the first convolution, doubled at each of the three stages (the tutorial's 8)
     hidden: int = 128  # width of the fully connected layers (the tutorial's 128)
     even_padding: bool = True  # the third convolution pads even sizes (no dead border); runs saved before: False
+    kind: str = "ae"  # the model family (aelab.families.FAMILIES); runs saved before are "ae"
 
     def validate(self) -> None:
+        from .families import FAMILIES
+
+        if self.kind not in FAMILIES:
+            raise AelabError(f"unknown `model.kind` {self.kind!r}; choose {' or '.join(FAMILIES)}")
         if self.latent_dim < 1:
             raise AelabError(f"`model.latent_dim` must be at least 1, got {self.latent_dim}; try 4")
         if self.in_channels < 1:

@@ -9,9 +9,10 @@ Spatial sizes are computed from the input size (28 -> 14 -> 7 -> 3 for MNIST), n
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import LOSSES, ModelConfig
 from .errors import AelabError
 from .ops import ConvTranspose2d
 
@@ -131,22 +132,35 @@ class Decoder(nn.Module):
 
 
 class ConvAutoencoder(nn.Module):
-    """Encoder and decoder together: ``model(x)`` reconstructs, ``encode``/``decode`` go halfway."""
+    """Encoder and decoder together: ``model(x)`` reconstructs, ``encode``/``decode`` go halfway;
+    the family "ae" of ``aelab.families``. It minimises ``loss`` (``train.loss``): the mean squared
+    error of the reconstruction, or the binary cross-entropy of its logits (``training_loss``)."""
 
     def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
-                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN, even_padding: bool = True):
+                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN, even_padding: bool = True,
+                 loss: str = "mse"):
         super().__init__()
         self.config = ModelConfig(latent_dim=latent_dim, in_channels=in_channels, image_size=image_size,
                                   image_width=image_width, width=width, hidden=hidden, even_padding=even_padding)
         self.config.validate()
+        if loss not in LOSSES:
+            raise AelabError(f"unknown `train.loss` {loss!r}; choose {' or '.join(LOSSES)}")
+        self.objective = loss  # the per-image term training minimises (inference computes it as "mse" / "bce")
         shape = {"image_width": image_width, "width": width, "hidden": hidden, "even_padding": even_padding}
         self.encoder = Encoder(latent_dim, in_channels, image_size, **shape)
         self.decoder = Decoder(latent_dim, in_channels, image_size, **shape)
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> "ConvAutoencoder":
+    def from_config(cls, config: ModelConfig, loss: str = "mse") -> "ConvAutoencoder":
         return cls(config.latent_dim, config.in_channels, config.image_size, image_width=config.image_width,
-                   width=config.width, hidden=config.hidden, even_padding=config.even_padding)
+                   width=config.width, hidden=config.hidden, even_padding=config.even_padding, loss=loss)
+
+    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The objective of a batch: the mean over every pixel of MSE between the reconstruction of
+        ``inputs`` and ``targets`` (the clean images), or of BCE from the decoder's logits."""
+        if self.objective == "bce":
+            return F.binary_cross_entropy_with_logits(self.decoder.logits(self.encoder(inputs)), targets)
+        return F.mse_loss(self(inputs), targets)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)

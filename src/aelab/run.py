@@ -30,7 +30,7 @@ import torch
 from .config import RunConfig
 from .errors import AelabError
 from .fsutil import ProcessLock, atomic_write_bytes, atomic_write_text
-from .model import ConvAutoencoder
+from .families import build_model
 
 FORMAT_VERSION = 1
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
@@ -162,7 +162,7 @@ class Run:
 
     path: Path
     config: RunConfig
-    model: ConvAutoencoder
+    model: torch.nn.Module  # of the run's family (aelab.families)
     metrics: list[dict[str, float]] = field(default_factory=list)
 
     @property
@@ -183,7 +183,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> Run:
     """Load a run folder: config.json + model.safetensors, checked, the model in eval mode."""
     path = check_run_dir(run_dir)
     config = load_config(path)
-    model = ConvAutoencoder.from_config(config.model)
+    model = build_model(config.model, config.train.loss)
     load_weights_into(model, read_weights(path / "model.safetensors"), path / "model.safetensors")
     model.to(device, memory_format=torch.channels_last).eval()  # the layout training uses: identical outputs
     return Run(path, config, model, read_metrics(path))

@@ -24,7 +24,6 @@ import threading
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from . import distributed
 from .config import TrainConfig
@@ -33,33 +32,16 @@ from .data.batches import Batches, add_noise
 log = logging.getLogger("aelab")
 
 
-# --- the loss -----------------------------------------------------------------------------------
-
-def model_output(model: torch.nn.Module, inputs: torch.Tensor, loss: str) -> torch.Tensor:
-    """What the loss is computed from: the logits for BCE, the sigmoid output for MSE."""
-    return model.decoder.logits(model.encoder(inputs)) if loss == "bce" else model(inputs)
-
-
-def loss_of(output: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
-    """Mean loss per pixel of ``model_output``: MSE of the sigmoid output, or BCE from the logits."""
-    return F.binary_cross_entropy_with_logits(output, targets) if loss == "bce" else F.mse_loss(output, targets)
-
-
-def loss_fn(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
-    """Mean loss per pixel of ``model`` on a batch."""
-    return loss_of(model_output(model, inputs, loss), targets, loss)
-
+# --- the loss: the model's own (``training_loss``) ---------------------------------------------
 
 def forward_backward(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig,
-                     weight: float = 1.0, forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """The loss of ``model`` on a batch (bf16 autocast if asked) and its gradient, times ``weight``,
-    added to the parameters' ``.grad``; returns the (unweighted) loss, detached. ``forward``: what
-    computes ``model_output`` (default: the model itself; under torchrun its DDP wrapper)."""
+                     weight: float = 1.0, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                     ) -> torch.Tensor:
+    """The model's ``training_loss`` on a batch (bf16 autocast if asked) and its gradient, times
+    ``weight``, added to the parameters' ``.grad``; returns the (unweighted) loss, detached.
+    ``forward``: what computes that loss (default: the model; under torchrun its DDP wrapper)."""
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        if forward is None:
-            loss = loss_fn(model, inputs, targets, cfg.loss)
-        else:
-            loss = loss_of(forward(inputs), targets, cfg.loss)
+        loss = (forward or model.training_loss)(inputs, targets)
     (loss * weight if weight != 1.0 else loss).backward()
     return loss.detach()
 
@@ -355,14 +337,14 @@ class ShardedStep:
 # --- torchrun: each rank one shard of the batch ------------------------------------------------------
 
 class _Forward(torch.nn.Module):
-    """``model_output`` as a module, for DDP to wrap."""
+    """The model's ``training_loss`` as a module's forward, for DDP to wrap."""
 
-    def __init__(self, model: torch.nn.Module, loss: str):
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.model, self.loss = model, loss
+        self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return model_output(self.model, x, self.loss)
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model.training_loss(inputs, targets)
 
 
 class DistributedStep:
@@ -387,7 +369,7 @@ class DistributedStep:
         no_sync = ({"forward_sync_buffers": False}
                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
                    else {"broadcast_buffers": False})  # (the older name of the same setting)
-        self.ddp = DistributedDataParallel(_Forward(model, config.loss), **no_sync,
+        self.ddp = DistributedDataParallel(_Forward(model), **no_sync,
                                            device_ids=[device] if device.type == "cuda" else None)
         self.buffers = [b for b in model.buffers() if b.is_floating_point()]
 

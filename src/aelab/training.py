@@ -30,7 +30,7 @@ from .devices import resolve_device
 from .errors import AelabError
 from .evaluation import psnr_from_mse
 from .inference import chunk_size, infer
-from .model import ConvAutoencoder
+from .families import build_model
 from .optim import Schedule, make_optimizer, make_scheduler
 from .run import load_weights_into, lock_existing_run, lock_new_run, remove_run_files, resumed_config
 from .steps import TrainStep, resolve_shards
@@ -54,7 +54,7 @@ class NumericalFault(AelabError):
 class TrainResult:
     run_dir: Path
     config: RunConfig
-    model: ConvAutoencoder
+    model: torch.nn.Module  # of the run's family (aelab.families)
     metrics: list[dict[str, float]]
     evaluation: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None  # set by the Report callback
@@ -101,7 +101,7 @@ class Trainer:
         self.device = device if device is not None else resolve_device(cfg.device)
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
             torch.manual_seed(cfg.seed)  # as the tutorial: the seed is set before the model is built
-            model = ConvAutoencoder.from_config(config.model)
+            model = build_model(config.model, cfg.loss)
         # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, cfg, self.device)
@@ -192,7 +192,7 @@ class Trainer:
         """Validation, the epoch's metrics row and the best weights. ``seconds``: training + validation."""
         cfg = self.config.train
         with self.train_step.all_threads():
-            val_loss = self.loss("val", cfg.loss, noise_factor=cfg.noise_factor)
+            val_loss = self.loss("val", self.model.objective, noise_factor=cfg.noise_factor)
         row = {"epoch": self.epoch + 1, "train_loss": float(self.loss_sum) / max(1, self.loss_count),
                "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - started, 3)}
