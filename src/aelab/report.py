@@ -11,7 +11,6 @@ for any image size.
 
 from __future__ import annotations
 
-import html
 import importlib
 import logging
 import re
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import markupsafe
 import numpy as np
 import torch
 
@@ -184,23 +184,25 @@ def _uri(source) -> str:
     return plots.picture_uri(source, FIGURE_BYTES)
 
 
-def _text(value: Any) -> str:
-    """Any value (a class name, a path, a number read from a run's files) as HTML text: the one way
-    values reach the page's HTML."""
-    return html.escape(str(value))
-
-
-def _table(rows: list[tuple[str, Any]]) -> str:
-    return "<table class='kv'>" + "".join(
-        f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>" for k, v in rows) + "</table>"
-
-
 def _fmt(value: Any, digits: int = 5) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _template():
+    """The page's Jinja2 template (aelab/templates/report.html.j2), autoescaping on: every value is
+    HTML-escaped unless marked safe here (code and CSS aelab wrote), JSON in scripts goes through
+    the one filter ``script_json`` (plots.script_json)."""
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("aelab", "templates"), autoescape=True,
+                                     undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    environment.filters["script_json"] = lambda value: markupsafe.Markup(plots.script_json(value))
+    return environment.get_template("report.html.j2")
+
+
 def render(run: Run, parts: dict[str, Any]) -> str:
-    """The page, from the run folder's files and ``parts`` (what ``build_figures`` computed)."""
+    """The page, from the run folder's files and ``parts`` (what ``build_figures`` computed): the
+    values are gathered here; the template lays them out."""
     from plotly.offline import get_plotlyjs
 
     config, metrics = run.config, run.metrics
@@ -208,7 +210,6 @@ def render(run: Run, parts: dict[str, Any]) -> str:
     saved = read_json(run.path / "config.json")
     recon = sorted((run.path / "figures" / "reconstructions").glob("epoch-*.png"), key=_epoch_number)
     slider = slider_pictures(recon)
-    loss_png = run.path / "figures" / "loss_curves.png"
     cards = [
         ("test MSE", _fmt(evaluation.get("test_mse", float("nan")))),
         ("test PSNR", f"{evaluation.get('test_psnr', float('nan')):.2f} dB"),
@@ -222,101 +223,31 @@ def render(run: Run, parts: dict[str, Any]) -> str:
     config_rows = [(f"{section}.{key}", "default" if value is None else value) for section in ("data", "model", "train")
                    for key, value in saved.get(section, {}).items()]
     config_rows += [(f"version of {name}", value) for name, value in saved.get("versions", {}).items()]
-    metric_rows = "".join(
-        f"<tr><td>{r['epoch']}</td><td>{r['train_loss']:.5f}</td><td>{r['val_loss']:.5f}</td>"
-        f"<td>{r['lr']:.2e}</td><td>{r['seconds']:.2f}</td></tr>" for r in metrics)
-    a, b = parts["interpolation_pair"]
-    denoising = (f"<section><h2>Denoising</h2><p>Test images, the same with noise (factor "
-                 f"{config.train.noise_factor:g}), and the model's output.</p>"
-                 f"<img class='fig' src='{_uri(parts['denoising'])}' alt='denoising examples'></section>"
-                 if "denoising" in parts else "")
-    anomalies = ""
+    anomalies = None
     if "anomalies" in parts:
         found = parts["anomalies"]
-        quality = (f" Trained on class {_text(found['normal'])} only: AUROC {found['auroc']:.4f}, average "
-                   f"precision {found['average_precision']:.4f}, F1 {found['f1']:.4f} (the other classes as the "
-                   "anomalies)." if "auroc" in found else "")
-        anomalies = (f"<section><h2>Anomaly scores</h2><p class='muted'>The test images with the highest "
-                     f"{_text(found['method'])} scores{_METHOD_WORDS.get(found['method'], '')}, above their "
-                     f"reconstructions and per-pixel error maps. {found['n']} of {found['total']} test images score "
-                     f"above the threshold {found['threshold']:.3f}, the {1 - found['contamination']:.0%} quantile of the validation scores."
-                     f"{quality} All scores: <code>aelab score {_text(run.path)}</code>.</p>"
-                     f"<img class='fig' src='{_uri(found['figure'])}' alt='most anomalous test images'></section>")
-    maps_js = plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()}, parts["map_images"])
-    title = f"aelab run {run.path.name}"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{_text(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2433; background: #f5f6f8; }}
-header {{ background: #1d2433; color: white; padding: 18px 32px; }}
-header h1 {{ margin: 0 0 4px 0; font-size: 22px; }}
-header p {{ margin: 0; opacity: .8; }}
-main {{ max-width: 1180px; margin: 0 auto; padding: 16px 24px 48px; }}
-section {{ background: white; border-radius: 8px; padding: 16px 20px; margin: 16px 0; box-shadow: 0 1px 3px rgba(0,0,0,.08); }}
-h2 {{ margin: 0 0 10px 0; font-size: 18px; }}
-.cards {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 12px; }}
-.card {{ background: white; border-radius: 8px; padding: 12px 16px; box-shadow: 0 1px 3px rgba(0,0,0,.08); }}
-.card .v {{ font-size: 22px; font-weight: 600; }} .card .k {{ color: #5a6478; font-size: 13px; }}
-table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ padding: 3px 10px; text-align: right; border-bottom: 1px solid #eceef2; }}
-table.kv th {{ text-align: left; color: #5a6478; font-weight: normal; }} table.kv td {{ text-align: left; }}
-.two {{ display: grid; grid-template-columns: 1fr 1fr; gap: 16px; }} @media (max-width: 900px) {{ .two {{ grid-template-columns: 1fr; }} }}
-.scroll {{ max-height: 320px; overflow-y: auto; }}
-img.fig {{ max-width: 100%; image-rendering: pixelated; }}
-{plots.MAP_CSS}
-.muted {{ color: #5a6478; font-size: 13px; }}
-</style></head>
-<body data-rendered="no">
-<header><h1>{_text(title)}</h1>
-<p>{_text(config.data.dataset)} · latent size {_text(config.model.latent_dim)} · recipe {_text(config.train.recipe)} ·
-loss {_text(config.train.loss)}{' · denoising, noise ' + format(config.train.noise_factor, 'g') if config.train.noise_factor else ''}</p></header>
-<main>
-<div class="cards">{''.join(f"<div class='card'><div class='v'>{_text(v)}</div><div class='k'>{_text(k)}</div></div>" for k, v in cards)}</div>
-<section><h2>Training</h2><div class="two">
-<div><img class="fig" src="{_uri(loss_png)}" alt="loss curves"></div>
-<div class="scroll"><table><tr><th>epoch</th><th>train loss</th><th>val loss</th><th>lr</th><th>seconds</th></tr>{metric_rows}</table></div>
-</div><p class="muted">Weights kept: {_text(evaluation.get('kept', config.train.keep))} (epoch {_text(evaluation.get('best_epoch', '?'))} had the lowest validation loss).</p></section>
-<section><h2>Reconstructions across epochs</h2>
-<p class="muted">The first five test images above the model's reconstructions. Move the slider to see how they improve.</p>
-<input id="epoch" type="range" min="1" max="{len(slider[0])}" value="{len(slider[0])}" style="width: 60%"> <span id="epoch-label"></span><br>
-<img id="recon" class="fig" alt="reconstructions"></section>
-{denoising}
-{anomalies}
-<section><h2>The latent space</h2>
-<p class="muted">Codes of {parts['n_map_points']} test images (a sample stratified by label). Hover a point to see its image; click a label in the legend to hide it.</p>
-<div class="two"><div class="map"><div id="map-scatter"></div><canvas class="preview"></canvas></div>
-<div class="map"><div id="map-tsne"></div><canvas class="preview"></canvas></div></div></section>
-<section><h2>Generated images</h2>
-<h3>A {GRID_N} × {GRID_N} grid over the latent plane ({_text(' / '.join(parts['grid_plane']))})</h3>
-<p class="muted">Decoded from evenly spaced points between the 1st and 99th percentiles of the training codes{'' if config.model.latent_dim == 2 else ', the other directions held at the mean code'}.</p>
-<img class="fig" src="{_uri(parts['grid'])}" alt="latent grid">
-<div class="two"><div><h3>Samples</h3><p class="muted">Decoded from codes drawn from a Gaussian mixture (10 components) fitted to the training codes.</p>
-<img class="fig" src="{_uri(parts['samples'])}" alt="samples"></div>
-<div><h3>Interpolation</h3><p class="muted">The straight line between the codes of test images {a} and {b}.</p>
-<img class="fig" src="{_uri(parts['interpolation'])}" alt="interpolation"></div></div></section>
-<section><h2>Configuration</h2>{_table(config_rows)}<p class="muted">Run folder: {_text(run.path.resolve())}</p></section>
-</main>
-<script>window.__errors = [];
-window.addEventListener("error", function (e) {{ window.__errors.push(String(e.message)); }});
-(function () {{ var original = console.error; console.error = function () {{ window.__errors.push(Array.from(arguments).join(" ")); original.apply(console, arguments); }}; }})();</script>
-<script>{get_plotlyjs()}</script>
-<script>
-const RECON = {plots.script_json(slider[0])};
-const EPOCHS = {plots.script_json(slider[1])};
-{plots.MAP_SCRIPT}
-{maps_js}
-const slider = document.getElementById("epoch"), recon = document.getElementById("recon");
-function showEpoch() {{ const i = Number(slider.value) - 1; recon.src = RECON[i]; document.getElementById("epoch-label").textContent = "epoch " + EPOCHS[i]; }}
-slider.addEventListener("input", showEpoch); showEpoch();
-const sprite = AELAB_MAPS.sprite, plotted = AELAB_MAPS.plotted;
-const images = Array.from(document.images).concat([sprite]);
-Promise.all(plotted.concat(images.map(function (img) {{ return img.decode(); }}))).then(function () {{
-  const broken = images.filter(function (img) {{ return !(img.naturalWidth > 0); }}).length;
-  const maps = document.querySelectorAll(".js-plotly-plot .main-svg").length > 0 ? plotted.length : 0;
-  document.body.dataset.images = String(images.length - broken); document.body.dataset.brokenImages = String(broken);
-  document.body.dataset.maps = String(maps); document.body.dataset.errors = JSON.stringify(window.__errors);
-  document.body.dataset.rendered = broken === 0 && maps === plotted.length ? "ok" : "incomplete";
-}}).catch(function (e) {{ window.__errors.push(String(e)); document.body.dataset.errors = JSON.stringify(window.__errors); document.body.dataset.rendered = "failed"; }});
-</script>
-</body></html>
-"""
+        anomalies = {"method": found["method"], "method_words": _METHOD_WORDS.get(found["method"], ""),
+                     "n": found["n"], "total": found["total"], "threshold": f"{found['threshold']:.3f}",
+                     "quantile": f"{1 - found['contamination']:.0%}", "picture": _uri(found["figure"])}
+        if "auroc" in found:
+            anomalies |= {"normal": found["normal"], "auroc": f"{found['auroc']:.4f}",
+                          "average_precision": f"{found['average_precision']:.4f}", "f1": f"{found['f1']:.4f}"}
+    safe = markupsafe.Markup  # (code aelab wrote: the plotly library, the maps' script and style)
+    return _template().render(
+        title=f"aelab run {run.path.name}", dataset=config.data.dataset, latent_dim=config.model.latent_dim,
+        recipe=config.train.recipe, loss=config.train.loss,
+        noise_factor=format(config.train.noise_factor, "g") if config.train.noise_factor else None,
+        cards=cards, loss_curves=_uri(run.path / "figures" / "loss_curves.png"),
+        metrics=[(r["epoch"], f"{r['train_loss']:.5f}", f"{r['val_loss']:.5f}", f"{r['lr']:.2e}", f"{r['seconds']:.2f}")
+                 for r in metrics],
+        kept=evaluation.get("kept", config.train.keep), best_epoch=evaluation.get("best_epoch", "?"),
+        slider_pictures=slider[0], slider_epochs=slider[1],
+        denoising={"noise_factor": format(config.train.noise_factor, "g"), "picture": _uri(parts["denoising"])}
+        if "denoising" in parts else None,
+        anomalies=anomalies, run_path=run.path, run_folder=run.path.resolve(),
+        n_map_points=parts["n_map_points"], grid_n=GRID_N, grid_plane=parts["grid_plane"], grid=_uri(parts["grid"]),
+        samples=_uri(parts["samples"]), interpolation=_uri(parts["interpolation"]),
+        interpolation_pair=parts["interpolation_pair"], config_rows=config_rows,
+        map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT), plotly_js=safe(get_plotlyjs()),
+        maps_js=safe(plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()},
+                                       parts["map_images"])))
