@@ -11,7 +11,6 @@ from aelab.config import DataConfig, train_config_for
 from aelab.data.batches import Batches, epoch_order
 from aelab.data.sets import ImageSet, split_train_val
 from aelab.evaluation import reconstruction_loss
-from aelab import steps
 from aelab.optim import Schedule
 from aelab.steps import ShardedStep
 from aelab.training import Trainer
@@ -380,6 +379,17 @@ def test_a_family_is_one_class_and_one_registry_entry(tmp_path, splits, monkeypa
     result = train(config, tmp_path / "run", report=False, data=splits)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["kind"] == "l1"
     assert isinstance(load_run(tmp_path / "run").model, L1Autoencoder) and result.metrics
+
+
+def test_a_run_saved_before_families_loads_as_an_autoencoder(tmp_path, splits):
+    """config.json without `model.kind` (aelab before families): the run loads as the family "ae"."""
+    train(tiny_config(epochs=1), tmp_path / "run", report=False, data=splits)
+    path = tmp_path / "run" / "config.json"
+    values = json.loads(path.read_text())
+    del values["model"]["kind"]
+    path.write_text(json.dumps(values))
+    run = load_run(tmp_path / "run")
+    assert run.config.model.kind == "ae" and run.model.objective == "mse"
 
 
 def test_an_unknown_family_is_refused_naming_the_known_ones():

@@ -19,6 +19,10 @@ from .data.catalog import ARRAY_SUFFIXES, DATASETS
 from .errors import AelabError
 
 LOSSES = ("mse", "bce")
+# the model families (aelab.families builds them): kind -> (module, class)
+FAMILIES: dict[str, tuple[str, str]] = {
+    "ae": ("aelab.model", "ConvAutoencoder"),  # the tutorial's convolutional autoencoder
+}
 SCHEDULES = ("onecycle", "constant")
 KEEP = ("best", "last")
 PRECISIONS = ("fp32", "bf16")
@@ -131,8 +135,6 @@ class ModelConfig:
     kind: str = "ae"  # the model family (aelab.families.FAMILIES); runs saved before are "ae"
 
     def validate(self) -> None:
-        from .families import FAMILIES
-
         if self.kind not in FAMILIES:
             raise AelabError(f"unknown `model.kind` {self.kind!r}; choose {' or '.join(FAMILIES)}")
         if self.latent_dim < 1:

@@ -85,7 +85,7 @@ def export(run, out: str | Path, format: str = "onnx", part: str = "autoencoder"
     out = Path(out)
     meta = describe(run, part)
     module = _Part(plain_model(run.model), part).eval()
-    example = torch.rand(2, *meta["input"]["shape"][1:])
+    example = torch.rand(2, *meta["input"]["shape"][1:], generator=torch.Generator().manual_seed(0))  # (not the caller's RNG)
     if format == "torchscript":  # (PyTorch deprecates TorchScript in favour of torch.export; it still runs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

@@ -232,7 +232,8 @@ def render(run: Run, parts: dict[str, Any]) -> str:
         if "auroc" in found:
             anomalies |= {"normal": found["normal"], "auroc": f"{found['auroc']:.4f}",
                           "average_precision": f"{found['average_precision']:.4f}", "f1": f"{found['f1']:.4f}"}
-    safe = markupsafe.Markup  # (code aelab wrote: the plotly library, the maps' script and style)
+    safe = markupsafe.Markup  # aelab's own code: plotly.js, the maps' script and style, and the maps' data
+    # (plots.maps_script writes its figures and sprite through plots.script_json, the template's filter)
     return _template().render(
         title=f"aelab run {run.path.name}", dataset=config.data.dataset, latent_dim=config.model.latent_dim,
         recipe=config.train.recipe, loss=config.train.loss,

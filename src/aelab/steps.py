@@ -41,7 +41,7 @@ def forward_backward(model: torch.nn.Module, inputs: torch.Tensor, targets: torc
     ``weight``, added to the parameters' ``.grad``; returns the (unweighted) loss, detached.
     ``forward``: what computes that loss (default: the model; under torchrun its DDP wrapper)."""
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        loss = (forward or model.training_loss)(inputs, targets)
+        loss = (forward if forward is not None else model.training_loss)(inputs, targets)
     (loss * weight if weight != 1.0 else loss).backward()
     return loss.detach()
 
