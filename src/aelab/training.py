@@ -94,7 +94,7 @@ class Trainer:
     CHECK_EVERY = 25  # steps between loss checks: each is a host sync (costly on a GPU); a bad step is still found
 
     def __init__(self, config: RunConfig, run_dir: Path, splits: dict[str, ImageSet],
-                 callbacks: Iterable[Callback] = (), device: torch.device | None = None):
+                 callbacks: Iterable[Callback] = (), device: torch.device | None = None, fingerprint: str | None = None):
         self.config, self.run_dir = config, Path(run_dir)
         self.callbacks = CallbackList(callbacks)
         cfg = config.train
@@ -112,7 +112,7 @@ class Trainer:
                                     resolve_shards(cfg.shards, self.device, cfg.batch_size))
         self.schedule = Schedule.planned(cfg.schedule, cfg.epochs * len(self.batches))
         self.scheduler = make_scheduler(self.optimizer, self.schedule)
-        self.fingerprint = ckpt.data_fingerprint(splits)
+        self.fingerprint = fingerprint or ckpt.data_fingerprint(splits)  # (train() computes it once, before)
         self.distributed = distributed.active()
         # the images this process evaluates, and the row of the split they start at: the whole split, or
         # under torchrun this rank's share (the losses are averaged across the ranks)
@@ -374,9 +374,10 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
         except AelabError as raised:
             error = raised
         distributed.raise_together(error)  # (before the Trainer: building its DDP step is a collective)
-        _same_data_on_every_rank(splits)
+        fingerprint = ckpt.data_fingerprint(splits)
+        _same_data_on_every_rank(fingerprint)
         defaults = [RunFolder(), Figures()] + ([Report()] if report else []) if rank == 0 else []
-        trainer = Trainer(config, run_dir, splits, [*defaults, *(callbacks if rank == 0 else ())], device)
+        trainer = Trainer(config, run_dir, splits, [*defaults, *(callbacks if rank == 0 else ())], device, fingerprint)
         del splits  # (the trainer keeps what this process needs: under torchrun, a share of val and test on rank > 0)
         if checkpoint is not None:
             trainer.restore(checkpoint)
@@ -417,12 +418,12 @@ def _plan(run_dir: Path, config: RunConfig | None, resume: bool, overwrite: bool
     return lock, ("plan", config.to_dict(), checkpoint)
 
 
-def _same_data_on_every_rank(splits: dict[str, ImageSet]) -> None:
+def _same_data_on_every_rank(fingerprint: str) -> None:
     """Under torchrun: every rank must train on the same images (each reads them itself); checked
     before the model is built for them (a model of another size on one rank fails in DDP's own check)."""
     if not distributed.active():
         return
-    found = distributed.gathered(ckpt.data_fingerprint(splits))
+    found = distributed.gathered(fingerprint)
     other = next((rank for rank, value in enumerate(found) if value != found[0]), None)
     if other is not None:
         raise AelabError(f"the processes under torchrun read different training images (rank {other}'s differ from "
