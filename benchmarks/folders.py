@@ -96,7 +96,7 @@ def side_torchvision(folder: Path, epochs: int) -> dict:
     from torchvision import datasets, transforms
 
     from aelab.config import ModelConfig
-    from aelab.model import ConvAutoencoder
+    from aelab.models.ae import ConvAutoencoder
 
     torch.manual_seed(0)
     root = folder / "train" if (folder / "train").is_dir() else folder

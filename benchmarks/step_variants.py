@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from aelab.config import DataConfig, TrainConfig
 from aelab.data.sets import load_split
-from aelab.model import ConvAutoencoder
+from aelab.models.ae import ConvAutoencoder
 from aelab.ops import ConvTranspose2d
 from aelab.steps import ShardedStep
 

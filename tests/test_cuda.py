@@ -39,7 +39,7 @@ def test_graphed_training_computes_what_the_eager_loop_computes(tmp_path, monkey
 
 def test_the_graph_is_used_and_warm_up_leaves_no_trace(tmp_path, monkeypatch):
     monkeypatch.setenv("AELAB_CUDA_GRAPHS", "1")
-    trainer = Trainer(cuda_config(), tmp_path, make_splits())
+    trainer = Trainer(cuda_config(), tmp_path, make_splits(), device=torch.device("cuda"))
     graph = trainer.train_step.graph
     assert graph is not None
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}

@@ -27,7 +27,7 @@ def test_onnx_in_onnxruntime_gives_aelabs_outputs(trained_run, images, tmp_path)
 
     run = load_run(trained_run)
     x = images.float().div(255).numpy()
-    expected = infer(run.model, images, mse=False, codes=True, reconstructions=True)
+    expected = infer(run.model, images, terms=(), codes=True, reconstructions=True)
     for part, want in (("autoencoder", expected.reconstructions.numpy()), ("encoder", expected.codes)):
         out = tmp_path / f"{part}.onnx"
         assert main(["export", str(trained_run), "--part", part, "--out", str(out), "--quiet"]) == 0
@@ -55,7 +55,7 @@ def test_torchscript_in_a_fresh_process_gives_aelabs_outputs(trained_run, images
             f"numpy.save({str(tmp_path / 'y.npy')!r}, y.detach().numpy()); print(json.loads(extra['aelab.json'])['part'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "autoencoder"
-    want = infer(run.model, images, mse=False, reconstructions=True).reconstructions.numpy()
+    want = infer(run.model, images, terms=(), reconstructions=True).reconstructions.numpy()
     assert np.abs(np.load(tmp_path / "y.npy") - want).max() < 1e-5
 
 

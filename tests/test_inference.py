@@ -20,17 +20,17 @@ def model_and_images(trained_run):
 
 def test_per_image_results_are_what_the_model_computes(model_and_images):
     model, images = model_and_images
-    result = infer(model, images, bce=True, codes=True, reconstructions=True, batch_size=10)
+    result = infer(model, images, terms=("mse", "bce"), codes=True, reconstructions=True, batch_size=10)
     x = to_unit(images)
     with torch.no_grad():
         codes = model.encode(x)
         logits = model.decoder.logits(codes)
     output = torch.sigmoid(logits)
-    assert result.mse.shape == result.bce.shape == (64,) and result.codes.shape == (64, 4)
+    assert result.mse.shape == result.terms["bce"].shape == (64,) and result.codes.shape == (64, 4)
     assert result.reconstructions.shape == (64, 1, 28, 28)
     assert np.allclose(result.mse, (output - x).square().mean((1, 2, 3)).double().numpy(), rtol=1e-5)
     expected_bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none").mean((1, 2, 3))
-    assert np.allclose(result.bce, expected_bce.double().numpy(), rtol=1e-5)
+    assert np.allclose(result.terms["bce"], expected_bce.double().numpy(), rtol=1e-5)
     assert np.allclose(result.codes, codes.numpy(), atol=1e-6)
     assert torch.allclose(result.reconstructions, output, atol=1e-6)
     assert result.mean("mse") == pytest.approx(float((output - x).square().mean()), rel=1e-5)
@@ -38,19 +38,19 @@ def test_per_image_results_are_what_the_model_computes(model_and_images):
 
 def test_chunks_do_not_change_the_results(model_and_images):
     model, images = model_and_images
-    whole = infer(model, images, bce=True, codes=True)
+    whole = infer(model, images, terms=("mse", "bce"), codes=True)
     for batch_size in (1, 7, 64):
-        parts = infer(model, images, bce=True, codes=True, batch_size=batch_size)
-        assert np.allclose(parts.mse, whole.mse, rtol=1e-6) and np.allclose(parts.bce, whole.bce, rtol=1e-6)
+        parts = infer(model, images, terms=("mse", "bce"), codes=True, batch_size=batch_size)
+        assert np.allclose(parts.mse, whole.mse, rtol=1e-6) and np.allclose(parts.terms["bce"], whole.terms["bce"], rtol=1e-6)
         assert np.allclose(parts.codes, whole.codes, atol=1e-6)
 
 
 def test_only_what_is_asked_for_is_computed(model_and_images):
     model, images = model_and_images
-    result = infer(model, images, mse=False, codes=True)
-    assert result.mse is None and result.bce is None and result.reconstructions is None
+    result = infer(model, images, terms=(), codes=True)
+    assert result.terms == {} and result.mse is None and result.reconstructions is None
     assert np.array_equal(result.codes, encode(model, images))
-    empty = infer(model, images[:0], bce=True, codes=True, reconstructions=True)
+    empty = infer(model, images[:0], terms=("mse", "bce"), codes=True, reconstructions=True)
     assert empty.mse.shape == (0,) and empty.codes.shape == (0, 4) and empty.reconstructions.shape == (0, 1, 28, 28)
 
 
@@ -68,9 +68,9 @@ def test_noise_gives_the_denoising_error_against_the_clean_image(model_and_image
 
 def test_evaluate_and_reconstruction_loss_are_the_mean_of_the_per_image_errors(model_and_images):
     model, images = model_and_images
-    per_image = infer(model, images, bce=True)
+    per_image = infer(model, images, terms=("mse", "bce"))
     assert reconstruction_loss(model, images) == pytest.approx(float(per_image.mse.mean()), rel=1e-12)
-    assert reconstruction_loss(model, images, "bce") == pytest.approx(float(per_image.bce.mean()), rel=1e-12)
+    assert reconstruction_loss(model, images, "bce") == pytest.approx(float(per_image.terms["bce"].mean()), rel=1e-12)
     assert evaluate(model, make_splits()["test"]).mse == pytest.approx(float(per_image.mse.mean()), rel=1e-12)
 
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from aelab.model import ConvAutoencoder, encoder_sizes
+from aelab.models.ae import ConvAutoencoder
+from aelab.models.nets import encoder_sizes
 from aelab.ops import ConvTranspose2d
 from tutorial_pipeline import Decoder as TutorialDecoder
 from tutorial_pipeline import Encoder as TutorialEncoder
@@ -104,7 +105,7 @@ def test_fast_transposed_convolution_equals_pytorchs(c_in, c_out, size, padding,
 def test_every_output_row_of_every_decoder_layer_is_computed_from_its_input(height, width):
     """No layer pads its output with a row that holds its bias alone (a dead border in every
     reconstruction): each transposed convolution's last row and column depend on its input."""
-    from aelab.model import ConvAutoencoder
+    from aelab.models.ae import ConvAutoencoder
 
     model = ConvAutoencoder(4, 3, height, image_width=width)
     x = model.decoder.unflatten(torch.randn(1, model.decoder.decoder_lin[2].out_features))

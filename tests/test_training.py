@@ -16,6 +16,8 @@ from aelab.steps import ShardedStep
 from aelab.training import Trainer
 from conftest import make_splits
 
+CPU = torch.device("cpu")
+
 
 def tiny_config(**train):
     values = {"epochs": 2, "batch_size": 32, "lr": 3e-3, **train}
@@ -91,7 +93,7 @@ def test_one_cycle_goes_up_then_down():
 
 
 def test_weights_change_after_a_step_and_not_after_evaluation(tmp_path, splits):
-    trainer = Trainer(tiny_config(), tmp_path, splits)
+    trainer = Trainer(tiny_config(), tmp_path, splits, device=CPU)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     reconstruction_loss(trainer.model, splits["val"].images)
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
@@ -148,7 +150,7 @@ def test_golden_loss_with_seed_0(tmp_path, shards):
     """Numerics guard: seed 0, 16 steps of the tutorial recipe on fixed data give a known loss, for
     the eager step and the sharded one (a change in numerics shows up here)."""
     config = RunConfig(train=train_config_for("tutorial", epochs=2, batch_size=32, shards=shards))
-    trainer = Trainer(config, tmp_path, make_splits())  # seeds and builds the model
+    trainer = Trainer(config, tmp_path, make_splits(), device=CPU)  # seeds and builds the model
     with trainer.train_step as step:
         assert (step.sharded is not None) == (shards > 1)
         losses = [float(step(index)) for epoch in range(2) for index in trainer.batches.indices(0, epoch, shuffle=False)]
@@ -169,7 +171,7 @@ def test_denoising_uses_the_clean_image_as_target(tmp_path, splits):
 
     from aelab.data.batches import add_noise, noise_generator
 
-    trainer = Trainer(tiny_config(noise_factor=0.3, weight_decay=0.0, shards=1), tmp_path, splits)
+    trainer = Trainer(tiny_config(noise_factor=0.3, weight_decay=0.0, shards=1), tmp_path, splits, device=CPU)
     index = torch.arange(32)
     clean = trainer.batches.gather(index).contiguous(memory_format=torch.channels_last)
     noisy = add_noise(clean, 0.3, noise_generator(11, "cpu"))  # the noise the step will draw
@@ -230,7 +232,7 @@ def test_a_sharded_step_gives_the_gradient_of_the_batch_mean_loss(tmp_path, spli
 
     import torch.nn.functional as F
 
-    trainer = Trainer(tiny_config(shards=2), tmp_path, splits)
+    trainer = Trainer(tiny_config(shards=2), tmp_path, splits, device=CPU)
     clean = splits["train"].images[:30].float().div(255).contiguous(memory_format=torch.channels_last)
     reference = copy.deepcopy(trainer.model)
     # each shard normalises with its own BatchNorm statistics: two forward passes, each weighted 15/30
@@ -287,7 +289,7 @@ def test_auto_shards_split_big_batches_when_there_are_threads_to_share(tmp_path,
 def test_an_error_in_a_shard_thread_reaches_the_caller(tmp_path, splits, monkeypatch):
     import threading
 
-    from aelab.model import ConvAutoencoder
+    from aelab.models.ae import ConvAutoencoder
 
     original = ConvAutoencoder.training_loss
 
@@ -348,26 +350,40 @@ def test_training_leaves_the_callers_random_numbers_alone(tmp_path, splits):
     assert all(torch.equal(x, y) for x, y in zip(first.model.state_dict().values(), again.model.state_dict().values()))
 
 
-class L1Autoencoder(__import__("aelab.model", fromlist=["ConvAutoencoder"]).ConvAutoencoder):
-    """A family of its own for the test below: the same network, minimising the mean absolute error."""
+class L1Autoencoder(__import__("aelab.models.ae", fromlist=["ConvAutoencoder"]).ConvAutoencoder):
+    """A family of its own for the test below: the same network, minimising the mean absolute error,
+    which it reports per image as the term "l1" beside "mse"."""
+
+    terms = ("mse", "l1")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = "l1"
 
     def training_loss(self, inputs, targets):
         return (self(inputs) - targets).abs().mean()
 
+    def measure(self, inputs, targets, terms=("mse",)):
+        from aelab.models.base import per_image
+
+        measured = super().measure(inputs, targets, tuple(term for term in terms if term != "l1"))
+        if "l1" in terms:
+            measured.terms["l1"] = per_image((measured.reconstructions - targets).abs())
+        return measured
+
 
 @pytest.mark.parametrize("shards", [1, 2])
 def test_a_family_is_one_class_and_one_registry_entry(tmp_path, splits, monkeypatch, shards):
-    """Registered in aelab.families, a model class with an objective of its own trains through the
+    """Registered in aelab.config.FAMILIES, a model class with an objective of its own trains through the
     steps unchanged (eager and sharded): their losses are its objective, and the run records its kind."""
     import sys
 
-    from aelab import families
-    from aelab.config import ModelConfig
+    from aelab.config import FAMILIES, ModelConfig
 
     monkeypatch.setitem(sys.modules, "l1_family", sys.modules[__name__])
-    monkeypatch.setitem(families.FAMILIES, "l1", ("l1_family", "L1Autoencoder"))
+    monkeypatch.setitem(FAMILIES, "l1", ("l1_family", "L1Autoencoder"))
     config = replace(tiny_config(epochs=1, shards=shards), model=ModelConfig(kind="l1"))
-    trainer = Trainer(config, tmp_path, splits)
+    trainer = Trainer(config, tmp_path, splits, device=CPU)
     assert isinstance(trainer.model, L1Autoencoder)
     with trainer.train_step as step:
         index = next(iter(trainer.batches.indices(0, 0, shuffle=False)))
@@ -378,7 +394,17 @@ def test_a_family_is_one_class_and_one_registry_entry(tmp_path, splits, monkeypa
     assert loss == pytest.approx(float(sum(expected) / len(batch)), rel=1e-5)
     result = train(config, tmp_path / "run", report=False, data=splits)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["kind"] == "l1"
-    assert isinstance(load_run(tmp_path / "run").model, L1Autoencoder) and result.metrics
+    run = load_run(tmp_path / "run")
+    assert isinstance(run.model, L1Autoencoder) and result.metrics
+    # the loop's validation loss is the family's objective, which infer and evaluate ask the model for
+    assert result.metrics[-1]["val_loss"] == pytest.approx(reconstruction_loss(run.model, splits["val"].images, "l1"),
+                                                           rel=1e-6)
+    with torch.no_grad():
+        x = splits["val"].images.float().div(255)
+        expected = (run.model(x) - x).abs().mean()
+    assert result.metrics[-1]["val_loss"] == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(AelabError, match="reports mse, l1 per image, not bce"):
+        reconstruction_loss(run.model, splits["val"].images, "bce")
 
 
 def test_a_run_saved_before_families_loads_as_an_autoencoder(tmp_path, splits):

@@ -18,7 +18,7 @@ _EXPORTS = {
     "AelabError": "errors",
     "DataConfig": "config", "ModelConfig": "config", "TrainConfig": "config", "RunConfig": "config",
     "RECIPES": "config", "train_config_for": "config",
-    "Encoder": "model", "Decoder": "model", "ConvAutoencoder": "model",
+    "Encoder": "models.nets", "Decoder": "models.nets", "ConvAutoencoder": "models.ae",
     "ImageSet": "data.sets", "load_split": "data.sets", "load_splits": "data.sets",
     "fetch": "data.sources",
     "train": "training", "Trainer": "training", "TrainResult": "training", "TrainingInterrupted": "training",

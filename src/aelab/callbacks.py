@@ -47,8 +47,6 @@ class TrainerView(Protocol):
     best_epoch: int
     running_loss: float  # the current epoch's mean training loss so far
 
-    def state(self) -> dict[str, Any]: ...
-
 
 class ResultView(Protocol):
     """What ``on_train_end`` gets (``aelab.training.TrainResult`` is one); ``report`` may be set."""
@@ -156,9 +154,10 @@ class RunFolder(Callback):
 
     @staticmethod
     def _checkpoint(trainer) -> None:
-        from .checkpoint import save_checkpoint
+        from .checkpoint import save_checkpoint, trainer_state
 
-        save_checkpoint(trainer.run_dir, trainer.model, trainer.state(), f"ckpt-{trainer.epoch:04d}-{trainer.step:05d}")
+        save_checkpoint(trainer.run_dir, trainer.model, trainer_state(trainer),
+                        f"ckpt-{trainer.epoch:04d}-{trainer.step:05d}")
 
 
 class Figures(Callback):

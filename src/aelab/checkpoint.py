@@ -1,4 +1,5 @@
-"""The training state that resuming needs: checkpoints and the data's fingerprint.
+"""The training state that resuming needs: what a ``Trainer`` saves (``trainer_state``) and how it
+continues from it (``restore``), checkpoints on disk, and the data's fingerprint.
 
 ```
 RUN/state/
@@ -28,7 +29,8 @@ import torch
 
 from .errors import AelabError
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .run import FORMAT_VERSION, load_config, read_weights, save_weights
+from .optim import Schedule
+from .run import FORMAT_VERSION, load_config, load_weights_into, read_weights, save_weights
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, trainer_state: dict[str, Any], name: str) -> None:
@@ -53,7 +55,7 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, trainer_state: dict[s
 
 @dataclass
 class Checkpoint:
-    """A checkpoint read from a run folder: the weights, the trainer's state (``Trainer.state()``),
+    """A checkpoint read from a run folder: the weights, the trainer's state (``trainer_state``),
     the best weights so far, and how many epochs the run had planned (for a state saved before
     schedules were saved with it)."""
 
@@ -107,3 +109,56 @@ def data_fingerprint(splits: dict) -> str:
     for name in ("train", "val"):
         splits[name].hash_into(digest)
     return digest.hexdigest()
+
+
+# --- a trainer's state ----------------------------------------------------------------------------
+
+def trainer_state(trainer: Any) -> dict[str, Any]:
+    """What resuming a ``training.Trainer`` needs besides its weights (a checkpoint's trainer.pt):
+    its position, optimizer, schedule, noise generator, running loss, metrics and best epoch."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "epoch": trainer.epoch, "step": trainer.step,
+        "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
+        "noise_rng": trainer.noise.get_state() if trainer.noise is not None else None,
+        "loss_sum": trainer.loss_sum.cpu(), "loss_count": trainer.loss_count,
+        "metrics": trainer.metrics, "best_val": trainer.best_val, "best_epoch": trainer.best_epoch,
+        "data_fingerprint": trainer.fingerprint, "elapsed": trainer.elapsed,
+        "schedule": trainer.schedule.state(),
+    }
+
+
+def restore(trainer: Any, saved: Checkpoint) -> None:
+    """Continue ``trainer`` (a ``training.Trainer``) from a checkpoint (``read_checkpoint``; under
+    torchrun, rank 0's), after checking that it trains on the same data.
+
+    The learning-rate schedule planned so far is kept; epochs added beyond it (or taken away)
+    change only what comes after the current step (``optim.Schedule.resized``)."""
+    load_weights_into(trainer.model, saved.weights, saved.source)
+    state = saved.state
+    if state.get("data_fingerprint") != trainer.fingerprint:
+        raise AelabError(f"resume {trainer.run_dir}: the training data differ from the data this run was trained on "
+                         "(another dataset version or data folder); resume with the same data")
+    optimizer = trainer.optimizer
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # the run may have been saved on another device: keep this one's
+        group["fused"], group["capturable"] = optimizer.defaults["fused"], optimizer.defaults["capturable"]
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.epoch, trainer.step = int(state["epoch"]), int(state["step"])
+    trainer.loss_sum = state["loss_sum"].to(trainer.device)
+    trainer.loss_count = int(state["loss_count"])
+    trainer.metrics = list(state["metrics"])
+    trainer.best_val, trainer.best_epoch = float(state["best_val"]), int(state["best_epoch"])
+    trainer.elapsed = float(state["elapsed"])
+    if saved.best is not None:
+        trainer.best_weights = {name: value.to(trainer.device) for name, value in saved.best.items()}
+    steps = len(trainer.batches)
+    train = trainer.config.train
+    # (a state saved before the schedule was: the one-cycle the run had planned)
+    planned = Schedule.from_state(state["schedule"]) if "schedule" in state else Schedule.planned(
+        train.schedule, saved.planned_epochs * steps)
+    resized = planned.resized(trainer.epoch * steps + trainer.step, train.epochs * steps)
+    trainer.schedule.pieces, trainer.schedule.total = resized.pieces, resized.total  # (the scheduler holds it)
+    if trainer.step > 0 and state["noise_rng"] is not None:
+        trainer.noise = trainer.noise_for(trainer.epoch)
+        trainer.noise.set_state(state["noise_rng"])

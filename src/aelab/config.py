@@ -19,9 +19,9 @@ from .data.catalog import ARRAY_SUFFIXES, DATASETS
 from .errors import AelabError
 
 LOSSES = ("mse", "bce")
-# the model families (aelab.families builds them): kind -> (module, class)
+# the model families (aelab.models.registry builds them): kind -> (module, class)
 FAMILIES: dict[str, tuple[str, str]] = {
-    "ae": ("aelab.model", "ConvAutoencoder"),  # the tutorial's convolutional autoencoder
+    "ae": ("aelab.models.ae", "ConvAutoencoder"),  # the tutorial's convolutional autoencoder
 }
 SCHEDULES = ("onecycle", "constant")
 KEEP = ("best", "last")
@@ -132,7 +132,7 @@ class ModelConfig:
     width: int = 8  # channels of the first convolution, doubled at each of the three stages (the tutorial's 8)
     hidden: int = 128  # width of the fully connected layers (the tutorial's 128)
     even_padding: bool = True  # the third convolution pads even sizes (no dead border); runs saved before: False
-    kind: str = "ae"  # the model family (aelab.families.FAMILIES); runs saved before are "ae"
+    kind: str = "ae"  # the model family (aelab.config.FAMILIES); runs saved before are "ae"
 
     def validate(self) -> None:
         if self.kind not in FAMILIES:

@@ -112,7 +112,7 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
         from .inference import infer
 
         self._check_fitted()
-        return infer(self.model_, self._images(X), mse=False, codes=True).codes
+        return infer(self.model_, self._images(X), terms=(), codes=True).codes
 
     def inverse_transform(self, Z) -> np.ndarray:
         """Images [N, C, H, W] in [0, 1] decoded from codes [N, latent_dim]."""

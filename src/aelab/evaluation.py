@@ -1,14 +1,18 @@
-"""Reconstruction metrics: MSE over every pixel of every image (pixels in [0, 1]) and PSNR."""
+"""Reconstruction metrics: MSE over every pixel of every image (pixels in [0, 1]) and PSNR; and
+``SplitMeans``, what the training loop measures on the validation and test splits."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from typing import Any
+
 import torch
 
+from . import distributed
 from .data.sets import ImageSet
-from .inference import infer
+from .inference import chunk_size, infer
 
 
 @dataclass
@@ -30,13 +34,12 @@ def psnr_from_mse(mse: float) -> float:
 
 def reconstruction_loss(model: torch.nn.Module, images: torch.Tensor, loss: str = "mse", batch_size: int = 1024,
                         noise_factor: float = 0.0, seed: int = 0) -> float:
-    """Mean loss per pixel of ``model`` over uint8 images [N, C, H, W] (moved to the model's device).
-
-    ``loss`` is ``mse`` (of the output in [0, 1]) or ``bce``. With ``noise_factor`` > 0 the input
-    is noisy (seeded by ``seed``) and the target the clean image.
+    """Mean of a per-image term of ``model`` (``loss``: one of ``model.terms``, such as ``mse`` of
+    the output in [0, 1] or the autoencoder's ``bce``) over uint8 images [N, C, H, W] (moved to the
+    model's device). With ``noise_factor`` > 0 the input is noisy (seeded by ``seed``) and the
+    target the clean image.
     """
-    result = infer(model, images, mse=loss == "mse", bce=loss == "bce", noise_factor=noise_factor, seed=seed,
-                   batch_size=batch_size)
+    result = infer(model, images, terms=(loss,), noise_factor=noise_factor, seed=seed, batch_size=batch_size)
     return result.mean(loss)
 
 
@@ -45,3 +48,35 @@ def evaluate(model: torch.nn.Module, data: ImageSet, split: str = "", noise_fact
     """MSE and PSNR of ``model`` on an ImageSet."""
     mse = reconstruction_loss(model, data.images, "mse", batch_size, noise_factor, seed)
     return Evaluation(mse, psnr_from_mse(mse), len(data), split, noise_factor)
+
+
+class SplitMeans:
+    """A model's per-image terms averaged over fixed splits (``val``, ``test``), as the training loop
+    measures them after each epoch and at the end.
+
+    The images are moved to ``device`` once (images on disk stay there, read chunk by chunk). Under
+    torchrun each rank keeps only its ``distributed.share`` of every split (whole chunks of
+    ``infer``, whose noise is seeded by their place) and the means are averaged across the ranks:
+    the number one process gets on the whole split.
+    """
+
+    def __init__(self, splits: dict[str, ImageSet], device: torch.device, seed: int = 0):
+        self.seed = seed
+        self.parts = {name: self._share(split, device) for name, split in splits.items()}
+
+    @staticmethod
+    def _share(split: ImageSet, device: torch.device) -> tuple[Any, int]:
+        start, stop = distributed.share(len(split), chunk_size(split.image_shape))
+        part = split if (start, stop) == (0, len(split)) else split.subset(torch.arange(start, stop))
+        images = part.images.to(device) if torch.is_tensor(part.images) else part.images
+        return images, start
+
+    def __contains__(self, split: str) -> bool:
+        return split in self.parts
+
+    def mean(self, model: torch.nn.Module, split: str, term: str, noise_factor: float = 0.0) -> float:
+        """The mean of ``term`` (one of ``model.terms``) per pixel on ``split``; with ``noise_factor``
+        the input is noisy (seeded) and the target the clean image."""
+        images, first = self.parts[split]
+        result = infer(model, images, terms=(term,), noise_factor=noise_factor, seed=self.seed, first=first)
+        return distributed.mean_across(result.terms[term]) if distributed.active() else result.mean(term)

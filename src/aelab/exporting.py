@@ -42,21 +42,6 @@ def plain_model(model: nn.Module) -> nn.Module:
     return plain
 
 
-class _Part(nn.Module):
-    """One part of an autoencoder as a module with one input and one output."""
-
-    def __init__(self, model: nn.Module, part: str):
-        super().__init__()
-        self.encoder, self.decoder, self.part = model.encoder, model.decoder, part
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.part == "encoder":
-            return self.encoder(x)
-        if self.part == "decoder":
-            return self.decoder(x)
-        return self.decoder(self.encoder(x))
-
-
 def describe(run, part: str) -> dict:
     """The metadata written into an exported file."""
     from . import __version__
@@ -84,7 +69,7 @@ def export(run, out: str | Path, format: str = "onnx", part: str = "autoencoder"
         raise AelabError(f"unknown `part` {part!r}; choose one of {', '.join(PARTS)}")
     out = Path(out)
     meta = describe(run, part)
-    module = _Part(plain_model(run.model), part).eval()
+    module = plain_model(run.model).part(part).eval()  # (the model says what each part is)
     example = torch.rand(2, *meta["input"]["shape"][1:], generator=torch.Generator().manual_seed(0))  # (not the caller's RNG)
     if format == "torchscript":  # (PyTorch deprecates TorchScript in favour of torch.export; it still runs)
         with warnings.catch_warnings():

@@ -26,7 +26,7 @@ def reconstruction_examples(model: torch.nn.Module, images: torch.Tensor, noise_
                             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Clean images, their noisy inputs (None without noise) and the model's outputs, all floats
     [N, C, H, W] in [0, 1] on the CPU, for uint8 ``images``."""
-    result = infer(model, images, mse=False, reconstructions=True, inputs=noise_factor > 0, noise_factor=noise_factor,
+    result = infer(model, images, terms=(), reconstructions=True, inputs=noise_factor > 0, noise_factor=noise_factor,
                    seed=FIGURE_NOISE_SEED)
     return to_unit(images.cpu()), result.inputs, result.reconstructions
 

@@ -119,7 +119,7 @@ def reconstruct_files(run, inputs: list[str | Path], out: str | Path, noise_fact
     written = []
     method = data_for_run(run.config).resize
     for batch in prepared(run, items, skipped):
-        result = infer(run.model, batch.images, mse=False, reconstructions=True, noise_factor=noise_factor, seed=seed)
+        result = infer(run.model, batch.images, terms=(), reconstructions=True, noise_factor=noise_factor, seed=seed)
         pixels = result.reconstructions.clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
         for item, output, original in zip(batch.inputs, pixels, batch.originals):
             stem = str(Path(item.name).with_suffix(""))
@@ -138,7 +138,7 @@ def encode_files(run, inputs: list[str | Path]) -> tuple[list[str], np.ndarray, 
     items, skipped = collect(inputs)
     paths, codes = [], []
     for batch in prepared(run, items, skipped):
-        codes.append(infer(run.model, batch.images, mse=False, codes=True).codes)
+        codes.append(infer(run.model, batch.images, terms=(), codes=True).codes)
         paths += [str(item.path) for item in batch.inputs]
     _no_image(items, paths, skipped)
     return paths, np.concatenate(codes), skipped

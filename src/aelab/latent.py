@@ -53,7 +53,7 @@ class Embedding:
 
 def encode(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
     """Codes [N, d] of uint8 images [N, C, H, W] (model in eval mode)."""
-    return infer(model, images, mse=False, codes=True, batch_size=batch_size).codes
+    return infer(model, images, terms=(), codes=True, batch_size=batch_size).codes
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 from .config import RunConfig
 from .errors import AelabError
 from .fsutil import ProcessLock, atomic_write_bytes, atomic_write_text
-from .families import build_model
+from .models.registry import build_model
 
 FORMAT_VERSION = 1
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
@@ -162,7 +162,7 @@ class Run:
 
     path: Path
     config: RunConfig
-    model: torch.nn.Module  # of the run's family (aelab.families)
+    model: torch.nn.Module  # of the run's family (aelab.models.registry)
     metrics: list[dict[str, float]] = field(default_factory=list)
 
     @property

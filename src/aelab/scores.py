@@ -169,7 +169,7 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
     if method not in METHODS:
         raise AelabError(f"unknown score {method!r}; choose one of {', '.join(METHODS)}")
     contamination = check_contamination(contamination)
-    train = infer(model, _sample(train_images, seed), mse=False, codes=True, features=True)
+    train = infer(model, _sample(train_images, seed), terms=(), codes=True, features=True)
     codes = train.codes.astype(np.float64)
     components = max(1, min(MIXTURE_COMPONENTS, len(codes) // 20))
     with warnings.catch_warnings():  # (a mixture that has not fully converged still gives a density)
@@ -271,7 +271,7 @@ def error_maps(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tens
     [N, H, W] (summed over channels)."""
     from .data.batches import to_unit
 
-    result = infer(model, images, mse=False, reconstructions=True)
+    result = infer(model, images, terms=(), reconstructions=True)
     clean = to_unit(images[:] if not torch.is_tensor(images) else images)
     return clean, result.reconstructions, (result.reconstructions - clean).square().sum(1)
 

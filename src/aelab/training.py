@@ -28,11 +28,10 @@ from .data.batches import Batches, noise_generator
 from .data.sets import ImageSet, close_sets, load_splits
 from .devices import resolve_device
 from .errors import AelabError
-from .evaluation import psnr_from_mse
-from .inference import chunk_size, infer
-from .families import build_model
+from .evaluation import SplitMeans, psnr_from_mse
+from .models.registry import build_model
 from .optim import Schedule, make_optimizer, make_scheduler
-from .run import load_weights_into, lock_existing_run, lock_new_run, remove_run_files, resumed_config
+from .run import lock_existing_run, lock_new_run, remove_run_files, resumed_config
 from .steps import TrainStep, resolve_shards
 
 log = logging.getLogger("aelab")
@@ -54,7 +53,7 @@ class NumericalFault(AelabError):
 class TrainResult:
     run_dir: Path
     config: RunConfig
-    model: torch.nn.Module  # of the run's family (aelab.families)
+    model: torch.nn.Module  # of the run's family (aelab.models.registry)
     metrics: list[dict[str, float]]
     evaluation: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None  # set by the Report callback
@@ -84,21 +83,23 @@ class StopFlag:
 
 
 class Trainer:
-    """Trains one run in memory and tells ``callbacks`` what happens; ``fit()`` does it all.
+    """Runs the training loop of one run in memory and tells ``callbacks`` what happens; ``fit()``
+    does it all.
 
     ``splits``: "train" and "val" ImageSets, and "test" (evaluated at the end; without it the
-    result has the validation split's numbers only). Under torchrun, ``train()`` has joined the
-    process group and gives this rank's ``device``.
+    result has the validation split's numbers only). ``device``: where it trains (``train()``
+    chooses it and, under torchrun, has joined the process group: it gives this rank's device).
+    The model is built here, from the config and with the run's seed, without touching the
+    caller's random numbers. What resuming needs is saved and restored by ``aelab.checkpoint``.
     """
 
     CHECK_EVERY = 25  # steps between loss checks: each is a host sync (costly on a GPU); a bad step is still found
 
     def __init__(self, config: RunConfig, run_dir: Path, splits: dict[str, ImageSet],
-                 callbacks: Iterable[Callback] = (), device: torch.device | None = None, fingerprint: str | None = None):
-        self.config, self.run_dir = config, Path(run_dir)
+                 callbacks: Iterable[Callback] = (), *, device: torch.device, fingerprint: str | None = None):
+        self.config, self.run_dir, self.device = config, Path(run_dir), device
         self.callbacks = CallbackList(callbacks)
         cfg = config.train
-        self.device = device if device is not None else resolve_device(cfg.device)
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
             torch.manual_seed(cfg.seed)  # as the tutorial: the seed is set before the model is built
             model = build_model(config.model, cfg.loss)
@@ -114,9 +115,9 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, self.schedule)
         self.fingerprint = fingerprint or ckpt.data_fingerprint(splits)  # (train() computes it once, before)
         self.distributed = distributed.active()
-        # the images this process evaluates, and the row of the split they start at: the whole split, or
-        # under torchrun this rank's share (the losses are averaged across the ranks)
-        self.evaluated = {name: self._share(splits[name]) for name in ("val", "test") if name in splits}
+        # the validation and test losses (under torchrun: each rank measures its share)
+        self.evaluated = SplitMeans({name: splits[name] for name in ("val", "test") if name in splits},
+                                    self.device, cfg.seed)
         if rank != 0:  # only rank 0's callbacks (figures, report) use the whole validation and test splits
             splits = {"train": splits["train"]}
         self.splits = splits
@@ -162,7 +163,7 @@ class Trainer:
     def train_epoch(self, stop: StopFlag) -> None:
         cfg = self.config.train
         if self.step == 0:
-            self.noise = self._noise_for(self.epoch)
+            self.noise = self.noise_for(self.epoch)
             self.loss_sum.zero_()
             self.loss_count = 0
         pending: list[torch.Tensor] = []
@@ -229,19 +230,9 @@ class Trainer:
             evaluation[f"{split}_denoising_mse"] = self.loss(split, "mse", noise_factor=cfg.noise_factor)
         return TrainResult(self.run_dir, self.config, self.model, self.metrics, evaluation)
 
-    def _share(self, split: ImageSet) -> tuple[Any, int]:
-        start, stop = distributed.share(len(split), chunk_size(split.image_shape))
-        part = split if (start, stop) == (0, len(split)) else split.subset(torch.arange(start, stop))
-        return _on(part.images, self.device), start
-
-    def loss(self, split: str, loss: str, noise_factor: float = 0.0) -> float:
-        """The mean loss per pixel on the ``val`` or ``test`` split (under torchrun: each rank's share,
-        averaged across the ranks: the number one process gets on the whole split)."""
-        images, first = self.evaluated[split]
-        result = infer(self.model, images, mse=loss == "mse", bce=loss == "bce", noise_factor=noise_factor,
-                       seed=self.config.train.seed, first=first)
-        errors = result.mse if loss == "mse" else result.bce
-        return distributed.mean_across(errors) if self.distributed else result.mean(loss)
+    def loss(self, split: str, term: str, noise_factor: float = 0.0) -> float:
+        """The mean of the model's per-image ``term`` on the ``val`` or ``test`` split (``SplitMeans``)."""
+        return self.evaluated.mean(self.model, split, term, noise_factor)
 
     # checks ----------------------------------------------------------------------------------------
     def _check_losses(self, losses: torch.Tensor, first_step: int) -> None:
@@ -270,61 +261,11 @@ class Trainer:
         return TrainingInterrupted(f"stopped by {signal.Signals(signum).name} {where}; checkpoint saved in "
                                    f"{self.run_dir}", signum, self.run_dir)
 
-    # state -----------------------------------------------------------------------------------------
-    def _noise_for(self, epoch: int) -> torch.Generator | None:
+    def noise_for(self, epoch: int) -> torch.Generator | None:
+        """The generator of a denoising run's input noise in ``epoch`` (None without noise)."""
         if self.config.train.noise_factor <= 0:
             return None
         return noise_generator(self.config.train.seed * 1_000_003 + epoch + 7, self.device)
-
-    def state(self) -> dict[str, Any]:
-        """What resuming needs besides the weights (saved in a checkpoint's trainer.pt)."""
-        return {
-            "format_version": ckpt.FORMAT_VERSION,
-            "epoch": self.epoch, "step": self.step,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "noise_rng": self.noise.get_state() if self.noise is not None else None,
-            "loss_sum": self.loss_sum.cpu(), "loss_count": self.loss_count,
-            "metrics": self.metrics, "best_val": self.best_val, "best_epoch": self.best_epoch,
-            "data_fingerprint": self.fingerprint, "elapsed": self.elapsed,
-            "schedule": self.schedule.state(),
-        }
-
-    def restore(self, saved: ckpt.Checkpoint) -> None:
-        """Continue from a checkpoint (``checkpoint.read_checkpoint``; under torchrun, rank 0's).
-
-        The learning-rate schedule planned so far is kept; epochs added beyond it (or taken away)
-        change only what comes after the current step (``optim.Schedule.resized``)."""
-        load_weights_into(self.model, saved.weights, saved.source)
-        state = saved.state
-        if state.get("data_fingerprint") != self.fingerprint:
-            raise AelabError(f"resume {self.run_dir}: the training data differ from the data this run was trained on "
-                             "(another dataset version or data folder); resume with the same data")
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the run may have been saved on another device: keep this one's
-            group["fused"], group["capturable"] = self.optimizer.defaults["fused"], self.optimizer.defaults["capturable"]
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.loss_sum = state["loss_sum"].to(self.device)
-        self.loss_count = int(state["loss_count"])
-        self.metrics = list(state["metrics"])
-        self.best_val, self.best_epoch = float(state["best_val"]), int(state["best_epoch"])
-        self.elapsed = float(state["elapsed"])
-        if saved.best is not None:
-            self.best_weights = {name: value.to(self.device) for name, value in saved.best.items()}
-        steps = len(self.batches)
-        # (a state saved before the schedule was: the one-cycle the run had planned)
-        planned = Schedule.from_state(state["schedule"]) if "schedule" in state else Schedule.planned(
-            self.config.train.schedule, saved.planned_epochs * steps)
-        resized = planned.resized(self.epoch * steps + self.step, self.config.train.epochs * steps)
-        self.schedule.pieces, self.schedule.total = resized.pieces, resized.total  # (the scheduler holds this object)
-        if self.step > 0 and state["noise_rng"] is not None:
-            self.noise = self._noise_for(self.epoch)
-            self.noise.set_state(state["noise_rng"])
-
-
-def _on(images, device: torch.device):
-    """Images in memory moved to ``device`` once; images on disk stay there (read chunk by chunk)."""
-    return images.to(device) if torch.is_tensor(images) else images
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
@@ -349,7 +290,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
     run_dir = Path(out if out is not None else (config or RunConfig()).default_run_dir())
     rank = distributed.world()[0]
     device = None
-    if distributed.active():
+    if distributed.active():  # the process group first: rank 0 sends the others what it reads of the run folder
         device = distributed.setup(resolve_device((config or RunConfig()).train.device))
     lock, owned = None, None
     try:
@@ -377,10 +318,11 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
         fingerprint = ckpt.data_fingerprint(splits)
         _same_data_on_every_rank(fingerprint)
         defaults = [RunFolder(), Figures()] + ([Report()] if report else []) if rank == 0 else []
-        trainer = Trainer(config, run_dir, splits, [*defaults, *(callbacks if rank == 0 else ())], device, fingerprint)
+        trainer = Trainer(config, run_dir, splits, [*defaults, *(callbacks if rank == 0 else ())],
+                          device=device or resolve_device(config.train.device), fingerprint=fingerprint)
         del splits  # (the trainer keeps what this process needs: under torchrun, a share of val and test on rank > 0)
         if checkpoint is not None:
-            trainer.restore(checkpoint)
+            ckpt.restore(trainer, checkpoint)
         elif rank == 0:  # a new run: the one it replaces (`overwrite`) goes only now, once the data are read
             remove_run_files(run_dir)
         result = trainer.fit()

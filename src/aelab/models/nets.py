@@ -1,4 +1,5 @@
-"""The tutorial's convolutional autoencoder, layer for layer and with its attribute names.
+"""The networks: the tutorial's convolutional encoder and decoder, layer for layer and with its
+attribute names; every family (``aelab.models.ae`` ...) builds on them.
 
 A ``state_dict`` saved from the tutorial's own ``Encoder`` and ``Decoder`` loads into
 ``ConvAutoencoder.encoder`` / ``.decoder`` and gives the same outputs (within float rounding: the
@@ -8,13 +9,14 @@ Spatial sizes are computed from the input size (28 -> 14 -> 7 -> 3 for MNIST), n
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LOSSES, ModelConfig
-from .errors import AelabError
-from .ops import ConvTranspose2d
+from ..errors import AelabError
+from ..ops import ConvTranspose2d
 
 WIDTH = 8  # the tutorial's first convolution width (doubled at each stage: 8, 16, 32)
 HIDDEN = 128  # the tutorial's fully connected width
@@ -84,9 +86,12 @@ class Encoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.encoder_cnn(x)  # [B, 32, 3, 3] for MNIST
-        x = self.flatten(x)  # [B, 288]
-        return self.encoder_lin(x)  # [B, latent_dim]
+        return self.code(self.encoder_cnn(x))  # [B, latent_dim]
+
+    def code(self, maps: torch.Tensor) -> torch.Tensor:
+        """The code [B, latent_dim] of the convolutional feature maps (``encoder_cnn``'s output)."""
+        x = self.flatten(maps)  # [B, 288] for MNIST's [B, 32, 3, 3]
+        return self.encoder_lin(x)
 
 
 class Decoder(nn.Module):
@@ -131,42 +136,15 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.logits(z))
 
 
-class ConvAutoencoder(nn.Module):
-    """Encoder and decoder together: ``model(x)`` reconstructs, ``encode``/``decode`` go halfway;
-    the family "ae" of ``aelab.families``. It minimises ``loss`` (``train.loss``): the mean squared
-    error of the reconstruction, or the binary cross-entropy of its logits (``training_loss``)."""
+MAX_FEATURES = 1024  # encoder features an image gives at most (bigger maps are average-pooled: the anomaly score
+# keeps two Gaussians of this size, 8 MB each at most in RUN/anomaly.safetensors)
 
-    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
-                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN, even_padding: bool = True,
-                 loss: str = "mse"):
-        super().__init__()
-        self.config = ModelConfig(latent_dim=latent_dim, in_channels=in_channels, image_size=image_size,
-                                  image_width=image_width, width=width, hidden=hidden, even_padding=even_padding)
-        self.config.validate()
-        if loss not in LOSSES:
-            raise AelabError(f"unknown `train.loss` {loss!r}; choose {' or '.join(LOSSES)}")
-        self.objective = loss  # the per-image term training minimises (inference computes it as "mse" / "bce")
-        shape = {"image_width": image_width, "width": width, "hidden": hidden, "even_padding": even_padding}
-        self.encoder = Encoder(latent_dim, in_channels, image_size, **shape)
-        self.decoder = Decoder(latent_dim, in_channels, image_size, **shape)
 
-    @classmethod
-    def from_config(cls, config: ModelConfig, loss: str = "mse") -> "ConvAutoencoder":
-        return cls(config.latent_dim, config.in_channels, config.image_size, image_width=config.image_width,
-                   width=config.width, hidden=config.hidden, even_padding=config.even_padding, loss=loss)
-
-    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The objective of a batch: the mean over every pixel of MSE between the reconstruction of
-        ``inputs`` and ``targets`` (the clean images), or of BCE from the decoder's logits."""
-        if self.objective == "bce":
-            return F.binary_cross_entropy_with_logits(self.decoder.logits(self.encoder(inputs)), targets)
-        return F.mse_loss(self(inputs), targets)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+def pooled(maps: torch.Tensor) -> torch.Tensor:
+    """Feature maps [B, K, h, w] flattened to [B, F] (F <= ``MAX_FEATURES``: larger maps are
+    average-pooled to fewer positions; MNIST's 32 x 3 x 3 = 288 values stay as they are)."""
+    height, width = maps.shape[-2:]
+    side = max(1, math.isqrt(MAX_FEATURES // maps.shape[1]))
+    if height > side or width > side:
+        maps = F.adaptive_avg_pool2d(maps, (min(height, side), min(width, side)))
+    return maps.flatten(1)

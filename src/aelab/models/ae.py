@@ -1,0 +1,80 @@
+"""The family "ae": the tutorial's convolutional autoencoder, minimising the reconstruction's mean
+squared error (``train.loss`` mse) or binary cross-entropy (bce)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import LOSSES, ModelConfig
+from ..errors import AelabError
+from .base import Measured, per_image
+from .nets import HIDDEN, WIDTH, Decoder, Encoder, pooled
+
+
+class ConvAutoencoder(nn.Module):
+    """Encoder and decoder together: ``model(x)`` reconstructs, ``encode``/``decode`` go halfway.
+    It minimises ``loss`` (``train.loss``): the mean squared error of the reconstruction, or the
+    binary cross-entropy of its logits; it reports both per image (``terms``)."""
+
+    terms = LOSSES  # ("mse", "bce")
+
+    def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
+                 image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN, even_padding: bool = True,
+                 loss: str = "mse"):
+        super().__init__()
+        self.config = ModelConfig(latent_dim=latent_dim, in_channels=in_channels, image_size=image_size,
+                                  image_width=image_width, width=width, hidden=hidden, even_padding=even_padding)
+        self.config.validate()
+        if loss not in LOSSES:
+            raise AelabError(f"unknown `train.loss` {loss!r}; choose {' or '.join(LOSSES)}")
+        self.objective = loss
+        shape = {"image_width": image_width, "width": width, "hidden": hidden, "even_padding": even_padding}
+        self.encoder = Encoder(latent_dim, in_channels, image_size, **shape)
+        self.decoder = Decoder(latent_dim, in_channels, image_size, **shape)
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, loss: str = "mse") -> "ConvAutoencoder":
+        return cls(config.latent_dim, config.in_channels, config.image_size, image_width=config.image_width,
+                   width=config.width, hidden=config.hidden, even_padding=config.even_padding, loss=loss)
+
+    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The objective of a batch: the mean over every pixel of MSE between the reconstruction of
+        ``inputs`` and ``targets`` (the clean images), or of BCE from the decoder's logits."""
+        if self.objective == "bce":
+            return F.binary_cross_entropy_with_logits(self.decoder.logits(self.encoder(inputs)), targets)
+        return F.mse_loss(self(inputs), targets)
+
+    def measure(self, inputs: torch.Tensor, targets: torch.Tensor, terms: tuple[str, ...] = ("mse",)) -> Measured:
+        """Codes, reconstructions, encoder features and the per-image ``terms`` (mse: of the
+        reconstruction in [0, 1]; bce: from the logits) of ``inputs`` against ``targets``."""
+        maps = self.encoder.encoder_cnn(inputs)  # [B, 32, 3, 3] for MNIST
+        codes = self.encoder.code(maps)  # [B, latent_dim]
+        logits = self.decoder.logits(codes)  # [B, C, H, W]
+        output = torch.sigmoid(logits)
+        found = {}
+        if "mse" in terms:
+            found["mse"] = per_image((output - targets).square())
+        if "bce" in terms:
+            found["bce"] = per_image(F.binary_cross_entropy_with_logits(logits, targets, reduction="none"))
+        return Measured(codes, output, pooled(maps), found)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's last convolutional feature map of images ``x`` in [0, 1], flattened: [B, F]
+        (``nets.pooled``: 288 values for MNIST)."""
+        return pooled(self.encoder.encoder_cnn(x))
+
+    def part(self, name: str) -> nn.Module:
+        """``autoencoder`` (images -> reconstructions), ``encoder`` (images -> codes) or ``decoder``
+        (codes -> images), as one module."""
+        return {"autoencoder": self, "encoder": self.encoder, "decoder": self.decoder}[name]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))

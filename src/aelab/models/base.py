@@ -1,0 +1,38 @@
+"""What every model family gives the rest of aelab: ``Measured``, the per-image results of one
+batch, and ``per_image``, the mean of a per-pixel term over each image.
+
+A family's model (an ``nn.Module``; ``aelab.models.registry`` lists the families) has:
+
+- ``config``: its ``ModelConfig``; ``encode(x)`` -> codes [B, d], ``decode(z)`` -> images [B, C, H, W]
+  in [0, 1], ``model(x)``: the reconstruction;
+- ``terms``: the per-image terms it reports (every family reports ``"mse"``, the reconstruction's
+  mean squared error per pixel), and ``objective``: the one training minimises, which the loop
+  reports as the validation loss;
+- ``training_loss(inputs, targets)``: the scalar a training step minimises for a batch (the steps,
+  eager, sharded, CUDA graph and DDP, call it and nothing else);
+- ``measure(inputs, targets, terms)``: a ``Measured`` of a batch (``aelab.infer`` calls it);
+- ``features(x)``: the encoder's features of images [B, F] (the anomaly scores use them);
+- ``part(name)``: ``"autoencoder"``, ``"encoder"`` or ``"decoder"`` as a module of one input and
+  one output (``aelab.export`` writes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Measured:
+    """One batch through a model: row ``i`` for image ``i``."""
+
+    codes: torch.Tensor  # [B, d]: the code of each input
+    reconstructions: torch.Tensor  # [B, C, H, W] in [0, 1]: what the model makes of each input
+    features: torch.Tensor  # [B, F]: the encoder's features of each input
+    terms: dict[str, torch.Tensor]  # name -> float64 [B]: the per-image terms asked for
+
+
+def per_image(values: torch.Tensor) -> torch.Tensor:
+    """The mean over each image of per-pixel ``values`` [B, C, H, W], in float64: [B]."""
+    return values.sum((1, 2, 3), dtype=torch.float64) / values[0].numel()
