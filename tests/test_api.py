@@ -75,7 +75,9 @@ def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
             parts = package.split(".")
             base = ".".join(parts[: len(parts) - node.level + 1] + [node.module or ""]).strip(".") if node.level \
                 else node.module or ""
-            found |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
+            # (``from package import submodule`` imports the submodule; the package is its parent, which any
+            # import of a submodule initialises first: not an edge of its own)
+            found |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
     return {name for name in found if name in modules and name not in (module, "aelab")}

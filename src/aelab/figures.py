@@ -7,6 +7,7 @@ Each returns data (tensors, uint8 pictures, plotly figures); the callers save or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ from . import latent, plots
 from .data.batches import to_unit
 from .data.sets import ImageSet
 from .inference import infer
-from .run import Run
+from .errors import AelabError
+from .run import Run, output_path
 
 FIGURE_NOISE_SEED = 0  # the noise of every denoising example, during training and in the report
 MAP_TITLES = {"scatter": "latent variables {0} and {1}", "pca": "PCA of the latent codes",
@@ -69,3 +71,32 @@ def latent_map(shown: latent.Embedding, method: str, split: str, dims: tuple[int
     title = MAP_TITLES[method].format(*axis_names) + f" ({len(shown)} {split} images)"
     figure = plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names, title)
     return LatentMap(xy, axis_names, title, figure)
+
+
+def save_picture(run: Run, picture: np.ndarray, name: str, out: str | Path | None = None, scale: int = 2) -> Path:
+    """Save a picture (``grid_picture``, ``samples_picture``, ...) as a PNG enlarged ``scale`` times:
+    to ``out``, else to the run folder's ``figures/NAME`` (``run.output_path``)."""
+    path = Path(out) if out is not None else output_path(run.path, f"figures/{name}")
+    plots.save_png(picture, path, scale=scale)
+    return path
+
+
+def write_latent_map(run: Run, data: ImageSet, method: str, split: str, out: str | Path | None = None, *,
+                     dims: tuple[int, int] = (0, 1), perplexity: float = 30.0, max_points: int | None = None,
+                     seed: int = 0) -> list[Path]:
+    """A latent map of ``data`` (``split`` names it) as an interactive HTML page with the images on
+    hover, a PNG of the same map and a CSV of its coordinates (index, path, label, x, y): ``out``
+    (an .html file; the others beside it), else ``figures/METHOD-SPLIT.html`` in the run folder.
+    ``max_points``: at most so many images, sampled stratified by label (seeded)."""
+    path = Path(out) if out is not None else output_path(run.path, f"figures/{method}-{split}.html")
+    if path.suffix != ".html":
+        raise AelabError(f"`out` must end in .html (the PNG and CSV are written beside it), got {path}")
+    embedding = latent.embed(run, data)
+    positions = latent.stratified_subset(embedding.label, max_points, seed=seed)
+    shown = embedding.subset(positions)
+    found = latent_map(shown, method, split, dims=dims, perplexity=perplexity, seed=seed)
+    plots.write_map_html(found.figure, found.hover_images(data, positions), path, found.title)
+    plots.map_png(found.xy, shown.label, shown.class_names, found.axis_names, found.title, path.with_suffix(".png"))
+    table = {name: values for name, values in shown.columns().items() if not name.startswith("z")}
+    latent.write_table({**table, "x": found.xy[:, 0], "y": found.xy[:, 1]}, path.with_suffix(".csv"))
+    return [path, path.with_suffix(".png"), path.with_suffix(".csv")]

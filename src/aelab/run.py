@@ -170,6 +170,12 @@ class Run:
         return next(self.model.parameters()).device
 
 
+def output_path(run_dir: str | Path, name: str) -> Path:
+    """Where a tool writes its file ``name`` (such as "figures/grid.png" or "scores-test.csv") in a
+    run folder when it is not told where (the command line's ``--out``)."""
+    return Path(run_dir) / name
+
+
 def check_run_dir(run_dir: str | Path) -> Path:
     path = Path(run_dir)
     if not path.exists():

@@ -317,3 +317,62 @@ def anomaly_figure(model: torch.nn.Module, images, scores: np.ndarray, path: Pat
     clean, output, maps = error_maps(model, images)
     return rows_figure([("image", clean), ("reconstruction", output), ("error", heat(maps))], path, title,
                        captions=[f"{score:.2f}" for score in scores])
+
+
+def highest(scored: Scored, n: int | None = None) -> np.ndarray:
+    """Positions of the images by score, highest first (ties in order); the first ``n`` of them."""
+    return np.argsort(-scored.score, kind="stable")[:n]
+
+
+def table(scored: Scored, images) -> dict[str, np.ndarray]:
+    """One row per image of ``images`` (the ImageSet scored), highest score first: index (in its
+    source), path (files), label (labelled images), score, is_anomaly, then every ingredient."""
+    order = highest(scored)
+    columns = {"index": images.indices.numpy()[order]}
+    if images.paths is not None:
+        columns["path"] = images.paths[order]
+    labels = images.labels.numpy()
+    if (labels >= 0).any():
+        columns["label"] = labels[order]
+    columns.update(score=scored.score[order], is_anomaly=scored.is_anomaly[order].astype(int))
+    columns.update({name: values[order] for name, values in scored.parts.items()})
+    return columns
+
+
+def against_normal(scored: Scored, images, normal: list[str]) -> dict[str, float]:
+    """AUROC, average precision and F1 (``metrics``) of the scores of ``images`` (labelled), the
+    classes ``normal`` (labels or names) being the normal ones and every other an anomaly."""
+    from .data.sets import class_labels
+
+    labels = images.labels.numpy()
+    if (labels < 0).any():
+        raise AelabError("`normal` needs labelled images, and some of these are unlabelled; leave out `normal`")
+    truth = ~np.isin(labels, class_labels(normal, images.class_names, "`normal`"))
+    return metrics(scored.score, scored.is_anomaly, truth)
+
+
+@dataclass
+class ScoreFiles:
+    """What ``write_scores`` wrote and found."""
+
+    table: Path  # the scores, one row per image, highest first (``table``)
+    figure: Path  # the highest-scoring images with their reconstructions and error maps
+    scored: Scored
+
+
+def write_scores(run, detector: Detector, images, split: str, out: str | Path | None = None, top: int = 12
+                 ) -> ScoreFiles:
+    """Score ``images`` (an ImageSet; ``split`` names it) under the run's model: their table to
+    ``out`` (.csv or .parquet), else ``scores-SPLIT.csv`` in the run folder, and beside it a figure
+    of the ``top`` highest."""
+    from .latent import write_table
+    from .run import output_path
+
+    path = Path(out) if out is not None else output_path(run.path, f"scores-{split}.csv")
+    scored = score_images(run.model, detector, images.images)
+    write_table(table(scored, images), path)
+    first = highest(scored, top)
+    figure = anomaly_figure(run.model, images.images[torch.as_tensor(first)], scored.score[first],
+                            path.with_suffix(".png"),
+                            title=f"the {len(first)} highest {detector.method} scores of {len(images)} images")
+    return ScoreFiles(path, path.with_suffix(".png"), scored)

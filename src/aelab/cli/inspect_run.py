@@ -1,0 +1,211 @@
+"""Looking at a trained run: ``aelab evaluate``, ``embed``, ``plot``, ``generate``, ``report``, ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import AelabError
+from .common import add_common, add_device, add_run, add_run_folder, data_config, dims, load, opened, options_for
+
+# which of a command's modes each option applies to; an option given for another mode is refused
+GENERATE_OPTIONS = {"n": ("--grid",), "dims": ("--grid",), "steps": ("--interpolate",), "split": ("--interpolate",),
+                    "seed": ("--samples",)}
+GENERATE_DEFAULTS = {"n": 12, "steps": 10, "split": "test", "seed": 0}
+PLOT_OPTIONS = {"dims": ("scatter",), "perplexity": ("tsne",), "seed": ("tsne", "umap")}  # (seed: with --max-points too)
+PLOT_DEFAULTS = {"dims": (0, 1), "perplexity": 30.0, "seed": 0}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate
+
+    if args.seed is not None and not args.noise_factor:
+        raise AelabError("--seed is the seed of --noise-factor's noise: give --noise-factor F too, or leave --seed out")
+    run, data = load(args)
+    result = evaluate(run.model, data, split=args.split, noise_factor=args.noise_factor, seed=args.seed or 0)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        noise = f", noise factor {args.noise_factor} (denoising)" if args.noise_factor else ""
+        print(f"{args.split}: MSE {result.mse:.6f}  PSNR {result.psnr:.2f} dB  ({result.n_images} images{noise})")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .. import latent
+
+    run, data = load(args)
+    embedding = latent.embed(run, data)
+    path = latent.write_table(embedding.columns(), Path(args.out))
+    columns = ", ".join(name for name in embedding.columns() if not name.startswith("z"))
+    print(f"{path}: {len(embedding)} rows ({columns}, z0..z{embedding.codes.shape[1] - 1}) from the {args.split} split")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from ..figures import write_latent_map
+
+    applies = PLOT_OPTIONS if args.max_points is None else {**PLOT_OPTIONS, "seed": ("scatter", "pca", "tsne", "umap")}
+    options_for(args, args.method, applies, PLOT_DEFAULTS)
+    if args.out is not None and not args.out.endswith(".html"):
+        raise AelabError(f"--out must end in .html (the PNG and CSV are written beside it), got {args.out}")
+    run, data = load(args)
+    paths = write_latent_map(run, data, args.method, args.split, args.out, dims=args.dims, perplexity=args.perplexity,
+                             max_points=args.max_points, seed=args.seed)
+    print("\n".join(map(str, paths)))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .. import figures, latent
+    from ..data.sets import load_run_split
+
+    modes = {"--grid": bool(args.grid), "--samples": args.n_samples is not None,
+             "--interpolate": args.interpolate is not None}
+    if sum(modes.values()) != 1:
+        raise AelabError("choose one of --grid, --samples N or --interpolate I J")
+    options_for(args, next(mode for mode, chosen in modes.items() if chosen), GENERATE_OPTIONS, GENERATE_DEFAULTS)
+    run, data = load(args)
+    if args.interpolate is not None:
+        picture = figures.interpolation_picture(run, data, *args.interpolate, steps=args.steps)
+        name = f"interpolation-{args.interpolate[0]}-{args.interpolate[1]}.png"
+    else:
+        train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
+        train_codes = latent.encode(run.model, train.images)
+        if args.grid:
+            picture, name = figures.grid_picture(run, latent.latent_plane(train_codes, args.dims), args.n), "grid.png"
+        else:
+            picture, name = figures.samples_picture(run, train_codes, args.n_samples, seed=args.seed), "samples.png"
+    print(figures.save_picture(run, picture, name, args.out, scale=args.scale))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    print(write_report(args.run, data_dir=args.data_dir, data=args.data, device=args.device))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..run import summary
+
+    found = summary(args.run)
+    if args.json:
+        print(json.dumps(found))
+        return 0
+    for key, value in _info_lines(found):
+        print(f"{key:<9} {value}")
+    return 0
+
+
+def _info_lines(found: dict) -> list[tuple[str, str]]:
+    """``run.summary`` as (heading, text) lines."""
+    data, model, recipe, evaluation = found["data"], found["model"], found["train"], found["evaluation"]
+    lines = [("run", f"{found['run']}: {found['status']}"),
+             ("data", f"{data['source']}, {data['channels']} x {data['image_size']}"
+                      + (f", classes {data['classes']}" if data["classes"] else "")),
+             ("model", f"latent size {model['latent_dim']}, width {model['width']}, hidden {model['hidden']}"),
+             ("recipe", f"{recipe['recipe']}: {recipe['epochs']} epochs ({found['epochs_done']} done), batch "
+                        f"{recipe['batch_size']}, lr {recipe['lr']:g} {recipe['schedule']}, loss {recipe['loss']}"
+                        + (f", noise {recipe['noise_factor']:g}" if recipe["noise_factor"] else "")
+                        + f", seed {recipe['seed']}, shards {recipe['shards']}")]
+    if found["best_val_loss"] is not None:
+        best = f"epoch {found['best_epoch']}, " if found["best_epoch"] else ""
+        lines.append(("best", f"{best}validation loss {found['best_val_loss']:.5f} (model.safetensors holds the "
+                              f"{recipe['keep']} epoch's weights)"))
+    for split in ("test", "val"):
+        if f"{split}_mse" in evaluation:
+            psnr = evaluation.get(f"{split}_psnr")
+            lines.append((split, f"MSE {evaluation[f'{split}_mse']:.5f}" + (f", PSNR {psnr:.2f} dB" if psnr else "")
+                          + (f", denoising MSE {evaluation[f'{split}_denoising_mse']:.5f}"
+                             if f"{split}_denoising_mse" in evaluation else "")))
+    detector = found["detector"]
+    if detector:
+        said = [f"{detector['method'] or 'unnamed'} score"]
+        said += [f"{key} {detector[key]:{form}}" for key, form in (("contamination", "g"), ("threshold", ".3f"))
+                 if isinstance(detector[key], (int, float))]  # (a detector file from elsewhere may lack them)
+        said.append("fitted on these weights" if detector["fitted_on_these_weights"] else
+                    "fitted on other weights (fitted anew when used)")
+        lines.append(("detector", ", ".join(said)))
+    else:
+        lines.append(("detector", "none yet (`aelab score` fits one)"))
+    lines.append(("versions", ", ".join(f"{name} {version}" for name, version in found["versions"].items())))
+    return lines
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("evaluate", help="reconstruction MSE and PSNR of a run",
+                       description="Reconstruction MSE (mean over every pixel of every image, pixels in [0,1]) and "
+                                   "PSNR of a saved run on a split, loaded only from the run folder.")
+    add_run(p)
+    p.add_argument("--noise-factor", type=float, default=0.0, metavar="F",
+                   help="measure denoising: noisy input (seeded), clean target (default: 0)")
+    p.add_argument("--seed", type=int, help="with --noise-factor: the seed of the noise (default: 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (mse, psnr, split, n_images, noise_factor)")
+    add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("embed", help="the latent codes of a split as a table (CSV or Parquet)",
+                       description="Write one row per image: index (in its source), path (images from a folder), "
+                                   "label (-1: unlabelled), z0 ... z{d-1}. "
+                                   "A name ending in .parquet writes Parquet (pip install 'aelab[parquet]').")
+    add_run(p)
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+    add_common(p)
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("plot", help="an interactive map of the latent space (scatter, pca, tsne, umap)",
+                       description="Write an interactive HTML map (plotly, JavaScript inside: opens offline), a PNG of "
+                                   "the same map and a CSV of the 2-D coordinates (index, label, x, y).")
+    add_run(p)
+    p.add_argument("method", choices=("scatter", "pca", "tsne", "umap"),
+                   help="scatter: two latent variables (--dims); pca: first two principal components; "
+                        "tsne: scikit-learn t-SNE; umap: umap-learn (pip install 'aelab[umap]')")
+    p.add_argument("--out", metavar="FILE.html", help="default: RUN/figures/METHOD-SPLIT.html")
+    p.add_argument("--dims", type=dims, metavar="I,J", help="scatter: the two latent variables (default: 0,1)")
+    p.add_argument("--perplexity", type=float, help="tsne: the t-SNE perplexity (default: 30)")
+    p.add_argument("--max-points", type=int, metavar="N", help="at most N points, sampled stratified by label (default: all)")
+    p.add_argument("--seed", type=int, help="tsne, umap (or with --max-points): the seed of t-SNE/UMAP and of the "
+                   "subsample (default: 0)")
+    add_common(p)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("generate", help="decode images from the latent space (grid, samples, interpolation)",
+                       description="--grid: an n x n grid over a latent plane (2-D space: the whole plane; more "
+                                   "dimensions: --dims I,J with the others at the mean code, or by default the plane "
+                                   "of the first two principal components); ranges span the 1st-99th percentiles of "
+                                   "the training codes. --samples N: codes drawn from a Gaussian mixture fitted to the "
+                                   "training codes. --interpolate I J: the line between test images I and J.")
+    add_run(p, split_help="--interpolate: the split of images I and J (default: test)", split_default=None)
+    p.add_argument("--grid", action="store_true", help="decode an n x n grid")
+    p.add_argument("--n", type=int, help="--grid: its size (default: 12)")
+    p.add_argument("--dims", type=dims, metavar="I,J", help="--grid: over two latent variables (default: the PCA plane)")
+    p.add_argument("--samples", type=int, metavar="N", dest="n_samples", help="draw N new images")
+    p.add_argument("--interpolate", type=int, nargs=2, metavar=("I", "J"), help="interpolate between images I and J of --split")
+    p.add_argument("--steps", type=int, help="--interpolate: the number of steps (default: 10)")
+    p.add_argument("--seed", type=int, help="--samples: their seed (default: 0)")
+    p.add_argument("--scale", type=int, default=2, help="enlarge the PNG this many times (default: 2)")
+    p.add_argument("--out", metavar="FILE.png", help="default: RUN/figures/grid.png (samples.png, interpolation-I-J.png)")
+    add_common(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="what a run folder holds: data, model, recipe, progress, test metrics, detector",
+                       description="Describe a run folder from its files (nothing is computed): its data source, "
+                                   "model, recipe, epochs done, best epoch, test (or validation) metrics, anomaly "
+                                   "detector, and the versions of aelab and torch that made it.")
+    add_run_folder(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_common(p, data_dir=False)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("report", help="write RUN/report.html, one self-contained page",
+                       description="Write RUN/report.html: configuration, metrics, loss curves, reconstructions per "
+                                   "epoch, latent maps (interactive), generated images; it opens without a network.")
+    add_run_folder(p)
+    p.add_argument("--data", metavar="SOURCE", help="the images to show instead of the run's own source (another "
+                   "copy of the same data, or new images), prepared as the run's training images were")
+    add_device(p)
+    add_common(p)
+    p.set_defaults(func=cmd_report)

@@ -1,0 +1,74 @@
+"""``aelab score``: anomaly scores of images under a run, highest first, and the threshold that flags them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import SPLIT_CHOICES, add_common, add_data, add_device, add_run_folder, data_config, load_run, opened
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .. import scores
+    from ..data.sets import load_run_split
+
+    run = load_run(args)
+    detector = scores.run_detector(run, args.method, args.contamination, args.data_dir, args.memory_limit)
+    data = data_config(run.config, args)
+    split = args.split or ("test" if data.kind() == "named" or not args.data else "all")
+    images = opened(args, load_run_split(run.config, data, split))
+    written = scores.write_scores(run, detector, images, split, args.out, top=args.top)
+    flagged = int(written.scored.is_anomaly.sum())
+    result = {"split": split, "n_images": len(images), "n_anomalies": flagged, "threshold": detector.threshold,
+              "contamination": detector.contamination, "method": detector.method, "scores": str(written.table),
+              "figure": str(written.figure)}
+    if args.normal:
+        result.update(scores.against_normal(written.scored, images, [c.strip() for c in args.normal.split(",")
+                                                                     if c.strip()]))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{len(images)} images ({split}), {flagged} above the threshold {detector.threshold:.3f} "
+          f"({detector.method} score, contamination {detector.contamination:g})")
+    if args.normal:
+        print(f"normal {args.normal}: AUROC {result['auroc']:.4f}  average precision {result['average_precision']:.4f}  "
+              f"F1 {result['f1']:.4f}")
+    print(f"{written.table}\n{written.figure}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("score", help="anomaly scores of images, highest first, and the threshold that flags them",
+                       description="Score images under a run: one row per image (index, path for files, label if "
+                                   "known, score, is_anomaly, then the ingredients mse, feature_error, "
+                                   "feature_distance, density), highest first, as CSV (or Parquet), and a figure of "
+                                   "the highest with their reconstructions and error maps. The default score joins "
+                                   "the reconstruction error in pixels, the same error as the encoder's features see "
+                                   "it, and how far the image's features lie from the training images' (Mahalanobis "
+                                   "distances), each standardised, by a smooth maximum: so simple images that "
+                                   "reconstruct well but were never trained on still score high. The threshold is "
+                                   "the (1 - contamination) quantile of the validation images' scores (PyOD's "
+                                   "convention), saved in RUN/anomaly.json.")
+    add_run_folder(p)
+    p.add_argument("--split", choices=SPLIT_CHOICES + ("all",),
+                   help="which images of the source (default: test for the run's own data or a named dataset; all "
+                        "for --data FOLDER or FILE)")
+    add_data(p)
+    p.add_argument("--out", metavar="FILE", help="FILE.csv or FILE.parquet; the figure goes beside it as FILE.png "
+                   "(default: RUN/scores-SPLIT.csv)")
+    p.add_argument("--method", choices=("combined", "mse", "feature_error", "feature_distance", "density"),
+                   default="combined",
+                   help="combined (default): the first three together; mse: the reconstruction error alone; "
+                        "feature_error: the reconstruction's error in the encoder's features; feature_distance: the "
+                        "image's features' distance from the training images'; density: the code's negative "
+                        "log-likelihood under a Gaussian mixture")
+    p.add_argument("--contamination", type=float, default=0.1, metavar="C",
+                   help="the expected share of anomalies, in (0, 0.5]: the threshold is the (1 - C) quantile of the "
+                        "validation scores (default: 0.1)")
+    p.add_argument("--normal", metavar="C[,C...]", help="the normal classes (labels or names): also print AUROC, "
+                   "average precision and F1 at the threshold, the other classes being the anomalies")
+    p.add_argument("--top", type=int, default=12, metavar="N", help="images in the figure (default: 12)")
+    add_device(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_common(p)
+    p.set_defaults(func=cmd_score)

@@ -1,0 +1,132 @@
+"""``aelab train``: options -> a RunConfig -> ``aelab.train``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..callbacks import TRACKERS
+from ..config import DATASETS, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, \
+    train_config_for
+from ..errors import AelabError
+from .common import add_common, add_preparation
+
+# option dest -> (config section, field)
+TRAIN_OPTIONS = {
+    "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "val_fraction": ("data", "val_fraction"),
+    "test_fraction": ("data", "test_fraction"), "channels": ("data", "channels"), "image_size": ("data", "image_size"),
+    "resize": ("data", "resize"), "memory_limit": ("data", "memory_limit"), "classes": ("data", "classes"),
+    "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "hidden": ("model", "hidden"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "weight_decay": ("train", "weight_decay"), "loss": ("train", "loss"), "noise_factor": ("train", "noise_factor"),
+    "seed": ("train", "seed"), "device": ("train", "device"), "keep": ("train", "keep"),
+    "precision": ("train", "precision"), "shards": ("train", "shards"),
+}
+
+
+def build_config(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
+    """The RunConfig the options ask for, and the names ('train.epochs') given explicitly."""
+    given = {dest: getattr(args, dest) for dest in TRAIN_OPTIONS if getattr(args, dest) is not None}
+    explicit = {".".join(TRAIN_OPTIONS[dest]) for dest in given}
+    if args.recipe is not None:
+        explicit.add("train.recipe")
+    section = {name: {key: value for dest, value in given.items()
+                      for sec, key in [TRAIN_OPTIONS[dest]] if sec == name} for name in ("data", "model", "train")}
+    config = RunConfig(
+        data=DataConfig(**section["data"]),
+        model=ModelConfig(**section["model"]),
+        train=train_config_for(args.recipe or "fast", **section["train"]),
+    )
+    return config, explicit
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..callbacks import Console, ProgressBar, trackers
+    from ..training import train
+
+    config, explicit = build_config(args)
+    callbacks = ([] if args.quiet else [ProgressBar(), Console()]) + trackers(args.track or [])
+    if args.resume:
+        out = Path(args.resume)
+        if args.out and Path(args.out) != out:
+            raise AelabError("--resume RUN continues RUN in place; leave out --out (or give the same folder)")
+    else:
+        config.validate()
+        out = Path(args.out or config.default_run_dir())
+    train(config, out, resume=bool(args.resume), overwrite=args.overwrite, report=not args.no_report,
+          explicit=explicit, callbacks=callbacks)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    t, m, d = TrainConfig(), ModelConfig(), DataConfig()
+    p = sub.add_parser(
+        "train", help="train an autoencoder and write a run folder",
+        description="Train the tutorial's convolutional autoencoder and write a run folder (config.json, "
+                    "model.safetensors, state/, metrics.csv, figures/, report.html). Defaults are the fast recipe; "
+                    "--recipe tutorial reproduces the tutorial's settings. Under torchrun (torchrun --nproc-per-node N "
+                    "-m aelab train ...) the processes train one run with DistributedDataParallel; --batch-size "
+                    "stays the global batch.")
+    p.add_argument("--out", metavar="RUN", help="run folder (default: runs/DATASET-dLATENT, e.g. runs/mnist-d4)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint, with its "
+                   "own settings; --epochs may extend a finished run (the added epochs get a one-cycle of their "
+                   "own, from the rate where the run ended up to a quarter of the peak and back down); under "
+                   "torchrun only rank 0 needs to see RUN")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="a set of training settings (default: fast)")
+    p.add_argument("--data", "--dataset", dest="dataset", metavar="SOURCE",
+                   help=f"{' or '.join(DATASETS)}; a folder of images (PNG, JPEG, BMP, GIF, TIFF, WebP, searched in "
+                        "subfolders; class subfolders give labels; train/ test/ (val/) subfolders give the splits; "
+                        "decoded once into a cache under --data-dir; files that are not usable images are skipped and "
+                        "listed in RUN/data-skipped.csv); or a .npy / .npz file of images: [N, H, W], [N, H, W, C] or "
+                        "[N, C, H, W], uint8 or floats in [0, 1], a .npz with `images` and optionally `labels` "
+                        f"(default: {d.dataset})")
+    p.add_argument("--test-fraction", type=float, metavar="F",
+                   help="a file, or a folder without train/ and test/ subfolders: share of its images held out for "
+                        f"testing (default: {d.test_fraction:g})")
+    add_preparation(p)
+    p.add_argument("--classes", metavar="C[,C...]",
+                   help="train and validate on these classes only (labels or class names, e.g. 3 or 0,6): one-class "
+                        "training for novelty detection (with --latent-dim 16: the recipe benchmarks/one_class.py "
+                        "measures); the test split keeps every class, for `aelab score` (default: all)")
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="a folder whose decoded images are larger than this is read from its cache on disk batch by "
+                        "batch (the same run, slower), e.g. 4GB; K, M, G are powers of 1024 (default: auto, half the "
+                        "machine's memory; under torchrun the processes on a machine share it)")
+    p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim})")
+    p.add_argument("--width", type=int, metavar="N", help="channels of the first convolution, doubled at each of the "
+                   f"three stages; more for bigger images (default: {m.width}, the tutorial's)")
+    p.add_argument("--hidden", type=int, metavar="N", help="width of the fully connected layers "
+                   f"(default: {m.hidden}, the tutorial's)")
+    p.add_argument("--epochs", type=int, metavar="N", help=f"default: {t.epochs}")
+    p.add_argument("--batch-size", type=int, metavar="N", help=f"default: {t.batch_size}")
+    p.add_argument("--lr", type=float, metavar="RATE",
+                   help=f"learning rate; the peak of the one-cycle schedule in the fast recipe (default: {t.lr:g})")
+    p.add_argument("--weight-decay", type=float, metavar="W", help=f"Adam's weight decay (default: {t.weight_decay:g})")
+    p.add_argument("--loss", choices=LOSSES, help=f"reconstruction loss (default: {t.loss})")
+    p.add_argument("--noise-factor", type=float, metavar="F",
+                   help="denoising: add Gaussian noise times F to the input, clipped to [0,1]; the target is "
+                        f"the clean image (default: {t.noise_factor:g}, no noise; the tutorial uses 0.3)")
+    p.add_argument("--val-fraction", type=float, metavar="F",
+                   help=f"share of the training images kept for validation (default: {d.val_fraction:g})")
+    p.add_argument("--seed", type=int, metavar="N", help=f"seed for weights, data order and noise (default: {t.seed})")
+    p.add_argument("--device", metavar="DEV", help=f"auto (cuda, then mps, else cpu), cpu, cuda, cuda:N, mps "
+                   f"(default: {t.device})")
+    p.add_argument("--keep", choices=KEEP, help="which weights become model.safetensors: best (lowest validation "
+                   f"loss) or last (default: {t.keep})")
+    p.add_argument("--precision", choices=PRECISIONS, help="bf16: autocast the training step to bfloat16 (measured "
+                   "no faster for this small model: slower on a 2-core CPU, equal on an H200; see benchmarks/RESULTS.md) "
+                   f"(default: {t.precision})")
+    p.add_argument("--shards", type=int, metavar="N",
+                   help="CPU: split each batch into N shards trained at once, one thread each, each with its own "
+                        "BatchNorm statistics (as multi-GPU data parallelism does); 1 = off; 0 = auto: 2 on a CPU "
+                        "with 2+ threads and batches of 128+ (1.08x on 2 cores, see benchmarks/RESULTS.md); under "
+                        "torchrun each process is one shard (default: 0)")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
+    p.add_argument("--track", action="append", choices=TRACKERS, metavar="TRACKER",
+                   help="also log to an experiment tracker (repeat for both): tensorboard (event files in "
+                        "RUN/tensorboard/; pip install 'aelab[tensorboard]') or mlflow (params, metrics per epoch and "
+                        "the run folder's files; $MLFLOW_TRACKING_URI, else MLflow's default; "
+                        "pip install 'aelab[mlflow]')")
+    add_common(p)
+    p.set_defaults(func=cmd_train)
