@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
 import re
 from pathlib import Path
@@ -24,6 +25,14 @@ class Parser(argparse.ArgumentParser):
 
 
 # --- options ------------------------------------------------------------------------------------
+
+def command(sub, name: str, summary: str, func, description: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the command ``name``: ``summary`` in ``aelab --help``, ``description`` (default:
+    ``func``'s docstring) in its own --help; ``func`` runs it."""
+    parser = sub.add_parser(name, help=summary, description=inspect.cleandoc(description or func.__doc__ or summary))
+    parser.set_defaults(func=func)
+    return parser
+
 
 def add_common(parser: argparse.ArgumentParser, data_dir: bool = True) -> None:
     """--data-dir (unless ``data_dir`` is False), --quiet, --debug; and the command's own parser for its errors."""

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, add_device, add_run_folder, load_run
+from .common import add_common, add_device, add_run_folder, command, load_run
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """Export the run's autoencoder, encoder or decoder from plain PyTorch modules, in eval mode, with
+    a dynamic batch axis. Images in and out are float32 [N, C, H, W] in [0, 1] (pixel / 255); codes
+    are [N, latent size]. The file's metadata holds the shapes, the value range, the latent size,
+    the run's settings and the aelab version (ONNX: metadata_props; TorchScript: the extra file
+    aelab.json). ONNX needs pip install 'aelab[onnx]'; run it with onnxruntime. (PyTorch deprecates
+    TorchScript; it still loads with torch.jit.load.)
+    """
     from ..exporting import export
 
     print(export(load_run(args), args.out, args.format, args.part))
@@ -15,14 +22,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("export", help="the model as an ONNX or TorchScript file, for other programs",
-                       description="Export the run's autoencoder, encoder or decoder from plain PyTorch modules, in "
-                                   "eval mode, with a dynamic batch axis. Images in and out are float32 [N, C, H, W] in "
-                                   "[0, 1] (pixel / 255); codes are [N, latent size]. The file's metadata holds the "
-                                   "shapes, the value range, the latent size, the run's settings and the aelab version "
-                                   "(ONNX: metadata_props; TorchScript: the extra file aelab.json). ONNX needs pip "
-                                   "install 'aelab[onnx]'; run it with onnxruntime. (PyTorch deprecates TorchScript; "
-                                   "it still loads with torch.jit.load.)")
+    p = command(sub, "export", "the model as an ONNX or TorchScript file, for other programs", cmd_export)
     add_run_folder(p)
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="default: onnx")
     p.add_argument("--part", choices=("autoencoder", "encoder", "decoder"), default="autoencoder",
@@ -31,4 +31,3 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", metavar="FILE", help="default: RUN/PART.onnx or RUN/PART.pt")
     add_device(p)
     add_common(p, data_dir=False)
-    p.set_defaults(func=cmd_export)

@@ -7,10 +7,17 @@ import logging
 from pathlib import Path
 
 from ..errors import AelabError
-from .common import add_common, add_inputs, load_run, report_skipped
+from .common import add_common, add_inputs, command, load_run, report_skipped
+
+
+RECONSTRUCT = """{what}: OUT/NAME.png for each input (files, and folders searched in their subfolders,
+their layout kept), at the input's own size and mode (grey or colour, alpha kept). Each input is
+prepared as the run's training images were (channels, size, resize). Files that are not usable
+images are skipped and listed in OUT/skipped.csv."""
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """aelab reconstruct and aelab denoise (``RECONSTRUCT``)."""
     from ..files import reconstruct_files
 
     if getattr(args, "seed", None) is not None and not getattr(args, "add_noise", None):
@@ -29,6 +36,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    """Write one row per input image (files, and folders searched in their subfolders): path, z0 ...
+    z{d-1}; as CSV, Parquet (pip install 'aelab[parquet]') or .npy (a structured array with fields
+    path and z). Inputs are prepared as the run's training images were; files that are not usable
+    images are skipped and listed in OUT-skipped.csv.
+    """
     from ..files import encode_files, write_codes
 
     out = Path(args.out)
@@ -45,12 +57,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     for name, summary in (("reconstruct", "the run's reconstruction of each input image, as PNG files"),
                           ("denoise", "a denoising run's output for each (noisy) input image, as PNG files")):
-        p = sub.add_parser(name, help=summary,
-                           description=f"Write {summary[0].lower() + summary[1:]}: OUT/NAME.png for each input (files, "
-                                       "and folders searched in their subfolders, their layout kept), at the input's "
-                                       "own size and mode (grey or colour, alpha kept). Each input is prepared as the "
-                                       "run's training images were (channels, size, resize). Files that are not usable "
-                                       "images are skipped and listed in OUT/skipped.csv.")
+        p = command(sub, name, summary, cmd_reconstruct, RECONSTRUCT.format(what=summary[0].upper() + summary[1:]))
         add_inputs(p)
         p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG files")
         if name == "denoise":
@@ -58,15 +65,8 @@ def add_parsers(sub) -> None:
                            "the inputs (to see the run at work on clean files; default: none, the inputs are noisy)")
             p.add_argument("--seed", type=int, help="with --add-noise: the seed of the noise (default: 0)")
         add_common(p, data_dir=False)
-        p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("encode", help="the latent code of each input image, as a table",
-                       description="Write one row per input image (files, and folders searched in their subfolders): "
-                                   "path, z0 ... z{d-1}; as CSV, Parquet (pip install 'aelab[parquet]') or .npy (a "
-                                   "structured array with fields path and z). Inputs are prepared as the run's training "
-                                   "images were; files that are not usable images are skipped and listed in "
-                                   "OUT-skipped.csv.")
+    p = command(sub, "encode", "the latent code of each input image, as a table", cmd_encode)
     add_inputs(p)
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv, FILE.parquet or FILE.npy")
     add_common(p, data_dir=False)
-    p.set_defaults(func=cmd_encode)

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from ..errors import AelabError
-from .common import add_common, add_device, add_run, add_run_folder, data_config, dims, load, opened, options_for
+from .common import add_common, add_device, add_run, add_run_folder, command, data_config, dims, load, opened, \
+    options_for
 
 # which of a command's modes each option applies to; an option given for another mode is refused
 GENERATE_OPTIONS = {"n": ("--grid",), "dims": ("--grid",), "steps": ("--interpolate",), "split": ("--interpolate",),
@@ -18,6 +19,9 @@ PLOT_DEFAULTS = {"dims": (0, 1), "perplexity": 30.0, "seed": 0}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Reconstruction MSE (mean over every pixel of every image, pixels in [0,1]) and PSNR of a saved
+    run on a split, loaded only from the run folder.
+    """
     from ..evaluation import evaluate
 
     if args.seed is not None and not args.noise_factor:
@@ -33,6 +37,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    """Write one row per image: index (in its source), path (images from a folder), label (-1:
+    unlabelled), z0 ... z{d-1}. A name ending in .parquet writes Parquet (pip install
+    'aelab[parquet]').
+    """
     from .. import latent
 
     run, data = load(args)
@@ -44,6 +52,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """Write an interactive HTML map (plotly, JavaScript inside: opens offline), a PNG of the same map
+    and a CSV of the 2-D coordinates (index, label, x, y).
+    """
     from ..figures import write_latent_map
 
     applies = PLOT_OPTIONS if args.max_points is None else {**PLOT_OPTIONS, "seed": ("scatter", "pca", "tsne", "umap")}
@@ -58,6 +69,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    """--grid: an n x n grid over a latent plane (2-D space: the whole plane; more dimensions: --dims
+    I,J with the others at the mean code, or by default the plane of the first two principal
+    components); ranges span the 1st-99th percentiles of the training codes. --samples N: codes
+    drawn from a Gaussian mixture fitted to the training codes. --interpolate I J: the line between
+    test images I and J.
+    """
     from .. import figures, latent
     from ..data.sets import load_run_split
 
@@ -82,6 +99,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """Write RUN/report.html: configuration, metrics, loss curves, reconstructions per epoch, latent
+    maps (interactive), generated images; it opens without a network.
+    """
     from ..report import write_report
 
     print(write_report(args.run, data_dir=args.data_dir, data=args.data, device=args.device))
@@ -89,6 +109,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """Describe a run folder from its files (nothing is computed): its data source, model, recipe,
+    epochs done, best epoch, test (or validation) metrics, anomaly detector, and the versions of
+    aelab and torch that made it.
+    """
     from ..run import summary
 
     found = summary(args.run)
@@ -136,29 +160,20 @@ def _info_lines(found: dict) -> list[tuple[str, str]]:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("evaluate", help="reconstruction MSE and PSNR of a run",
-                       description="Reconstruction MSE (mean over every pixel of every image, pixels in [0,1]) and "
-                                   "PSNR of a saved run on a split, loaded only from the run folder.")
+    p = command(sub, "evaluate", "reconstruction MSE and PSNR of a run", cmd_evaluate)
     add_run(p)
     p.add_argument("--noise-factor", type=float, default=0.0, metavar="F",
                    help="measure denoising: noisy input (seeded), clean target (default: 0)")
     p.add_argument("--seed", type=int, help="with --noise-factor: the seed of the noise (default: 0)")
     p.add_argument("--json", action="store_true", help="print one JSON object (mse, psnr, split, n_images, noise_factor)")
     add_common(p)
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("embed", help="the latent codes of a split as a table (CSV or Parquet)",
-                       description="Write one row per image: index (in its source), path (images from a folder), "
-                                   "label (-1: unlabelled), z0 ... z{d-1}. "
-                                   "A name ending in .parquet writes Parquet (pip install 'aelab[parquet]').")
+    p = command(sub, "embed", "the latent codes of a split as a table (CSV or Parquet)", cmd_embed)
     add_run(p)
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
     add_common(p)
-    p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("plot", help="an interactive map of the latent space (scatter, pca, tsne, umap)",
-                       description="Write an interactive HTML map (plotly, JavaScript inside: opens offline), a PNG of "
-                                   "the same map and a CSV of the 2-D coordinates (index, label, x, y).")
+    p = command(sub, "plot", "an interactive map of the latent space (scatter, pca, tsne, umap)", cmd_plot)
     add_run(p)
     p.add_argument("method", choices=("scatter", "pca", "tsne", "umap"),
                    help="scatter: two latent variables (--dims); pca: first two principal components; "
@@ -170,14 +185,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, help="tsne, umap (or with --max-points): the seed of t-SNE/UMAP and of the "
                    "subsample (default: 0)")
     add_common(p)
-    p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("generate", help="decode images from the latent space (grid, samples, interpolation)",
-                       description="--grid: an n x n grid over a latent plane (2-D space: the whole plane; more "
-                                   "dimensions: --dims I,J with the others at the mean code, or by default the plane "
-                                   "of the first two principal components); ranges span the 1st-99th percentiles of "
-                                   "the training codes. --samples N: codes drawn from a Gaussian mixture fitted to the "
-                                   "training codes. --interpolate I J: the line between test images I and J.")
+    p = command(sub, "generate", "decode images from the latent space (grid, samples, interpolation)", cmd_generate)
     add_run(p, split_help="--interpolate: the split of images I and J (default: test)", split_default=None)
     p.add_argument("--grid", action="store_true", help="decode an n x n grid")
     p.add_argument("--n", type=int, help="--grid: its size (default: 12)")
@@ -189,23 +198,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--scale", type=int, default=2, help="enlarge the PNG this many times (default: 2)")
     p.add_argument("--out", metavar="FILE.png", help="default: RUN/figures/grid.png (samples.png, interpolation-I-J.png)")
     add_common(p)
-    p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("info", help="what a run folder holds: data, model, recipe, progress, test metrics, detector",
-                       description="Describe a run folder from its files (nothing is computed): its data source, "
-                                   "model, recipe, epochs done, best epoch, test (or validation) metrics, anomaly "
-                                   "detector, and the versions of aelab and torch that made it.")
+    p = command(sub, "info", "what a run folder holds: data, model, recipe, progress, test metrics, detector", cmd_info)
     add_run_folder(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_common(p, data_dir=False)
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("report", help="write RUN/report.html, one self-contained page",
-                       description="Write RUN/report.html: configuration, metrics, loss curves, reconstructions per "
-                                   "epoch, latent maps (interactive), generated images; it opens without a network.")
+    p = command(sub, "report", "write RUN/report.html, one self-contained page", cmd_report)
     add_run_folder(p)
     p.add_argument("--data", metavar="SOURCE", help="the images to show instead of the run's own source (another "
                    "copy of the same data, or new images), prepared as the run's training images were")
     add_device(p)
     add_common(p)
-    p.set_defaults(func=cmd_report)

@@ -5,10 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import SPLIT_CHOICES, add_common, add_data, add_device, add_run_folder, data_config, load_run, opened
+from .common import SPLIT_CHOICES, add_common, add_data, add_device, add_run_folder, command, data_config, load_run, \
+    opened
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    """Score images under a run: one row per image (index, path for files, label if known, score,
+    is_anomaly, then the ingredients mse, feature_error, feature_distance, density), highest first,
+    as CSV (or Parquet), and a figure of the highest with their reconstructions and error maps. The
+    default score joins the reconstruction error in pixels, the same error as the encoder's features
+    see it, and how far the image's features lie from the training images' (Mahalanobis distances),
+    each standardised, by a smooth maximum: so simple images that reconstruct well but were never
+    trained on still score high. The threshold is the (1 - contamination) quantile of the validation
+    images' scores (PyOD's convention), saved in RUN/anomaly.json.
+    """
     from .. import scores
     from ..data.sets import load_run_split
 
@@ -38,17 +48,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("score", help="anomaly scores of images, highest first, and the threshold that flags them",
-                       description="Score images under a run: one row per image (index, path for files, label if "
-                                   "known, score, is_anomaly, then the ingredients mse, feature_error, "
-                                   "feature_distance, density), highest first, as CSV (or Parquet), and a figure of "
-                                   "the highest with their reconstructions and error maps. The default score joins "
-                                   "the reconstruction error in pixels, the same error as the encoder's features see "
-                                   "it, and how far the image's features lie from the training images' (Mahalanobis "
-                                   "distances), each standardised, by a smooth maximum: so simple images that "
-                                   "reconstruct well but were never trained on still score high. The threshold is "
-                                   "the (1 - contamination) quantile of the validation images' scores (PyOD's "
-                                   "convention), saved in RUN/anomaly.json.")
+    p = command(sub, "score", "anomaly scores of images, highest first, and the threshold that flags them", cmd_score)
     add_run_folder(p)
     p.add_argument("--split", choices=SPLIT_CHOICES + ("all",),
                    help="which images of the source (default: test for the run's own data or a named dataset; all "
@@ -71,4 +71,3 @@ def add_parsers(sub) -> None:
     add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_common(p)
-    p.set_defaults(func=cmd_score)

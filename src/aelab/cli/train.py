@@ -9,7 +9,7 @@ from ..callbacks import TRACKERS
 from ..config import DATASETS, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, \
     train_config_for
 from ..errors import AelabError
-from .common import add_common, add_preparation
+from .common import add_common, add_preparation, command
 
 # option dest -> (config section, field)
 TRAIN_OPTIONS = {
@@ -41,6 +41,12 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train the tutorial's convolutional autoencoder and write a run folder (config.json,
+    model.safetensors, state/, metrics.csv, figures/, report.html). Defaults are the fast recipe;
+    --recipe tutorial reproduces the tutorial's settings. Under torchrun (torchrun --nproc-per-node
+    N -m aelab train ...) the processes train one run with DistributedDataParallel; --batch-size
+    stays the global batch.
+    """
     from ..callbacks import Console, ProgressBar, trackers
     from ..training import train
 
@@ -60,13 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     t, m, d = TrainConfig(), ModelConfig(), DataConfig()
-    p = sub.add_parser(
-        "train", help="train an autoencoder and write a run folder",
-        description="Train the tutorial's convolutional autoencoder and write a run folder (config.json, "
-                    "model.safetensors, state/, metrics.csv, figures/, report.html). Defaults are the fast recipe; "
-                    "--recipe tutorial reproduces the tutorial's settings. Under torchrun (torchrun --nproc-per-node N "
-                    "-m aelab train ...) the processes train one run with DistributedDataParallel; --batch-size "
-                    "stays the global batch.")
+    p = command(sub, "train", "train an autoencoder and write a run folder", cmd_train)
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/DATASET-dLATENT, e.g. runs/mnist-d4)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint, with its "
                    "own settings; --epochs may extend a finished run (the added epochs get a one-cycle of their "
@@ -129,4 +129,3 @@ def add_parsers(sub) -> None:
                         "the run folder's files; $MLFLOW_TRACKING_URI, else MLflow's default; "
                         "pip install 'aelab[mlflow]')")
     add_common(p)
-    p.set_defaults(func=cmd_train)
