@@ -55,7 +55,11 @@ def test_embed_plot_generate_commands(cli_run, tmp_path, capsys):
     assert main(["generate", str(cli_run), "--interpolate", "0", "3", "--steps", "5", "--out", str(tmp_path / "i.png")]) == 0
     from PIL import Image
 
-    assert Image.open(tmp_path / "g.png").size == (2 * (4 * 30 + 2),) * 2
+    assert Image.open(tmp_path / "g.png").size[0] > 400  # the grid with its axes, values and title
+    assert main(["generate", str(cli_run), "--grid", "--range", "-2", "2", "--quiet"]) == 0
+    assert (cli_run / "outputs" / "grid.png").is_file()
+    assert main(["generate", str(cli_run), "--samples", "4", "--range", "-2", "2"]) == 2
+    assert "--range applies to --grid only" in capsys.readouterr().err
     assert main(["generate", str(cli_run), "--grid", "--dims", "0,9"]) == 2
     assert "--dims" in capsys.readouterr().err
 
@@ -101,11 +105,12 @@ def test_plot_page_renders_in_headless_chromium(cli_run, tmp_path):
 def test_report_renders_in_headless_chromium(cli_run):
     need_chromium()
     url = (cli_run / "report.html").resolve().as_uri()
-    dom = chromium("--virtual-time-budget=30000", "--dump-dom", url).stdout
+    dom = chromium("--virtual-time-budget=30000", "--window-size=1280,3600", "--dump-dom", url).stdout  # maps side by side
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert 'data-rendered="ok"' in body, body
     assert 'data-errors="[]"' in body, body
     assert 'data-maps="2"' in body and 'data-broken-images="0"' in body
+    assert 'data-titles="2"' in body and 'data-covered-titles="0"' in body, body  # plotly's toolbar clears the titles
     shot = Path(os.environ.get("AELAB_SCREENSHOT_DIR", cli_run)) / "report-screenshot.png"
     result = chromium("--virtual-time-budget=30000", "--window-size=1280,3600", f"--screenshot={shot}", url)
     assert shot.exists() and shot.stat().st_size > 50_000, result.stderr[-500:]
@@ -129,7 +134,7 @@ def test_pictures_of_big_images_are_kept_within_the_page_budget(tmp_path):
     budget, the epochs' slider keeps fewer epochs, and colour or big images get fewer map points."""
     import numpy as np
 
-    from aelab import plots, report
+    from aelab import figures, plots, report
 
     noise = np.random.default_rng(0).integers(0, 256, (900, 1400, 3), dtype=np.uint8)
     uri = plots.picture_uri(noise, 250_000)
@@ -146,8 +151,8 @@ def test_pictures_of_big_images_are_kept_within_the_page_budget(tmp_path):
     uris, epochs = report.slider_pictures(paths)
     assert sum(map(len, uris)) <= report.SLIDER_BYTES * 4 / 3 + 1000
     assert epochs[0] == 1 and epochs[-1] == 30 and len(epochs) < 30
-    assert report.map_points((1, 28, 28)) == report.MAP_POINTS
-    assert report.map_points((3, 64, 64)) < report.map_points((1, 64, 64)) < report.MAP_POINTS
+    assert figures.map_points((1, 28, 28)) == figures.MAP_POINTS
+    assert figures.map_points((3, 64, 64)) < figures.map_points((1, 64, 64)) < figures.MAP_POINTS
 
 
 # Values from the user or the data that reach the page: class names (the maps' legends and hover
@@ -262,3 +267,34 @@ def test_a_class_name_with_a_dollar_sign_draws_as_written(tmp_path):
     path = map_png(np.random.default_rng(0).normal(size=(20, 2)), labels, ("cost $5", "$x"), ("PC1", "PC2"),
                    "a $ in the title", tmp_path / "map.png")
     assert path.stat().st_size > 1000
+
+
+def test_every_command_writes_into_outputs_and_never_over_the_runs_files(cli_run, tmp_path, capsys):
+    """One rule for every command: --out when given, else RUN/outputs/; the files that training and
+    the report wrote are never written over, and an --out among them is refused."""
+    import hashlib
+
+    def owned() -> dict[str, str]:
+        return {str(path.relative_to(cli_run)): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in sorted(cli_run.rglob("*")) if path.is_file() and "outputs" not in path.parts
+                and path.name not in ("anomaly.json", "anomaly.safetensors", ".lock")}
+
+    before = owned()
+    assert "figures/samples.png" in before and "report.html" in before
+    Image = __import__("PIL.Image", fromlist=["Image"])
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    Image.fromarray(synthetic_images(1, seed=1)[0][0]).save(inputs / "one.png")
+    commands = [["embed"], ["plot", "scatter"], ["generate", "--grid", "--n", "3"], ["generate", "--samples", "4"],
+                ["generate", "--interpolate", "0", "1", "--steps", "3"], ["score"], ["export", "--format", "torchscript"],
+                ["reconstruct", str(inputs)], ["denoise", str(inputs)], ["encode", str(inputs)]]
+    for command in commands:
+        assert main([command[0], str(cli_run), *command[1:], "--quiet"]) == 0, command
+    made = {str(path.relative_to(cli_run / "outputs")) for path in (cli_run / "outputs").rglob("*") if path.is_file()}
+    assert made >= {"codes-test.csv", "scatter-test.html", "scatter-test.png", "scatter-test.csv", "grid.png",
+                    "samples.png", "interpolation-0-1.png", "scores-test.csv", "scores-test.png", "autoencoder.pt",
+                    "reconstruct/one.png", "denoise/one.png", "encoded.csv"}, made
+    assert owned() == before
+    capsys.readouterr()
+    assert main(["generate", str(cli_run), "--samples", "4", "--out", str(cli_run / "figures" / "samples.png")]) == 2
+    assert "one of the run's own files" in capsys.readouterr().err and owned() == before

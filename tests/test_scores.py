@@ -42,7 +42,7 @@ def test_the_threshold_flags_the_contamination_share_of_validation_images(tmp_pa
         assert (saved["method"], saved["contamination"], saved["threshold"]) == (method, 0.25, val["threshold"])
         assert abs(val["n_anomalies"] / val["n_images"] - 0.25) <= 1 / val["n_images"] + 1e-9, (method, val)
     score("--split", "test")  # every class: 3 is the one left out of training
-    rows = [row.split(",") for row in (run / "scores-test.csv").read_text().splitlines()[1:]]
+    rows = [row.split(",") for row in (run / "outputs" / "scores-test.csv").read_text().splitlines()[1:]]
     flagged = {label: np.mean([int(row[3]) for row in rows if (row[1] == "3") == (label == "3")]) for label in ("3", "0-2")}
     assert flagged["3"] > 0.5 > flagged["0-2"], flagged
     noise = score("--data", str(tmp_path / "noise.npy"), "--data-dir", str(tmp_path / "cache"),
@@ -115,11 +115,11 @@ def test_score_on_an_array_run_with_normal_classes(tmp_path, capsys):
     assert main(["score", str(run), "--normal", "3", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["split"] == "test" and result["n_images"] == 40 and 0.5 < result["auroc"] <= 1.0
-    rows = (run / "scores-test.csv").read_text().splitlines()
-    assert rows[0] == "index,label,score,is_anomaly,mse,feature_error,feature_distance,density" and len(rows) == 41
+    rows = (run / "outputs" / "scores-test.csv").read_text().splitlines()
+    assert rows[0] == "index,label,score,is_anomaly,mse_raw,mse_standardised,feature_error_raw,feature_error_standardised,feature_distance_raw,feature_distance_standardised,density_raw" and len(rows) == 41
     scores = [float(row.split(",")[2]) for row in rows[1:]]
     assert scores == sorted(scores, reverse=True)
-    assert (run / "scores-test.png").is_file() and load_detector(run).contamination == 0.1
+    assert (run / "outputs" / "scores-test.png").is_file() and load_detector(run).contamination == 0.1
     for bad, words in ((["--contamination", "0.7"], "contamination"), (["--normal", "7"], "--normal"),
                        (["--normal", "0,1,2,3"], "all normal")):
         assert main(["score", str(run), *bad, "--quiet"]) == 2
@@ -147,10 +147,11 @@ def test_score_new_images_in_a_folder(tmp_path, capsys):
     assert main(["score", str(trained_run), "--data", str(folder), "--data-dir", str(tmp_path / "cache"),
                  "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "6 images (all)" in captured.out and "1 files skipped" in captured.err
+    assert "6 images (all)" in captured.out and "flagged by construction" in captured.out and "1 files skipped" in captured.err
     assert "5 of 6 images are not 28x28 (the size asked for); they are resized" in captured.err
     assert "1 of 6 images have colour; they are converted to grey" in captured.err
-    assert out.read_text().splitlines()[0] == "index,path,score,is_anomaly,mse,feature_error,feature_distance,density"
+    assert out.read_text().splitlines()[0] == ("index,path,score,is_anomaly,mse_raw,mse_standardised,feature_error_raw,"
+                                                 "feature_error_standardised,feature_distance_raw,feature_distance_standardised,density_raw")
 
 
 @pytest.mark.network
@@ -181,7 +182,7 @@ def test_the_default_score_sees_simple_images_the_error_misses(real_mnist, tmp_p
 # --- a detector belongs to the weights it was fitted on --------------------------------------------
 
 def _scores_csv(run) -> list[str]:
-    return (run / "scores-test.csv").read_text().splitlines()
+    return (run / "outputs" / "scores-test.csv").read_text().splitlines()
 
 
 def test_a_detector_is_fitted_anew_when_the_run_trains_on(tmp_path, capsys):

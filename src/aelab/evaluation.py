@@ -24,8 +24,8 @@ class Evaluation:
     noise_factor: float = 0.0
 
     def to_dict(self) -> dict:
-        return {"mse": self.mse, "psnr": self.psnr, "split": self.split,
-                "n_images": self.n_images, "noise_factor": self.noise_factor}
+        return {"mse": self.mse, "psnr": self.psnr, "split": self.split, "n_images": self.n_images,
+                "noise_factor": self.noise_factor, "input": "noisy" if self.noise_factor > 0 else "clean"}
 
 
 def psnr_from_mse(mse: float) -> float:

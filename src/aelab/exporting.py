@@ -65,15 +65,15 @@ SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 def export(run, out: str | Path | None = None, format: str = "onnx", part: str = "autoencoder") -> Path:
-    """Write ``part`` of the run's model to ``out`` as ONNX or TorchScript (default: PART.onnx or
-    PART.pt in the run folder); return the path."""
+    """Write ``part`` of the run's model to ``out`` as ONNX or TorchScript (default: outputs/PART.onnx
+    or outputs/PART.pt in the run folder); return the path."""
     from .run import output_path
 
     if format not in FORMATS:
         raise AelabError(f"unknown `format` {format!r}; choose {' or '.join(FORMATS)}")
     if part not in PARTS:
         raise AelabError(f"unknown `part` {part!r}; choose one of {', '.join(PARTS)}")
-    out = Path(out) if out is not None else output_path(run.path, part + SUFFIXES[format])
+    out = output_path(run.path, part + SUFFIXES[format], out)
     meta = describe(run, part)
     module = plain_model(run.model).part(part).eval()  # (the model says what each part is)
     example = torch.rand(2, *meta["input"]["shape"][1:], generator=torch.Generator().manual_seed(0))  # (not the caller's RNG)

@@ -19,6 +19,8 @@ from .inference import infer
 from .errors import AelabError
 from .run import Run, output_path
 
+MAP_POINTS = 3000  # points on a latent map of the report (and t-SNE's default): fewer for big or colour images
+MAP_PIXELS = MAP_POINTS * 28 * 28  # the hover thumbnails' pixels (MNIST's 3000 points)
 FIGURE_NOISE_SEED = 0  # the noise of every denoising example, during training and in the report
 MAP_TITLES = {"scatter": "latent variables {0} and {1}", "pca": "PCA of the latent codes",
               "tsne": "t-SNE of the latent codes", "umap": "UMAP of the latent codes"}
@@ -33,9 +35,10 @@ def reconstruction_examples(model: torch.nn.Module, images: torch.Tensor, noise_
     return to_unit(images.cpu()), result.inputs, result.reconstructions
 
 
-def grid_picture(run: Run, plane: latent.LatentPlane, n: int) -> np.ndarray:
-    """An n x n tile of images decoded over a latent plane (``latent.latent_plane``)."""
-    return plots.tile(latent.grid_images(run, plane, n), n, n)
+def grid_figure(run: Run, plane: latent.LatentPlane, n: int, path: Path) -> Path:
+    """An n x n grid of images decoded over a latent plane (``latent.latent_plane``), with the plane's
+    axes, values and name, as a PNG file."""
+    return plots.grid_figure(latent.grid_images(run, plane, n), plane, n, Path(path))
 
 
 def samples_picture(run: Run, train_codes: np.ndarray, count: int, seed: int = 0, columns: int = 10) -> np.ndarray:
@@ -64,37 +67,48 @@ class LatentMap:
         return plots.thumbnails(to_unit(data.images[torch.as_tensor(positions)]))
 
 
+def map_points(image_shape: tuple[int, int, int]) -> int:
+    """Points on a latent map of the report, and on ``aelab plot``'s t-SNE and UMAP maps unless told:
+    3000, fewer where the hover thumbnails are big or in colour."""
+    channels, height, width = image_shape
+    thumbnail = plots.thumbnails(torch.zeros(1, channels, height, width)).shape
+    return max(100, min(MAP_POINTS, MAP_PIXELS // (channels * thumbnail[-2] * thumbnail[-1])))
+
+
 def latent_map(shown: latent.Embedding, method: str, split: str, dims: tuple[int, int] = (0, 1),
-               perplexity: float = 30.0, seed: int = 0) -> LatentMap:
-    """Project the codes of ``shown`` to 2-D with ``method`` and draw them coloured by label."""
-    xy, axis_names = latent.project(shown.codes, method, dims=dims, perplexity=perplexity, seed=seed)
+               perplexity: float = 30.0, seed: int = 0, progress=None) -> LatentMap:
+    """Project the codes of ``shown`` to 2-D with ``method`` and draw them coloured by label
+    (``progress``: see ``latent.project``)."""
+    xy, axis_names = latent.project(shown.codes, method, dims=dims, perplexity=perplexity, seed=seed,
+                                    progress=progress)
     title = MAP_TITLES[method].format(*axis_names) + f" ({len(shown)} {split} images)"
     figure = plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names, title)
     return LatentMap(xy, axis_names, title, figure)
 
 
 def save_picture(run: Run, picture: np.ndarray, name: str, out: str | Path | None = None, scale: int = 2) -> Path:
-    """Save a picture (``grid_picture``, ``samples_picture``, ...) as a PNG enlarged ``scale`` times:
-    to ``out``, else to the run folder's ``figures/NAME`` (``run.output_path``)."""
-    path = Path(out) if out is not None else output_path(run.path, f"figures/{name}")
+    """Save a picture (``samples_picture``, ``interpolation_picture``) as a PNG enlarged ``scale`` times:
+    to ``out``, else to ``outputs/NAME`` in the run folder (``run.output_path``)."""
+    path = output_path(run.path, name, out)
     plots.save_png(picture, path, scale=scale)
     return path
 
 
 def write_latent_map(run: Run, data: ImageSet, method: str, split: str, out: str | Path | None = None, *,
                      dims: tuple[int, int] = (0, 1), perplexity: float = 30.0, max_points: int | None = None,
-                     seed: int = 0) -> list[Path]:
+                     seed: int = 0, progress=None) -> list[Path]:
     """A latent map of ``data`` (``split`` names it) as an interactive HTML page with the images on
     hover, a PNG of the same map and a CSV of its coordinates (index, path, label, x, y): ``out``
-    (an .html file; the others beside it), else ``figures/METHOD-SPLIT.html`` in the run folder.
-    ``max_points``: at most so many images, sampled stratified by label (seeded)."""
-    path = Path(out) if out is not None else output_path(run.path, f"figures/{method}-{split}.html")
+    (an .html file; the others beside it), else ``outputs/METHOD-SPLIT.html`` in the run folder.
+    ``max_points``: at most so many images, sampled stratified by label (seeded); ``progress``: see
+    ``latent.project``."""
+    path = output_path(run.path, f"{method}-{split}.html", out)
     if path.suffix != ".html":
         raise AelabError(f"`out` must end in .html (the PNG and CSV are written beside it), got {path}")
     embedding = latent.embed(run, data)
     positions = latent.stratified_subset(embedding.label, max_points, seed=seed)
     shown = embedding.subset(positions)
-    found = latent_map(shown, method, split, dims=dims, perplexity=perplexity, seed=seed)
+    found = latent_map(shown, method, split, dims=dims, perplexity=perplexity, seed=seed, progress=progress)
     plots.write_map_html(found.figure, found.hover_images(data, positions), path, found.title)
     plots.map_png(found.xy, shown.label, shown.class_names, found.axis_names, found.title, path.with_suffix(".png"))
     table = {name: values for name, values in shown.columns().items() if not name.startswith("z")}

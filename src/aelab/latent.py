@@ -7,11 +7,15 @@ scikit-learn and umap-learn are imported inside the functions that use them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -121,8 +125,9 @@ def suggested_perplexity(n_points: int) -> float:
 
 
 def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perplexity: float = 30.0,
-            seed: int = 0) -> tuple[np.ndarray, tuple[str, str]]:
-    """2-D coordinates [N, 2] of ``codes`` and the two axis names."""
+            seed: int = 0, progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, tuple[str, str]]:
+    """2-D coordinates [N, 2] of ``codes`` and the two axis names. ``progress(done, total)`` is told
+    how far t-SNE's iterations are."""
     if method not in METHODS:
         raise AelabError(f"unknown map `method` {method!r}; choose one of {', '.join(METHODS)}")
     if method == "scatter":
@@ -145,8 +150,11 @@ def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perp
             raise AelabError(f"`perplexity` must be at least 1 and less than the number of points ({len(codes)}), "
                              f"got {perplexity}; try {suggested_perplexity(len(codes)):g}")
         log.info("t-SNE of %d points (perplexity %g) ...", len(codes), perplexity)
-        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
-        return tsne.fit_transform(codes.astype(np.float32)), ("t-SNE 1", "t-SNE 2")
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                    verbose=2 if progress is not None else 0)
+        with _iterations_to(progress, tsne.max_iter):
+            xy = tsne.fit_transform(codes.astype(np.float32))
+        return xy, ("t-SNE 1", "t-SNE 2")
     try:
         import umap
     except ImportError:
@@ -154,6 +162,25 @@ def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perp
     log.info("UMAP of %d points ...", len(codes))
     reducer = umap.UMAP(n_components=2, random_state=seed)
     return reducer.fit_transform(codes), ("UMAP 1", "UMAP 2")
+
+
+@contextlib.contextmanager
+def _iterations_to(progress: Callable[[int, int], None] | None, total: int) -> Iterator[None]:
+    """Within: what scikit-learn's t-SNE prints with ``verbose=2`` ("[t-SNE] Iteration 50: ...") is
+    read instead of shown, and its iteration count told to ``progress(done, total)``."""
+    if progress is None:
+        yield
+        return
+
+    class Reader(io.TextIOBase):
+        def write(self, text: str) -> int:
+            for found in re.finditer(r"Iteration (\d+)", text):
+                progress(min(total, int(found.group(1))), total)
+            return len(text)
+
+    with contextlib.redirect_stdout(Reader()):
+        yield
+    progress(total, total)
 
 
 # --- decoding points ---------------------------------------------------------------------------
@@ -167,7 +194,9 @@ class LatentPlane:
     axis_b: np.ndarray  # [d]
     range_a: tuple[float, float]
     range_b: tuple[float, float]
-    names: tuple[str, str]
+    names: tuple[str, str]  # the axes' names: ("PC1", "PC2") or ("z0", "z1")
+    description: str = ""  # which plane it is, in words
+
 
     def points(self, n: int) -> np.ndarray:
         """n x n codes [n*n, d], row by row: b from high (top) to low, a from low (left) to high."""
@@ -178,13 +207,18 @@ class LatentPlane:
 
 
 def latent_plane(train_codes: np.ndarray, dims: tuple[int, int] | None = None,
-                 percentiles: tuple[float, float] = (1.0, 99.0)) -> LatentPlane:
+                 percentiles: tuple[float, float] = (1.0, 99.0),
+                 limits: tuple[float, float] | None = None) -> LatentPlane:
     """The plane to decode: the two latent variables ``dims`` (others at the mean code), or by
-    default the plane of the first two principal components; ranges where the codes lie."""
+    default the plane of the first two principal components of the codes (centred on their mean);
+    along each axis from the 1st to the 99th percentile of the codes (``percentiles``), or over
+    ``limits`` (low, high) on both axes."""
     d = train_codes.shape[1]
     mean = train_codes.mean(axis=0)
     if d == 1:
         raise AelabError("a grid needs at least 2 latent dimensions; this run has 1: decode samples or an interpolation instead")
+    if limits is not None and not (len(limits) == 2 and np.isfinite(limits).all() and limits[0] < limits[1]):
+        raise AelabError(f"`range` must be two numbers, low then high, got {limits}; try -3 3")
     if dims is not None or d == 2:
         i, j = dims if dims is not None else (0, 1)
         if not (0 <= i < d and 0 <= j < d and i != j):
@@ -193,13 +227,20 @@ def latent_plane(train_codes: np.ndarray, dims: tuple[int, int] | None = None,
         origin = mean.copy()
         origin[[i, j]] = 0.0
         lo, hi = np.percentile(train_codes[:, [i, j]], percentiles, axis=0)
-        return LatentPlane(origin, eye[i], eye[j], (lo[0], hi[0]), (lo[1], hi[1]), (f"z{i}", f"z{j}"))
-    centered = train_codes - mean
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
-    axes = vt[:2]
-    coords = centered @ axes.T
-    lo, hi = np.percentile(coords, percentiles, axis=0)
-    return LatentPlane(mean, axes[0], axes[1], (lo[0], hi[0]), (lo[1], hi[1]), ("PC1", "PC2"))
+        words = f"latent variables z{i} and z{j}" + ("" if d == 2 else ", the others at the mean code")
+        names = (f"z{i}", f"z{j}")
+    else:
+        centered = train_codes - mean
+        _, _, vt = np.linalg.svd(centered, full_matrices=False)
+        origin, (axis_i, axis_j) = mean, vt[:2]
+        eye = None
+        lo, hi = np.percentile(centered @ vt[:2].T, percentiles, axis=0)
+        words = "the first two principal components of the codes (PC1, PC2: distances from the mean code)"
+        names = ("PC1", "PC2")
+    if limits is not None:
+        lo, hi = np.array([limits[0]] * 2), np.array([limits[1]] * 2)
+    a, b = (eye[i], eye[j]) if eye is not None else (axis_i, axis_j)
+    return LatentPlane(origin, a, b, (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1])), names, words)
 
 
 def grid_images(run: Run, plane: LatentPlane, n: int = 12) -> torch.Tensor:

@@ -51,9 +51,12 @@ def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor
 
 
 def rows_figure(rows: list[tuple[str, torch.Tensor]], path: Path, title: str = "",
-                captions: list[str] | None = None) -> Path:
+                captions: list[str] | None = None, caption_name: str = "",
+                colour_bar: tuple[str, float] | None = None) -> Path:
     """Rows of images [N, C, H, W] in [0, 1] (grey rows shown in colour beside colour ones), each
-    named at its left, enlarged by the image size; ``captions`` under the columns."""
+    named at its left, enlarged by the image size; ``captions`` under the columns (lines split at
+    "\n"), named ``caption_name`` at the left; ``colour_bar`` (name, the value of its top colour):
+    the scale of the last row (``heat``), from 0 at its bottom, at the right."""
     from PIL import Image, ImageDraw
 
     colour = any(images.shape[1] == 3 for _, images in rows)
@@ -62,12 +65,14 @@ def rows_figure(rows: list[tuple[str, torch.Tensor]], path: Path, title: str = "
     grid = tile(images, len(rows), n)
     scale = display_scale(*rows[0][1].shape[-2:])
     body = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).convert("RGB")
+    lines = max((len(caption.split("\n")) for caption in captions), default=0) if captions else 0
     margin_left, margin_top = 110, 22 if title else 4
-    margin_bottom = 18 if captions else 0
-    canvas = Image.new("RGB", (body.width + margin_left, body.height + margin_top + margin_bottom), "white")
+    margin_bottom, margin_right = 4 + 14 * lines, 90 if colour_bar else 0
+    canvas = Image.new("RGB", (body.width + margin_left + margin_right, body.height + margin_top + margin_bottom),
+                       "white")
     canvas.paste(body, (margin_left, margin_top))
     draw = ImageDraw.Draw(canvas)
-    font = _font(14)
+    font, small = _font(14), _font(11)
     if title:
         draw.text((margin_left, 3), title, fill="black", font=font)
     row_height = body.height / len(rows)
@@ -75,10 +80,31 @@ def rows_figure(rows: list[tuple[str, torch.Tensor]], path: Path, title: str = "
         draw.text((6, margin_top + row_height * (i + 0.5) - 8), name, fill="black", font=font)
     if captions:
         column = body.width / n
+        top = margin_top + body.height + 1
+        draw.text((6, top), caption_name, fill="black", font=small)
         for i, caption in enumerate(captions):
-            draw.text((margin_left + column * i + 2, margin_top + body.height + 1), caption, fill="black", font=_font(11))
+            draw.multiline_text((margin_left + column * i + 2, top), caption, fill="black", font=small, spacing=2)
+    if colour_bar:
+        _colour_bar(draw, canvas, (margin_left + body.width + 10, margin_top + row_height * (len(rows) - 1) + 4),
+                    round(row_height) - 8, *colour_bar)
     atomic_save(path, lambda tmp: canvas.save(tmp, format="PNG"))
     return path
+
+
+def _colour_bar(draw, canvas, corner: tuple[float, float], height: int, name: str, top: float) -> None:
+    """A vertical bar of ``heat``'s colours, 0 at the bottom and ``top`` at the top, with its labels."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    height = max(12, height)
+    ramp = (colormaps["inferno"](np.linspace(1, 0, height))[:, :3] * 255).astype(np.uint8)  # [height, 3], top first
+    bar = Image.fromarray(np.repeat(ramp[:, None, :], 12, axis=1))
+    x, y = round(corner[0]), round(corner[1])
+    canvas.paste(bar, (x, y))
+    small = _font(10)
+    draw.text((x + 15, y - 2), f"{top:.3g}", fill="black", font=small)
+    draw.text((x + 15, y + height - 10), "0", fill="black", font=small)
+    draw.multiline_text((x + 15, y + height // 2 - 12), name.replace(" ", "\n"), fill="black", font=small, spacing=1)
 
 
 def heat(maps: torch.Tensor) -> torch.Tensor:
@@ -98,6 +124,37 @@ def _font(size: int):
         return ImageFont.load_default(size=size)  # Pillow >= 10.1: a scalable font
     except TypeError:
         return ImageFont.load_default()
+
+
+def draw_grid(axes, images: torch.Tensor, plane, n: int) -> None:
+    """Draw an n x n grid of decoded images [n*n, C, H, W] (``latent.grid_images``, row by row) on
+    matplotlib ``axes``, each image centred on its point of ``plane`` (a ``latent.LatentPlane``):
+    the axes carry the plane's coordinates, names and description."""
+    picture = tile(images, n, n, pad=0)
+    (a0, a1), (b0, b1) = plane.range_a, plane.range_b
+    step_a, step_b = (a1 - a0) / (n - 1), (b1 - b0) / (n - 1)
+    extent = (a0 - step_a / 2, a1 + step_a / 2, b0 - step_b / 2, b1 + step_b / 2)
+    axes.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255, extent=extent,
+                aspect="auto", interpolation="nearest")
+    axes.set_xlabel(matplotlib_text(plane.names[0]))
+    axes.set_ylabel(matplotlib_text(plane.names[1]))
+    axes.set_title(matplotlib_text(f"decoded over {plane.description}"), fontsize=9, wrap=True)
+
+
+def grid_figure(images: torch.Tensor, plane, n: int, path: Path) -> Path:
+    """``draw_grid`` as a PNG file."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height, width = images.shape[-2:]
+    side = min(9.0, max(4.5, n * max(height, width) / 40))
+    figure = Figure(figsize=(side * width / max(height, width) + 1.0, side * height / max(height, width) + 1.0),
+                    dpi=110)
+    FigureCanvasAgg(figure)
+    draw_grid(figure.add_subplot(), images, plane, n)
+    figure.tight_layout()
+    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
+    return path
 
 
 def loss_curves_figure(metrics: list[dict[str, float]], path: Path) -> Path:
@@ -181,10 +238,13 @@ def map_plotly(xy: np.ndarray, labels: np.ndarray, index: np.ndarray, class_name
             marker={"size": 4, "color": label_colour(label, class_names), "opacity": 0.75},
             customdata=np.column_stack([index[positions], np.full(len(positions), name, dtype=object), positions]),
             hovertemplate="index %{customdata[0]}<br>label %{customdata[1]}<extra></extra>"))
-    figure.update_layout(title=plotly_text(title), xaxis_title=plotly_text(axis_names[0]),
+    # the title sits below the band where plotly's toolbar appears (the top 30 pixels), so it is never covered
+    figure.update_layout(title={"text": plotly_text(title), "x": 0, "xanchor": "left", "y": 1, "yref": "paper",
+                                "yanchor": "bottom", "pad": {"b": 10}, "font": {"size": 15}},
+                         xaxis_title=plotly_text(axis_names[0]),
                          yaxis_title=plotly_text(axis_names[1]), template="plotly_white",
-                         legend={"itemsizing": "constant", "title": "label"}, height=560,
-                         margin={"l": 50, "r": 20, "t": 50, "b": 50})
+                         legend={"itemsizing": "constant", "title": "label"}, height=580,
+                         margin={"l": 50, "r": 20, "t": 72, "b": 50})
     return figure
 
 

@@ -32,10 +32,14 @@ from .run import Run, load_run, read_json
 log = logging.getLogger("aelab")
 
 REPORT_LIBRARIES = (("plotly", "plotly"), ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn"))
-MAP_POINTS = 3000  # points on each interactive map (stratified by label); fewer for big or colour images:
-MAP_PIXELS = MAP_POINTS * 28 * 28  # the hover thumbnails' pixels (MNIST's 3000 points)
 FIGURE_BYTES = 250_000  # each picture on the page at most (shrunk or JPEG beyond); the page stays under 10 MB
 SLIDER_BYTES = 1_000_000  # the reconstructions across epochs, all together (fewer epochs shown beyond)
+# the settings a person chooses (the command line's options, the recipe's values): the report's
+# "What you chose"; the others (filled in from the data and the machine, or internal) are its details
+CHOSEN = {"data.dataset", "data.classes", "data.val_fraction", "data.test_fraction", "data.resize", "model.kind",
+          "model.latent_dim", "model.width", "model.hidden", "train.recipe", "train.epochs", "train.batch_size",
+          "train.lr", "train.weight_decay", "train.schedule", "train.shuffle", "train.loss", "train.noise_factor",
+          "train.seed", "train.keep", "train.precision"}
 GRID_N = 12
 SAMPLES = 32
 INTERPOLATION_STEPS = 12
@@ -56,8 +60,8 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     train_codes = latent.encode(run.model, train.images)
     plane = latent.latent_plane(train_codes)
     scale = plots.display_scale(config.model.image_size, config.model.image_width or config.model.image_size, 2)
-    out["grid"] = plots.save_png(figures.grid_picture(run, plane, GRID_N), figures_dir / "latent_grid.png", scale=scale)
-    out["grid_plane"] = plane.names
+    out["grid"] = figures.grid_figure(run, plane, GRID_N, figures_dir / "latent_grid.png")
+    out["grid_plane"] = plane
     samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4)
     out["samples"] = plots.save_png(samples, figures_dir / "samples.png", scale=scale)
     first, second = _interpolation_pair(test)
@@ -70,7 +74,7 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
                                                        title=f"noise factor {config.train.noise_factor:g}", noisy=noisy)
     log.info("report: latent maps (scatter, t-SNE) ...")
     embedding = latent.embed(run, test)
-    subset = latent.stratified_subset(embedding.label, map_points(test.image_shape), seed=0)
+    subset = latent.stratified_subset(embedding.label, figures.map_points(test.image_shape), seed=0)
     shown = embedding.subset(subset)
     perplexity = latent.suggested_perplexity(len(shown))
     maps = {method: figures.latent_map(shown, method, "test", perplexity=perplexity) for method in ("scatter", "tsne")}
@@ -107,7 +111,8 @@ def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | N
     scored = scores.score_images(run.model, detector, test.images)
     top = scores.highest(scored, 8)
     figure = scores.anomaly_figure(run.model, test.images[torch.as_tensor(top)], scored.score[top],
-                                   run.path / "figures" / "anomalies.png")
+                                   run.path / "figures" / "anomalies.png", labels=scores.label_names(test, top),
+                                   score_name=f"{detector.method} score")
     section = {"figure": figure, "n": int(scored.is_anomaly.sum()), "total": len(test), "method": detector.method,
                "threshold": detector.threshold, "contamination": detector.contamination}
     if run.config.data.classes and (test.labels >= 0).all():
@@ -115,13 +120,6 @@ def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | N
             section.update(scores.against_normal(scored, test, run.config.data.class_list()),
                            normal=run.config.data.classes)
     return section
-
-
-def map_points(image_shape: tuple[int, int, int]) -> int:
-    """Points on a map of the report: 3000, fewer where the hover thumbnails are big or in colour."""
-    channels, height, width = image_shape
-    thumbnail = plots.thumbnails(torch.zeros(1, channels, height, width)).shape
-    return max(100, min(MAP_POINTS, MAP_PIXELS // (channels * thumbnail[-2] * thumbnail[-1])))
 
 
 def slider_pictures(paths: list[Path]) -> tuple[list[str], list[int]]:
@@ -217,9 +215,11 @@ def render(run: Run, parts: dict[str, Any]) -> str:
     ]
     if "test_denoising_mse" in evaluation:
         cards.insert(1, ("test denoising MSE", _fmt(evaluation["test_denoising_mse"])))
-    config_rows = [(f"{section}.{key}", "default" if value is None else value) for section in ("data", "model", "train")
-                   for key, value in saved.get(section, {}).items()]
-    config_rows += [(f"version of {name}", value) for name, value in saved.get("versions", {}).items()]
+    rows = [(f"{section}.{key}", "default" if value is None else value) for section in ("data", "model", "train")
+            for key, value in saved.get(section, {}).items()]
+    chosen = [(name, value) for name, value in rows if name in CHOSEN]
+    details = [(name, value) for name, value in rows if name not in CHOSEN]
+    details += [(f"version of {name}", value) for name, value in saved.get("versions", {}).items()]
     anomalies = None
     if "anomalies" in parts:
         found = parts["anomalies"]
@@ -243,9 +243,10 @@ def render(run: Run, parts: dict[str, Any]) -> str:
         denoising={"noise_factor": format(config.train.noise_factor, "g"), "picture": _uri(parts["denoising"])}
         if "denoising" in parts else None,
         anomalies=anomalies, run_path=run.path, run_folder=run.path.resolve(),
-        n_map_points=parts["n_map_points"], grid_n=GRID_N, grid_plane=parts["grid_plane"], grid=_uri(parts["grid"]),
+        n_map_points=parts["n_map_points"], grid_n=GRID_N, grid_plane=parts["grid_plane"].description,
+        grid=_uri(parts["grid"]),
         samples=_uri(parts["samples"]), interpolation=_uri(parts["interpolation"]),
-        interpolation_pair=parts["interpolation_pair"], config_rows=config_rows,
+        interpolation_pair=parts["interpolation_pair"], chosen_rows=chosen, detail_rows=details,
         map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT), plotly_js=safe(get_plotlyjs()),
         maps_js=safe(plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()},
                                        parts["map_images"])))

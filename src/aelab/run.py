@@ -35,8 +35,9 @@ from .models.registry import build_model
 FORMAT_VERSION = 1
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
 # what a run folder holds (besides files a user puts there): replaced together by overwrite=True
+OUTPUTS = "outputs"  # what the tools make from a run (maps, pictures, tables, scores, exports), unless told where
 RUN_FILES = ("config.json", "model.safetensors", "metrics.csv", "state", "figures", "report.html", "evaluation.json",
-             "tensorboard", "mlflow.json", "data-skipped.csv", "anomaly.json", "anomaly.safetensors")
+             "tensorboard", "mlflow.json", "data-skipped.csv", "anomaly.json", "anomaly.safetensors", OUTPUTS)
 
 
 def versions() -> dict[str, str]:
@@ -170,10 +171,28 @@ class Run:
         return next(self.model.parameters()).device
 
 
-def output_path(run_dir: str | Path, name: str) -> Path:
-    """Where a tool writes its file ``name`` (such as "figures/grid.png" or "scores-test.csv") in a
-    run folder when it is not told where (the command line's ``--out``)."""
-    return Path(run_dir) / name
+def output_path(run_dir: str | Path, name: str, out: str | Path | None = None) -> Path:
+    """Where a tool writes what it made (a file or a folder): ``out`` when given, else the run
+    folder's ``outputs/NAME`` (``OUTPUTS``). Training and the report own every other file of a run
+    folder, so ``out`` may not be one of those (``check_not_a_run_file``); a tool run again replaces
+    its own earlier output of the same name."""
+    if out is None:
+        return Path(run_dir) / OUTPUTS / name
+    check_not_a_run_file(Path(out))
+    return Path(out)
+
+
+def check_not_a_run_file(path: Path) -> None:
+    """Refuse ``path`` when it is (or lies inside) a file that training or the report wrote in a
+    run folder: config.json, model.safetensors, figures/, report.html, ... (``RUN_FILES``)."""
+    path = path.expanduser().resolve()
+    for folder in path.parents:
+        if (folder / "config.json").is_file() and (folder / "metrics.csv").is_file():  # a run folder
+            first = path.relative_to(folder).parts[0]
+            if first in RUN_FILES and first != OUTPUTS:
+                raise AelabError(f"{path} is one of the run's own files (training and the report write {first}); "
+                                 f"choose another `out`, or leave it out to write into {folder / OUTPUTS}")
+            return
 
 
 def check_run_dir(run_dir: str | Path) -> Path:

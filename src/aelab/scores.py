@@ -89,13 +89,33 @@ class Detector:
                 found[name].append(_mahalanobis(values, self.gaussians[name]))
         return {name: np.concatenate(values) if values else np.zeros(0) for name, values in found.items()}
 
+    def standardised(self, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The ingredients that ``combined`` joins (``COMBINED``), each as its logarithm standardised
+        by its mean and standard deviation on the validation images: 0 is a typical validation
+        image, 2 is two standard deviations more unusual."""
+        return {name: (np.log(np.maximum(parts[name], 1e-12)) - self.standard[name][0]) / self.standard[name][1]
+                for name in COMBINED}
+
     def combine(self, parts: dict[str, np.ndarray]) -> np.ndarray:
         """The score of this detector's method from ``parts`` (as ``parts()`` gives them)."""
         if self.method != "combined":
             return parts[self.method]
-        standardised = [(np.log(np.maximum(parts[name], 1e-12)) - self.standard[name][0]) / self.standard[name][1]
-                        for name in COMBINED]
-        return np.logaddexp.reduce(np.stack(standardised), axis=0)
+        return np.logaddexp.reduce(np.stack(list(self.standardised(parts).values())), axis=0)
+
+    def describe(self) -> str:
+        """What the score is and how its threshold flags images, in a few sentences for a person."""
+        what = {"combined": "the smooth maximum of three standardised ingredients (the reconstruction error in "
+                            "pixels, the same error in the encoder's features, and how far the image's features lie "
+                            "from the training images'): in standard deviations of the validation images",
+                "mse": "the reconstruction error (mean squared error per pixel)",
+                "feature_error": "the reconstruction error in the encoder's features (a squared Mahalanobis distance)",
+                "feature_distance": "how far the image's encoder features lie from the training images' (a squared "
+                                    "Mahalanobis distance)",
+                "density": "how unlikely the image's code is (negative log-likelihood under a Gaussian mixture)"}
+        return (f"The {self.method} score is {what[self.method]}; higher is more unusual. The threshold "
+                f"{self.threshold:.3f} is the {1 - self.contamination:.0%} quantile of the validation images' scores "
+                f"(contamination {self.contamination:g}), so {self.contamination:.0%} of images like the validation "
+                "ones are flagged by construction.")
 
     def _mixture(self):
         from sklearn.mixture import GaussianMixture
@@ -255,15 +275,16 @@ class Scored:
 
     score: np.ndarray  # float64 [N]
     is_anomaly: np.ndarray  # bool [N]
-    parts: dict[str, np.ndarray]  # every ingredient, float64 [N] each (INGREDIENTS)
+    parts: dict[str, np.ndarray]  # every ingredient as measured, float64 [N] each (INGREDIENTS)
     threshold: float
+    standardised: dict[str, np.ndarray] = field(default_factory=dict)  # those combined, standardised (COMBINED)
 
 
 def score_images(model: torch.nn.Module, detector: Detector, images) -> Scored:
     """Scores and flags of uint8 images [N, C, H, W] (a tensor or images on disk)."""
     parts = detector.parts(images, model)
     score = detector.combine(parts)
-    return Scored(score, score > detector.threshold, parts, detector.threshold)
+    return Scored(score, score > detector.threshold, parts, detector.threshold, detector.standardised(parts))
 
 
 def error_maps(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -310,13 +331,28 @@ def run_detector(run, method: str = "combined", contamination: float = 0.1, data
     return detector
 
 
-def anomaly_figure(model: torch.nn.Module, images, scores: np.ndarray, path: Path, title: str = "") -> Path:
-    """The images at the top of ``scores`` (given in that order) with their reconstructions and error maps."""
+def anomaly_figure(model: torch.nn.Module, images, scores: np.ndarray, path: Path, title: str = "",
+                   labels: list[str] | None = None, score_name: str = "score") -> Path:
+    """The images at the top of ``scores`` (given in that order) with their reconstructions and error
+    maps (squared error per pixel, summed over channels, on one colour scale shown beside them);
+    under each, its ``score_name`` and (given ``labels``, the class names) its label."""
     from .plots import heat, rows_figure
 
     clean, output, maps = error_maps(model, images)
+    captions = [f"{score:.2f}" + (f"\n{label}" if labels else "") for score, label in zip(scores, labels or scores)]
     return rows_figure([("image", clean), ("reconstruction", output), ("error", heat(maps))], path, title,
-                       captions=[f"{score:.2f}" for score in scores])
+                       captions=captions, caption_name=score_name + ("\nlabel" if labels else ""),
+                       colour_bar=("squared error", float(maps.max()) if len(maps) else 1.0))
+
+
+def label_names(images, positions: np.ndarray) -> list[str] | None:
+    """The class names of the images at ``positions`` of an ImageSet; None when they are unlabelled."""
+    from .plots import label_name
+
+    labels = images.labels[torch.as_tensor(positions)].tolist()
+    if not any(label >= 0 for label in labels):
+        return None
+    return [label_name(label, images.class_names) for label in labels]
 
 
 def highest(scored: Scored, n: int | None = None) -> np.ndarray:
@@ -326,7 +362,9 @@ def highest(scored: Scored, n: int | None = None) -> np.ndarray:
 
 def table(scored: Scored, images) -> dict[str, np.ndarray]:
     """One row per image of ``images`` (the ImageSet scored), highest score first: index (in its
-    source), path (files), label (labelled images), score, is_anomaly, then every ingredient."""
+    source), path (files), label (labelled images), score, is_anomaly, then every ingredient as
+    measured (``NAME_raw``) and, for those the combined score joins, standardised
+    (``NAME_standardised``: its logarithm in standard deviations of the validation images)."""
     order = highest(scored)
     columns = {"index": images.indices.numpy()[order]}
     if images.paths is not None:
@@ -335,7 +373,10 @@ def table(scored: Scored, images) -> dict[str, np.ndarray]:
     if (labels >= 0).any():
         columns["label"] = labels[order]
     columns.update(score=scored.score[order], is_anomaly=scored.is_anomaly[order].astype(int))
-    columns.update({name: values[order] for name, values in scored.parts.items()})
+    for name, values in scored.parts.items():
+        columns[f"{name}_raw"] = values[order]
+        if name in scored.standardised:
+            columns[f"{name}_standardised"] = scored.standardised[name][order]
     return columns
 
 
@@ -363,16 +404,17 @@ class ScoreFiles:
 def write_scores(run, detector: Detector, images, split: str, out: str | Path | None = None, top: int = 12
                  ) -> ScoreFiles:
     """Score ``images`` (an ImageSet; ``split`` names it) under the run's model: their table to
-    ``out`` (.csv or .parquet), else ``scores-SPLIT.csv`` in the run folder, and beside it a figure
-    of the ``top`` highest."""
+    ``out`` (.csv or .parquet), else ``outputs/scores-SPLIT.csv`` in the run folder, and beside it a
+    figure of the ``top`` highest."""
     from .latent import write_table
     from .run import output_path
 
-    path = Path(out) if out is not None else output_path(run.path, f"scores-{split}.csv")
+    path = output_path(run.path, f"scores-{split}.csv", out)
     scored = score_images(run.model, detector, images.images)
     write_table(table(scored, images), path)
     first = highest(scored, top)
     figure = anomaly_figure(run.model, images.images[torch.as_tensor(first)], scored.score[first],
                             path.with_suffix(".png"),
-                            title=f"the {len(first)} highest {detector.method} scores of {len(images)} images")
+                            title=f"the {len(first)} highest {detector.method} scores of {len(images)} images",
+                            labels=label_names(images, first), score_name=f"{detector.method} score")
     return ScoreFiles(path, path.with_suffix(".png"), scored)

@@ -26,10 +26,20 @@ class Parser(argparse.ArgumentParser):
 
 # --- options ------------------------------------------------------------------------------------
 
-def command(sub, name: str, summary: str, func, description: str | None = None) -> argparse.ArgumentParser:
+# the one rule for where outputs go, said in every command's --help that writes something
+OUTPUT_RULE = ("Where files go: to --out when it is given; otherwise into the run folder's outputs/ folder "
+               "(RUN/outputs/NAME), named after what was made. Training and the report write the rest of the run "
+               "folder (config, weights, figures/, report.html, ...), and no command writes over those files; a "
+               "command run again replaces its own earlier output.")
+
+
+def command(sub, name: str, summary: str, func, description: str | None = None,
+            writes: bool = True) -> argparse.ArgumentParser:
     """The parser of the command ``name``: ``summary`` in ``aelab --help``, ``description`` (default:
-    ``func``'s docstring) in its own --help; ``func`` runs it."""
-    parser = sub.add_parser(name, help=summary, description=inspect.cleandoc(description or func.__doc__ or summary))
+    ``func``'s docstring) in its own --help, followed by ``OUTPUT_RULE`` for a command that
+    ``writes`` files; ``func`` runs it."""
+    parser = sub.add_parser(name, help=summary, description=inspect.cleandoc(description or func.__doc__ or summary),
+                            epilog=OUTPUT_RULE if writes else None)
     parser.set_defaults(func=func)
     return parser
 

@@ -22,6 +22,7 @@ def add_parsers(sub) -> None:
     data = sub.add_parser("data", help="get datasets", description="Get datasets into the data folder.")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser)
     data_sub.required = True
-    fetch = command(data_sub, "fetch", "download (or copy from an offline mirror) and verify a dataset", cmd_data_fetch)
+    fetch = command(data_sub, "fetch", "download (or copy from an offline mirror) and verify a dataset", cmd_data_fetch,
+                    writes=False)
     fetch.add_argument("dataset", nargs="?", default="mnist", choices=DATASETS, help="default: mnist")
     add_common(fetch)

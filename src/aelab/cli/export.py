@@ -28,6 +28,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--part", choices=("autoencoder", "encoder", "decoder"), default="autoencoder",
                    help="autoencoder: images -> reconstructions; encoder: images -> codes; decoder: codes -> images "
                         "(default: autoencoder)")
-    p.add_argument("--out", metavar="FILE", help="default: RUN/PART.onnx or RUN/PART.pt")
+    p.add_argument("--out", metavar="FILE", help="default: RUN/outputs/PART.onnx or RUN/outputs/PART.pt")
     add_device(p)
     add_common(p, data_dir=False)

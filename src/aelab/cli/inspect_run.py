@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import sys
 from pathlib import Path
 
 from ..errors import AelabError
@@ -11,28 +14,40 @@ from .common import add_common, add_device, add_run, add_run_folder, command, da
     options_for
 
 # which of a command's modes each option applies to; an option given for another mode is refused
-GENERATE_OPTIONS = {"n": ("--grid",), "dims": ("--grid",), "steps": ("--interpolate",), "split": ("--interpolate",),
-                    "seed": ("--samples",)}
-GENERATE_DEFAULTS = {"n": 12, "steps": 10, "split": "test", "seed": 0}
+GENERATE_OPTIONS = {"n": ("--grid",), "dims": ("--grid",), "range": ("--grid",), "steps": ("--interpolate",),
+                    "split": ("--interpolate",), "seed": ("--samples",), "scale": ("--samples", "--interpolate")}
+GENERATE_DEFAULTS = {"n": 12, "steps": 10, "split": "test", "seed": 0, "scale": 2}
 PLOT_OPTIONS = {"dims": ("scatter",), "perplexity": ("tsne",), "seed": ("tsne", "umap")}  # (seed: with --max-points too)
 PLOT_DEFAULTS = {"dims": (0, 1), "perplexity": 30.0, "seed": 0}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Reconstruction MSE (mean over every pixel of every image, pixels in [0,1]) and PSNR of a saved
-    run on a split, loaded only from the run folder.
+    run on a split, loaded only from the run folder. Each number says which input it measures: clean
+    images, or noisy ones (--noise-factor, seeded) against the clean images, the denoising error; a
+    denoising run gives both, its own noise factor for the second.
     """
     from ..evaluation import evaluate
 
     if args.seed is not None and not args.noise_factor:
         raise AelabError("--seed is the seed of --noise-factor's noise: give --noise-factor F too, or leave --seed out")
     run, data = load(args)
-    result = evaluate(run.model, data, split=args.split, noise_factor=args.noise_factor, seed=args.seed or 0)
+    factors = [args.noise_factor] if args.noise_factor is not None else [0.0]
+    if args.noise_factor is None and run.config.train.noise_factor > 0:  # a denoising run: both inputs
+        factors.append(run.config.train.noise_factor)
+    results = [evaluate(run.model, data, split=args.split, noise_factor=factor, seed=args.seed or 0).to_dict()
+               for factor in factors]
     if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        noise = f", noise factor {args.noise_factor} (denoising)" if args.noise_factor else ""
-        print(f"{args.split}: MSE {result.mse:.6f}  PSNR {result.psnr:.2f} dB  ({result.n_images} images{noise})")
+        print(json.dumps(results[0] if len(results) == 1 else {**results[0], "denoising": results[1]}))
+        return 0
+    for result in results:
+        if result["noise_factor"]:
+            said = (f"noisy inputs (noise factor {result['noise_factor']:g}, seed {args.seed or 0}) against the clean "
+                    "images: the denoising error")
+        else:
+            said = "clean inputs"
+        print(f"{args.split}: MSE {result['mse']:.6f}  PSNR {result['psnr']:.2f} dB  ({result['n_images']} images, "
+              f"{said})")
     return 0
 
 
@@ -43,9 +58,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     """
     from .. import latent
 
+    from ..run import output_path
+
     run, data = load(args)
     embedding = latent.embed(run, data)
-    path = latent.write_table(embedding.columns(), Path(args.out))
+    path = latent.write_table(embedding.columns(), output_path(run.path, f"codes-{args.split}.csv", args.out))
     columns = ", ".join(name for name in embedding.columns() if not name.startswith("z"))
     print(f"{path}: {len(embedding)} rows ({columns}, z0..z{embedding.codes.shape[1] - 1}) from the {args.split} split")
     return 0
@@ -53,27 +70,72 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Write an interactive HTML map (plotly, JavaScript inside: opens offline), a PNG of the same map
-    and a CSV of the 2-D coordinates (index, label, x, y).
+    and a CSV of the 2-D coordinates (index, label, x, y). t-SNE and UMAP map a sample of the images
+    stratified by label, as many as the report's maps (3,000 for MNIST), unless --max-points says
+    otherwise (--max-points all: every image; t-SNE then takes minutes for 10,000).
     """
-    from ..figures import write_latent_map
+    from ..figures import map_points, write_latent_map
 
     applies = PLOT_OPTIONS if args.max_points is None else {**PLOT_OPTIONS, "seed": ("scatter", "pca", "tsne", "umap")}
     options_for(args, args.method, applies, PLOT_DEFAULTS)
     if args.out is not None and not args.out.endswith(".html"):
         raise AelabError(f"--out must end in .html (the PNG and CSV are written beside it), got {args.out}")
     run, data = load(args)
-    paths = write_latent_map(run, data, args.method, args.split, args.out, dims=args.dims, perplexity=args.perplexity,
-                             max_points=args.max_points, seed=args.seed)
+    most = args.max_points
+    if most is None and args.method in ("tsne", "umap"):
+        most = map_points(data.image_shape)
+        if len(data) > most:
+            logging.getLogger("aelab").info("%s map of %d of the %d %s images (a sample stratified by label, as in the "
+                                            "report); --max-points all maps every image (slower)", args.method,
+                                            most, len(data), args.split)
+    with _bar(args, f"{args.method} map") as progress:
+        paths = write_latent_map(run, data, args.method, args.split, args.out, dims=args.dims,
+                                 perplexity=args.perplexity, max_points=None if most == "all" else most,
+                                 seed=args.seed, progress=progress)
     print("\n".join(map(str, paths)))
     return 0
 
 
+@contextlib.contextmanager
+def _bar(args: argparse.Namespace, what: str):
+    """A progress bar on stderr (none with --quiet): the ``progress(done, total)`` it yields moves it."""
+    if args.quiet:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=what, unit="iteration", leave=False, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def max_points(text: str) -> int | str:
+    """N (a number of points) or all."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of points or all, got {text!r}") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    """--grid: an n x n grid over a latent plane (2-D space: the whole plane; more dimensions: --dims
-    I,J with the others at the mean code, or by default the plane of the first two principal
-    components); ranges span the 1st-99th percentiles of the training codes. --samples N: codes
-    drawn from a Gaussian mixture fitted to the training codes. --interpolate I J: the line between
-    test images I and J.
+    """--grid: an n x n grid of images decoded over a latent plane, drawn with the plane's axes and
+    values (2-D codes: the whole plane; more dimensions: --dims I,J with the others at the mean code,
+    or by default the plane of the codes' first two principal components); each axis spans the 1st
+    to the 99th percentile of the training codes, or --range LO HI. Where no training code lies
+    (often a corner) the decoder never learned what to draw. --samples N: codes drawn from a Gaussian
+    mixture fitted to the training codes. --interpolate I J: the line between test images I and J.
     """
     from .. import figures, latent
     from ..data.sets import load_run_split
@@ -83,6 +145,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if sum(modes.values()) != 1:
         raise AelabError("choose one of --grid, --samples N or --interpolate I J")
     options_for(args, next(mode for mode, chosen in modes.items() if chosen), GENERATE_OPTIONS, GENERATE_DEFAULTS)
+    from ..run import output_path
+
     run, data = load(args)
     if args.interpolate is not None:
         picture = figures.interpolation_picture(run, data, *args.interpolate, steps=args.steps)
@@ -91,9 +155,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
         train_codes = latent.encode(run.model, train.images)
         if args.grid:
-            picture, name = figures.grid_picture(run, latent.latent_plane(train_codes, args.dims), args.n), "grid.png"
-        else:
-            picture, name = figures.samples_picture(run, train_codes, args.n_samples, seed=args.seed), "samples.png"
+            plane = latent.latent_plane(train_codes, args.dims, limits=args.range)
+            print(figures.grid_figure(run, plane, args.n, output_path(run.path, "grid.png", args.out)))
+            return 0
+        picture, name = figures.samples_picture(run, train_codes, args.n_samples, seed=args.seed), "samples.png"
     print(figures.save_picture(run, picture, name, args.out, scale=args.scale))
     return 0
 
@@ -160,17 +225,19 @@ def _info_lines(found: dict) -> list[tuple[str, str]]:
 
 
 def add_parsers(sub) -> None:
-    p = command(sub, "evaluate", "reconstruction MSE and PSNR of a run", cmd_evaluate)
+    p = command(sub, "evaluate", "reconstruction MSE and PSNR of a run", cmd_evaluate, writes=False)
     add_run(p)
-    p.add_argument("--noise-factor", type=float, default=0.0, metavar="F",
-                   help="measure denoising: noisy input (seeded), clean target (default: 0)")
+    p.add_argument("--noise-factor", type=float, metavar="F",
+                   help="measure denoising: noisy input (seeded), clean target; 0: clean inputs only (default: clean "
+                        "inputs, and for a denoising run also its own noise factor)")
     p.add_argument("--seed", type=int, help="with --noise-factor: the seed of the noise (default: 0)")
-    p.add_argument("--json", action="store_true", help="print one JSON object (mse, psnr, split, n_images, noise_factor)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (mse, psnr, split, n_images, "
+                   "noise_factor, input; a denoising run's own noise under `denoising`)")
     add_common(p)
 
     p = command(sub, "embed", "the latent codes of a split as a table (CSV or Parquet)", cmd_embed)
     add_run(p)
-    p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.parquet")
+    p.add_argument("--out", metavar="FILE", help="FILE.csv or FILE.parquet (default: RUN/outputs/codes-SPLIT.csv)")
     add_common(p)
 
     p = command(sub, "plot", "an interactive map of the latent space (scatter, pca, tsne, umap)", cmd_plot)
@@ -178,10 +245,12 @@ def add_parsers(sub) -> None:
     p.add_argument("method", choices=("scatter", "pca", "tsne", "umap"),
                    help="scatter: two latent variables (--dims); pca: first two principal components; "
                         "tsne: scikit-learn t-SNE; umap: umap-learn (pip install 'aelab[umap]')")
-    p.add_argument("--out", metavar="FILE.html", help="default: RUN/figures/METHOD-SPLIT.html")
+    p.add_argument("--out", metavar="FILE.html", help="default: RUN/outputs/METHOD-SPLIT.html")
     p.add_argument("--dims", type=dims, metavar="I,J", help="scatter: the two latent variables (default: 0,1)")
     p.add_argument("--perplexity", type=float, help="tsne: the t-SNE perplexity (default: 30)")
-    p.add_argument("--max-points", type=int, metavar="N", help="at most N points, sampled stratified by label (default: all)")
+    p.add_argument("--max-points", type=max_points, metavar="N",
+                   help="at most N points, sampled stratified by label, or all (default: all for scatter and pca; "
+                        "for tsne and umap as many as the report's maps, 3,000 for MNIST)")
     p.add_argument("--seed", type=int, help="tsne, umap (or with --max-points): the seed of t-SNE/UMAP and of the "
                    "subsample (default: 0)")
     add_common(p)
@@ -190,21 +259,26 @@ def add_parsers(sub) -> None:
     add_run(p, split_help="--interpolate: the split of images I and J (default: test)", split_default=None)
     p.add_argument("--grid", action="store_true", help="decode an n x n grid")
     p.add_argument("--n", type=int, help="--grid: its size (default: 12)")
-    p.add_argument("--dims", type=dims, metavar="I,J", help="--grid: over two latent variables (default: the PCA plane)")
+    p.add_argument("--dims", type=dims, metavar="I,J", help="--grid: over two latent variables (default: the plane "
+                   "of the codes' first two principal components)")
+    p.add_argument("--range", type=float, nargs=2, metavar=("LO", "HI"), help="--grid: the values each axis spans, "
+                   "e.g. --range -3 3 (default: the 1st to the 99th percentile of the training codes along it)")
     p.add_argument("--samples", type=int, metavar="N", dest="n_samples", help="draw N new images")
     p.add_argument("--interpolate", type=int, nargs=2, metavar=("I", "J"), help="interpolate between images I and J of --split")
     p.add_argument("--steps", type=int, help="--interpolate: the number of steps (default: 10)")
     p.add_argument("--seed", type=int, help="--samples: their seed (default: 0)")
-    p.add_argument("--scale", type=int, default=2, help="enlarge the PNG this many times (default: 2)")
-    p.add_argument("--out", metavar="FILE.png", help="default: RUN/figures/grid.png (samples.png, interpolation-I-J.png)")
+    p.add_argument("--scale", type=int, help="--samples, --interpolate: enlarge the PNG this many times (default: 2)")
+    p.add_argument("--out", metavar="FILE.png",
+                   help="default: RUN/outputs/grid.png (samples.png, interpolation-I-J.png)")
     add_common(p)
 
-    p = command(sub, "info", "what a run folder holds: data, model, recipe, progress, test metrics, detector", cmd_info)
+    p = command(sub, "info", "what a run folder holds: data, model, recipe, progress, test metrics, detector", cmd_info,
+                writes=False)
     add_run_folder(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_common(p, data_dir=False)
 
-    p = command(sub, "report", "write RUN/report.html, one self-contained page", cmd_report)
+    p = command(sub, "report", "write RUN/report.html, one self-contained page", cmd_report, writes=False)
     add_run_folder(p)
     p.add_argument("--data", metavar="SOURCE", help="the images to show instead of the run's own source (another "
                    "copy of the same data, or new images), prepared as the run's training images were")

@@ -15,14 +15,15 @@ from typing import Sequence
 from .. import __version__
 from ..errors import AelabError
 from . import data, export, files_io, inspect_run, score, train
-from .common import Parser, add_switches, for_the_command_line
+from .common import OUTPUT_RULE, Parser, add_switches, for_the_command_line
 
 COMMANDS = (data, train, inspect_run, score, files_io, export)  # each adds its commands' parsers, in this order
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="aelab", description="Train, evaluate and explore convolutional autoencoders on images.",
-                    epilog="Start with `aelab train` (MNIST, latent size 4), then open the run's report.html.")
+                    epilog="Start with `aelab train` (MNIST, latent size 4), then open the run's report.html. "
+                           + OUTPUT_RULE)
     parser.add_argument("--version", action="version", version=f"aelab {__version__}")
     add_switches(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

@@ -38,8 +38,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{len(images)} images ({split}), {flagged} above the threshold {detector.threshold:.3f} "
-          f"({detector.method} score, contamination {detector.contamination:g})")
+    print(f"{len(images)} images ({split}): {flagged} ({flagged / max(1, len(images)):.1%}) score above the threshold "
+          f"and are flagged as anomalies.\n{detector.describe()}")
     if args.normal:
         print(f"normal {args.normal}: AUROC {result['auroc']:.4f}  average precision {result['average_precision']:.4f}  "
               f"F1 {result['f1']:.4f}")
@@ -55,7 +55,7 @@ def add_parsers(sub) -> None:
                         "for --data FOLDER or FILE)")
     add_data(p)
     p.add_argument("--out", metavar="FILE", help="FILE.csv or FILE.parquet; the figure goes beside it as FILE.png "
-                   "(default: RUN/scores-SPLIT.csv)")
+                   "(default: RUN/outputs/scores-SPLIT.csv)")
     p.add_argument("--method", choices=("combined", "mse", "feature_error", "feature_distance", "density"),
                    default="combined",
                    help="combined (default): the first three together; mse: the reconstruction error alone; "

@@ -66,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     t, m, d = TrainConfig(), ModelConfig(), DataConfig()
-    p = command(sub, "train", "train an autoencoder and write a run folder", cmd_train)
+    p = command(sub, "train", "train an autoencoder and write a run folder", cmd_train, writes=False)
     p.add_argument("--out", metavar="RUN", help="run folder (default: runs/DATASET-dLATENT, e.g. runs/mnist-d4)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint, with its "
                    "own settings; --epochs may extend a finished run (the added epochs get a one-cycle of their "
