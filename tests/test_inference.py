@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aelab import load_run
+from aelab import AelabError, load_run
 from aelab.data.batches import add_noise, noise_generator, to_unit
 from aelab.evaluation import evaluate, reconstruction_loss
 from aelab.inference import infer
@@ -94,3 +94,11 @@ def test_a_set_evaluated_in_parts_gets_the_noise_it_gets_whole(model_and_images)
     assert np.array_equal(np.concatenate([first.mse, second.mse]), whole.mse)
     shifted = infer(model, images[32:], noise_factor=0.3, seed=5, batch_size=16)  # (as if it were the set's start)
     assert not np.array_equal(shifted.mse, second.mse)
+
+
+def test_terms_are_asked_by_name_each_once(model_and_images):
+    model, images = model_and_images
+    assert infer(model, images, terms="mse").mse.shape == (64,)
+    assert infer(model, images, terms=("mse", "mse", "bce")).mse.shape == (64,)
+    with pytest.raises(AelabError, match="reports mse, bce per image, not kl"):
+        infer(model, images, terms=("kl",))

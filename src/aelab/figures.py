@@ -55,12 +55,20 @@ def interpolation_picture(run: Run, data: ImageSet, first: int, second: int, ste
 
 @dataclass
 class LatentMap:
-    """A 2-D map of the codes of some images: coordinates, axis names, title and a plotly figure."""
+    """A 2-D map of the codes of some images: coordinates, axis names, title, a plotly figure (the
+    interactive map) and the points' labels (for ``draw``, the same map on matplotlib axes)."""
 
     xy: np.ndarray  # [N, 2]
     axis_names: tuple[str, str]
     title: str
     figure: object  # plotly Figure
+    labels: np.ndarray | None = None  # int [N], -1: unlabelled
+    class_names: tuple[str, ...] = ()
+
+    def draw(self, axes) -> None:
+        """The map on matplotlib ``axes`` (a static picture: in a notebook it shows wherever it is
+        saved or exported, where the interactive figure needs JavaScript)."""
+        plots.draw_map(axes, self.xy, self.labels, self.class_names, self.axis_names, self.title)
 
     def hover_images(self, data: ImageSet, positions: np.ndarray) -> torch.Tensor:
         """The images of the map's points (``positions`` in ``data``), as thumbnails for the hover previews."""
@@ -83,7 +91,7 @@ def latent_map(shown: latent.Embedding, method: str, split: str, dims: tuple[int
                                     progress=progress)
     title = MAP_TITLES[method].format(*axis_names) + f" ({len(shown)} {split} images)"
     figure = plots.map_plotly(xy, shown.label, shown.index, shown.class_names, axis_names, title)
-    return LatentMap(xy, axis_names, title, figure)
+    return LatentMap(xy, axis_names, title, figure, shown.label, shown.class_names)
 
 
 def save_picture(run: Run, picture: np.ndarray, name: str, out: str | Path | None = None, scale: int = 2) -> Path:

@@ -66,7 +66,7 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, terms: Sequence[str] 
     ``features``: also the encoder's features of each image (``model.features``) and their
     difference from the features of its reconstruction (an error measured by the encoder).
     """
-    terms = tuple(terms)
+    terms = tuple(dict.fromkeys([terms] if isinstance(terms, str) else terms))  # ("mse",) for "mse"; each once
     unknown = [term for term in terms if term not in model.terms]
     if unknown:
         raise AelabError(f"this model reports {', '.join(model.terms)} per image, not {', '.join(unknown)}; "

@@ -196,15 +196,9 @@ def label_name(label: int, class_names: tuple[str, ...]) -> str:
     return class_names[label] if label < len(class_names) else str(label)
 
 
-def map_png(xy: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], axis_names: tuple[str, str],
-            title: str, path: Path) -> Path:
-    """A static 2-D map of points coloured by label, with a legend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7.5, 6.5), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+def draw_map(axes, xy: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], axis_names: tuple[str, str],
+             title: str) -> None:
+    """A 2-D map of points coloured by label, with a legend, on matplotlib ``axes``."""
     for label in np.unique(labels):
         mask = labels == label
         name = matplotlib_text(label_name(label, class_names))
@@ -214,6 +208,17 @@ def map_png(xy: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], ax
     axes.set_ylabel(matplotlib_text(axis_names[1]))
     axes.set_title(matplotlib_text(title))
     axes.legend(markerscale=3, fontsize=8, loc="best", framealpha=0.8)
+
+
+def map_png(xy: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], axis_names: tuple[str, str],
+            title: str, path: Path) -> Path:
+    """``draw_map`` as a PNG file."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 6.5), dpi=110)
+    FigureCanvasAgg(figure)
+    draw_map(figure.add_subplot(), xy, labels, class_names, axis_names, title)
     figure.tight_layout()
     atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
     return path

@@ -380,16 +380,28 @@ def table(scored: Scored, images) -> dict[str, np.ndarray]:
     return columns
 
 
-def against_normal(scored: Scored, images, normal: list[str]) -> dict[str, float]:
-    """AUROC, average precision and F1 (``metrics``) of the scores of ``images`` (labelled), the
-    classes ``normal`` (labels or names) being the normal ones and every other an anomaly."""
+def normal_truth(images, normal: list[str]) -> np.ndarray:
+    """Which images of ``images`` (an ImageSet, labelled) are anomalies (bool [N]): those whose class
+    is not among ``normal`` (labels or class names)."""
     from .data.sets import class_labels
 
+    normal_labels = class_labels(normal, images.class_names, "`normal`")
     labels = images.labels.numpy()
     if (labels < 0).any():
         raise AelabError("`normal` needs labelled images, and some of these are unlabelled; leave out `normal`")
-    truth = ~np.isin(labels, class_labels(normal, images.class_names, "`normal`"))
-    return metrics(scored.score, scored.is_anomaly, truth)
+    return ~np.isin(labels, normal_labels)
+
+
+def against_normal(scored: Scored, images, normal: list[str]) -> dict[str, float]:
+    """AUROC, average precision and F1 (``metrics``) of the scores of ``images`` (labelled), the
+    classes ``normal`` (labels or names) being the normal ones and every other an anomaly."""
+    return metrics(scored.score, scored.is_anomaly, normal_truth(images, normal))
+
+
+def default_split(data, other_images: bool) -> str:
+    """Which images of a source ``aelab score`` scores unless told: the test split of the run's own
+    data or of a named dataset; all of the images of ``other_images`` from a folder or file."""
+    return "all" if other_images and data.kind() != "named" else "test"
 
 
 @dataclass

@@ -132,21 +132,21 @@ def options_for(args: argparse.Namespace, mode: str, applies: dict[str, tuple[st
 
 # --- loading a run and its images -----------------------------------------------------------------
 
-def load(args: argparse.Namespace):
+def run_and_split(args: argparse.Namespace):
     """The run (on --device) and one split (--split) of its data: the run's source, or --data's,
     prepared as the run's was; the images are closed when the command ends."""
     from ..data.sets import load_run_split
 
-    run = load_run(args)
+    run = run_from_args(args)
     return run, opened(args, load_run_split(run.config, data_config(run.config, args), args.split))
 
 
-def load_run(args: argparse.Namespace):
+def run_from_args(args: argparse.Namespace):
     """The run folder RUN, its model on --device."""
     from ..devices import resolve_device
-    from ..run import load_run as load
+    from ..run import load_run
 
-    return load(args.run, device=resolve_device(args.device))
+    return load_run(args.run, device=resolve_device(args.device))
 
 
 def data_config(config: RunConfig, args: argparse.Namespace) -> DataConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_common, add_device, add_run_folder, command, load_run
+from .common import add_common, add_device, add_run_folder, command, run_from_args
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -17,7 +17,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """
     from ..exporting import export
 
-    print(export(load_run(args), args.out, args.format, args.part))
+    print(export(run_from_args(args), args.out, args.format, args.part))
     return 0
 
 

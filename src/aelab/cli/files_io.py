@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ..errors import AelabError
-from .common import add_common, add_inputs, command, load_run, report_skipped
+from .common import add_common, add_inputs, command, report_skipped, run_from_args
 
 
 RECONSTRUCT = """{what}: NAME.png for each input in the output folder (--out DIR, else RUN/outputs/{name}/;
@@ -24,7 +24,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     if getattr(args, "seed", None) is not None and not getattr(args, "add_noise", None):
         raise AelabError("--seed is the seed of --add-noise's noise: give --add-noise F too, or leave --seed out")
-    run = load_run(args)
+    run = run_from_args(args)
     noise = 0.0
     if args.command == "denoise":
         if run.config.train.noise_factor <= 0:
@@ -49,7 +49,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     if args.out is not None and Path(args.out).suffix not in (".csv", ".parquet", ".npy"):
         raise AelabError(f"--out {args.out} must end in .csv, .parquet or .npy")
-    run = load_run(args)
+    run = run_from_args(args)
     out = output_path(run.path, "encoded.csv", args.out)
     paths, codes, skipped = encode_files(run, args.inputs)
     write_codes(paths, codes, out)

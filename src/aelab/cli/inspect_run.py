@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from ..errors import AelabError
-from .common import add_common, add_device, add_run, add_run_folder, command, data_config, dims, load, opened, \
-    options_for
+from .common import add_common, add_device, add_run, add_run_folder, command, data_config, dims, opened, \
+    options_for, run_and_split
 
 # which of a command's modes each option applies to; an option given for another mode is refused
 GENERATE_OPTIONS = {"n": ("--grid",), "dims": ("--grid",), "range": ("--grid",), "steps": ("--interpolate",),
@@ -31,7 +31,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.seed is not None and not args.noise_factor:
         raise AelabError("--seed is the seed of --noise-factor's noise: give --noise-factor F too, or leave --seed out")
-    run, data = load(args)
+    run, data = run_and_split(args)
     factors = [args.noise_factor] if args.noise_factor is not None else [0.0]
     if args.noise_factor is None and run.config.train.noise_factor > 0:  # a denoising run: both inputs
         factors.append(run.config.train.noise_factor)
@@ -60,7 +60,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     from ..run import output_path
 
-    run, data = load(args)
+    run, data = run_and_split(args)
     embedding = latent.embed(run, data)
     path = latent.write_table(embedding.columns(), output_path(run.path, f"codes-{args.split}.csv", args.out))
     columns = ", ".join(name for name in embedding.columns() if not name.startswith("z"))
@@ -78,9 +78,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     applies = PLOT_OPTIONS if args.max_points is None else {**PLOT_OPTIONS, "seed": ("scatter", "pca", "tsne", "umap")}
     options_for(args, args.method, applies, PLOT_DEFAULTS)
-    if args.out is not None and not args.out.endswith(".html"):
-        raise AelabError(f"--out must end in .html (the PNG and CSV are written beside it), got {args.out}")
-    run, data = load(args)
+    run, data = run_and_split(args)
     most = args.max_points
     if most is None and args.method in ("tsne", "umap"):
         most = map_points(data.image_shape)
@@ -147,7 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     options_for(args, next(mode for mode, chosen in modes.items() if chosen), GENERATE_OPTIONS, GENERATE_DEFAULTS)
     from ..run import output_path
 
-    run, data = load(args)
+    run, data = run_and_split(args)
     if args.interpolate is not None:
         picture = figures.interpolation_picture(run, data, *args.interpolate, steps=args.steps)
         name = f"interpolation-{args.interpolate[0]}-{args.interpolate[1]}.png"

@@ -1,7 +1,8 @@
 """The ``aelab`` command: the parser of every command, and ``main``, which runs one and prints its
 errors in one line. Each module beside this one parses and prints one family of commands; the work
-is done by the library. Heavy libraries (torch, matplotlib, plotly, scikit-learn) are imported
-inside the command functions, so ``aelab --help`` answers at once.
+is done by the library. A command function's docstring is its --help description
+(``common.command``): edit it as user-facing text. Heavy libraries (torch, matplotlib, plotly,
+scikit-learn) are imported inside the command functions, so ``aelab --help`` answers at once.
 """
 
 from __future__ import annotations

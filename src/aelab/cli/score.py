@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import SPLIT_CHOICES, add_common, add_data, add_device, add_run_folder, command, data_config, load_run, \
-    opened
+from .common import SPLIT_CHOICES, add_common, add_data, add_device, add_run_folder, command, data_config, opened, \
+    run_from_args
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -22,10 +22,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .. import scores
     from ..data.sets import load_run_split
 
-    run = load_run(args)
+    run = run_from_args(args)
     detector = scores.run_detector(run, args.method, args.contamination, args.data_dir, args.memory_limit)
     data = data_config(run.config, args)
-    split = args.split or ("test" if data.kind() == "named" or not args.data else "all")
+    split = args.split or scores.default_split(data, args.data is not None)
     images = opened(args, load_run_split(run.config, data, split))
     written = scores.write_scores(run, detector, images, split, args.out, top=args.top)
     flagged = int(written.scored.is_anomaly.sum())

@@ -19,8 +19,13 @@ A family's model (an ``nn.Module``; ``aelab.models.registry`` lists the families
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
 
 
 @dataclass
@@ -36,3 +41,24 @@ class Measured:
 def per_image(values: torch.Tensor) -> torch.Tensor:
     """The mean over each image of per-pixel ``values`` [B, C, H, W], in float64: [B]."""
     return values.sum((1, 2, 3), dtype=torch.float64) / values[0].numel()
+
+
+class Family(Protocol):
+    """What a family's model gives the rest of aelab (it is also an ``nn.Module``); see the module's
+    docstring. ``aelab.models.ae.ConvAutoencoder`` is one."""
+
+    config: "ModelConfig"
+    terms: tuple[str, ...]
+    objective: str
+
+    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def measure(self, inputs: torch.Tensor, targets: torch.Tensor, terms: tuple[str, ...] = ("mse",)) -> Measured: ...
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def part(self, name: str) -> nn.Module: ...
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
