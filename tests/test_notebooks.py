@@ -1,6 +1,7 @@
 """The notebooks in examples/ run top to bottom, and the repository keeps them without outputs."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,48 @@ def test_the_notebooks_are_kept_without_outputs():
         assert "widgets" not in book["metadata"], path.name
 
 
+FIGURE_CODE = re.compile(r"plt\.|display\(Image|\.draw\(|draw_grid|\.figure\.show\(")  # a cell that shows a figure
+
+
 def execute(path: Path, cwd: Path) -> None:
+    """Run the notebook top to bottom (no cell may fail), export it to HTML as a reader would see it
+    (nbconvert, in ``cwd``), and check that every cell that shows a figure has a picture there:
+    interactive figures need a static twin, since the exported page runs no notebook JavaScript."""
     import nbformat
     from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
 
     book = nbformat.read(path, as_version=4)
     NotebookClient(book, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     errors = [output for cell in book.cells for output in cell.get("outputs", []) if output.get("output_type") == "error"]
     assert not errors, errors
+    page, _ = HTMLExporter().from_notebook_node(book)
+    (cwd / path.with_suffix(".html").name).write_text(page)
+    cells = re.split(r'(?=<div class="jp-Cell )', page)[1:]  # (the cells' own divs; their parts are jp-Cell-...)
+    assert len(cells) == len(book.cells)
+    code = [(cell, html) for cell, html in zip(book.cells, cells) if cell.cell_type == "code"]
+    figures = [(cell, html) for cell, html in code if FIGURE_CODE.search(cell.source)]
+    assert len(figures) >= 2
+    for cell, html in figures:
+        assert re.search(r'<img[^>]+src="data:image/png;base64,', html), f"no picture in the HTML of:\n{cell.source}"
+    printed = "".join(output.get("text", "") for cell in book.cells for output in cell.get("outputs", []))
+    assert "epoch   1/" in printed and "train loss" in printed  # the losses of each epoch, as the tutorial printed
+    assert "{'" not in printed  # results as tables, not raw dicts
+
+
+def test_the_notebooks_front_end_is_installed():
+    """aelab[notebooks] (which the test set-up installs) brings JupyterLab and nbconvert: the README's
+    `jupyter lab examples/tutorial.ipynb` is all a student needs after it."""
+    import shutil
+    import subprocess
+    import sys
+
+    jupyter = Path(sys.executable).parent / "jupyter"
+    assert jupyter.exists() or shutil.which("jupyter"), "aelab[notebooks] did not install jupyter"
+    for command in (["lab", "--version"], ["nbconvert", "--version"]):
+        result = subprocess.run([str(jupyter) if jupyter.exists() else "jupyter", *command], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0 and result.stdout.strip()[:1].isdigit(), (command, result.stderr[-400:])
 
 
 @pytest.mark.slow
@@ -39,7 +74,8 @@ def test_the_tutorial_notebook_runs(real_mnist, tmp_path, monkeypatch):
     monkeypatch.setenv("AELAB_NOTEBOOK_EPOCHS", "1")
     monkeypatch.setenv("AELAB_NOTEBOOK_RUNS", str(tmp_path / "runs"))
     execute(ROOT / "examples" / "tutorial.ipynb", tmp_path)
-    assert (tmp_path / "runs" / "mnist-d4" / "autoencoder.onnx").is_file()
+    assert (tmp_path / "runs" / "mnist-d4" / "outputs" / "autoencoder.onnx").is_file()
+    assert not (ROOT / "examples" / "runs").exists()
 
 
 @pytest.mark.slow
