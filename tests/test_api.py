@@ -1,4 +1,5 @@
-"""The public API: what ``from aelab import ...`` gives, and the README's Python examples as written."""
+"""The public API: what ``from aelab import ...`` gives, and the documentation's examples (the README
+and docs/*.md): its Python blocks run as written, its command lines parse."""
 
 import importlib.util
 import re
@@ -37,16 +38,46 @@ def test_a_public_function_stays_a_function_whatever_was_imported_before():
     assert result.stdout.strip() == "[]"
 
 
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def blocks(kind: str) -> list[tuple[str, str]]:
+    """(where, text) of every ```KIND block of the README and the docs pages."""
+    return [(f"{path.relative_to(ROOT)} {kind} block {number + 1}", text) for path in DOCUMENTS
+            for number, text in enumerate(re.findall(rf"```{kind}\n(.*?)```", path.read_text(), re.S))]
+
+
 def readme_python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [text for _, text in blocks("python")]
 
 
-def test_the_readme_has_python_examples():
-    assert len(readme_python_blocks()) >= 2
+def test_the_documents_have_python_examples_and_every_page_is_linked():
+    assert len(readme_python_blocks()) >= 3 and any("README" in where for where, _ in blocks("python"))
+    readme = (ROOT / "README.md").read_text()
+    assert [path.name for path in DOCUMENTS[1:] if f"docs/{path.name}" not in readme] == []
+
+
+def test_every_command_line_of_the_documents_parses():
+    """Each `aelab ...` line of a bash block is a command the parser accepts (options that exist,
+    values of the right kind), as a user would copy it."""
+    import shlex
+
+    from aelab.cli import build_parser
+
+    lines = [(where, line.split(" #")[0].strip()) for where, text in blocks("bash") for line in text.splitlines()]
+    commands = [(where, line.replace(".venv/bin/aelab", "aelab")) for where, line in lines
+                if line.startswith(("aelab ", ".venv/bin/aelab "))]
+    assert len(commands) >= 20
+    for where, line in commands:
+        command = line.split("&&")[0].strip()
+        try:
+            build_parser().parse_args(shlex.split(command)[1:])
+        except SystemExit:
+            pytest.fail(f"{where}: `{command}` does not parse")
 
 
 @pytest.mark.parametrize("number", range(len(readme_python_blocks())))
-def test_every_python_block_of_the_readme_runs_as_written(number, fake_mnist, tmp_path, monkeypatch, capsys):
+def test_every_python_block_of_the_documents_runs_as_written(number, fake_mnist, tmp_path, monkeypatch, capsys):
     """Each block runs unchanged, in a fresh namespace, in an empty folder, on small fake MNIST
     files; from outside the block, training is cut to one epoch."""
     from aelab import training
@@ -60,7 +91,8 @@ def test_every_python_block_of_the_readme_runs_as_written(number, fake_mnist, tm
     monkeypatch.setattr(training, "train", one_epoch)
     monkeypatch.setitem(vars(aelab), "train", one_epoch)  # (the package caches what it has exported)
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_python_blocks()[number], f"README.md python block {number + 1}", "exec"), {})
+    where, text = blocks("python")[number]
+    exec(compile(text, where, "exec"), {})
 
 
 def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
@@ -110,12 +142,12 @@ def test_no_two_modules_import_each_other_even_inside_functions():
     assert cycles == [], cycles[0]
 
 
-def test_the_readme_development_map_names_every_module():
-    """Every module of src/aelab has its line (its one job) in the README's development map."""
-    text = (ROOT / "README.md").read_text()
+def test_the_code_map_names_every_module():
+    """Every module of src/aelab has its line (its one job) in the code map of docs/development.md."""
+    text = (ROOT / "docs" / "development.md").read_text()
     block = text[text.index("```\nsrc/aelab/\n"):]
     block = block[: block.index("```", 4)]
     listed = set(re.findall(r"^\s+([a-z_]+\.py)\s+\S", block, re.MULTILINE))
     source = ROOT / "src" / "aelab"
     modules = {path.name for path in source.rglob("*.py") if path.name != "__init__.py" or path.parent == source}
-    assert modules - listed == set(), "not in the README's development map"
+    assert modules - listed == set(), "not in the code map of docs/development.md"

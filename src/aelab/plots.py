@@ -67,7 +67,7 @@ def rows_figure(rows: list[tuple[str, torch.Tensor]], path: Path, title: str = "
     body = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).convert("RGB")
     lines = max((len(caption.split("\n")) for caption in captions), default=0) if captions else 0
     margin_left, margin_top = 110, 22 if title else 4
-    margin_bottom, margin_right = 4 + 14 * lines, 90 if colour_bar else 0
+    margin_bottom, margin_right = 8 + 15 * lines, 90 if colour_bar else 0
     canvas = Image.new("RGB", (body.width + margin_left + margin_right, body.height + margin_top + margin_bottom),
                        "white")
     canvas.paste(body, (margin_left, margin_top))
