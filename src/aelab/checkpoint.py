@@ -4,7 +4,7 @@ continues from it (``restore``), checkpoints on disk, and the data's fingerprint
 ```
 RUN/state/
   last.json            points at the newest complete checkpoint folder (replaced last)
-  ckpt-EEEE-SSSSS/     weights.safetensors + trainer.pt (optimizer, schedule, noise generator, position)
+  ckpt-EEEE-SSSSS/     weights.safetensors + trainer.pt (optimizer, schedule, noise and draws generators, position)
   best.safetensors     the weights with the lowest validation loss so far
 ```
 
@@ -121,6 +121,7 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
         "epoch": trainer.epoch, "step": trainer.step,
         "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
         "noise_rng": trainer.noise.get_state() if trainer.noise is not None else None,
+        "draws_rng": trainer.draws.get_state() if trainer.draws is not None else None,
         "loss_sum": trainer.loss_sum.cpu(), "loss_count": trainer.loss_count,
         "metrics": trainer.metrics, "best_val": trainer.best_val, "best_epoch": trainer.best_epoch,
         "data_fingerprint": trainer.fingerprint, "elapsed": trainer.elapsed,
@@ -162,3 +163,6 @@ def restore(trainer: Any, saved: Checkpoint) -> None:
     if trainer.step > 0 and state["noise_rng"] is not None:
         trainer.noise = trainer.noise_for(trainer.epoch)
         trainer.noise.set_state(state["noise_rng"])
+    if trainer.step > 0 and state.get("draws_rng") is not None:
+        trainer.draws = trainer.draws_for(trainer.epoch)
+        trainer.draws.set_state(state["draws_rng"])

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.batches import add_noise, noise_generator, to_unit
+from .data.batches import add_noise, latent_draws, noise_generator, to_unit
 from .errors import AelabError
 
 CHUNK_PIXELS = 1024 * 28 * 28 * 4  # values in a chunk of inference: MNIST's 1024 images keep 4096; 64x64x3 ones 261
@@ -59,9 +59,10 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, terms: Sequence[str] 
     ``terms``: the per-image terms to compute, among the model's ``terms`` (every model has "mse";
     the autoencoder "bce" too). With ``noise_factor`` > 0 the input is the image with seeded
     Gaussian noise and every term is measured against the clean image: the denoising error. Each
-    chunk's noise is seeded by ``seed`` and the chunk's place in the whole set (``first``: the row of
-    ``images[0]`` in it, for a part that starts at a chunk boundary), so a set evaluated in parts
-    (one per rank) gets the noise it gets whole.
+    chunk's noise, and the draws of a model that draws (``model.draw_shape``: a variational model's
+    sampled codes), are seeded by ``seed`` and the chunk's place in the whole set (``first``: the row
+    of ``images[0]`` in it, for a part that starts at a chunk boundary), so a set evaluated in parts
+    (one per rank) gets the numbers it gets whole.
 
     ``features``: also the encoder's features of each image (``model.features``) and their
     difference from the features of its reconstruction (an error measured by the encoder).
@@ -81,13 +82,16 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, terms: Sequence[str] 
         for start in range(0, len(images), batch_size):
             clean = to_unit(images[start: start + batch_size], device)  # [B, C, H, W]
             if noise_factor > 0:
-                generator = noise_generator(seed + (first + start) // batch_size * 1_000_003, device)
+                generator = noise_generator(seed + (first + start) // batch_size * 1_000_003, device)  # (as the draws)
                 seen = add_noise(clean, noise_factor, generator)
             else:
                 seen = clean
             if inputs:
                 parts["inputs"].append(seen.cpu())
-            measured = model.measure(seen, clean, terms)
+            chunk = (first + start) // batch_size  # (the chunk's place in the whole set seeds its draws)
+            draws = latent_draws(model.draw_shape, len(clean), noise_generator(seed + chunk * 1_000_003 + 17, device),
+                                 device) if model.draw_shape is not None else None
+            measured = model.measure(seen, clean, terms, draws)
             for term in terms:
                 parts[term].append(measured.terms[term])
             if reconstructions:

@@ -27,7 +27,7 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .data.batches import Batches, add_noise
+from .data.batches import Batches, add_noise, latent_draws
 
 log = logging.getLogger("aelab")
 
@@ -35,13 +35,14 @@ log = logging.getLogger("aelab")
 # --- the loss: the model's own (``training_loss``) ---------------------------------------------
 
 def forward_backward(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig,
-                     weight: float = 1.0, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                     ) -> torch.Tensor:
+                     weight: float = 1.0, forward: Callable[..., torch.Tensor] | None = None,
+                     draws: torch.Tensor | None = None, progress: torch.Tensor | None = None) -> torch.Tensor:
     """The model's ``training_loss`` on a batch (bf16 autocast if asked) and its gradient, times
     ``weight``, added to the parameters' ``.grad``; returns the (unweighted) loss, detached.
-    ``forward``: what computes that loss (default: the model; under torchrun its DDP wrapper)."""
+    ``forward``: what computes that loss (default: the model; under torchrun its DDP wrapper);
+    ``draws``: the batch's rows of the model's random draws; ``progress``: epochs done (a 0-d tensor)."""
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        loss = (forward if forward is not None else model.training_loss)(inputs, targets)
+        loss = (forward if forward is not None else model.training_loss)(inputs, targets, draws, progress)
     (loss * weight if weight != 1.0 else loss).backward()
     return loss.detach()
 
@@ -75,10 +76,12 @@ class TrainStep:
                  config: TrainConfig, shards: int = 1):
         self.model, self.optimizer, self.batches, self.config = model, optimizer, batches, config
         device = batches.device
+        self.progress = torch.zeros((), dtype=torch.float32, device=device)  # epochs done, for the model's objective
         # under torchrun the batch's shards are the ranks, not threads
         self.distributed = DistributedStep(model, optimizer, config, device) if distributed.active() else None
         wanted = cuda_graphs_wanted(device, config.noise_factor) and batches.resident  # (a graph gathers on the GPU)
-        self.graph = CudaGraphStep(model, optimizer, batches, config) if wanted and not self.distributed else None
+        self.graph = CudaGraphStep(model, optimizer, batches, config, self.progress) \
+            if wanted and not self.distributed else None
         self.sharded = ShardedStep(model, optimizer, config, shards) if shards > 1 and not self.distributed else None
         self._fp32: contextlib.ExitStack | None = None
 
@@ -105,25 +108,32 @@ class TrainStep:
         """Within: every intra-op thread for the calling thread again (for the validation pass)."""
         return self.sharded.all_threads() if self.sharded is not None else contextlib.nullcontext()
 
-    def __call__(self, index: torch.Tensor, noise: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, index: torch.Tensor, noise: torch.Generator | None = None,
+                 draws: torch.Generator | None = None, progress: float = 0.0) -> torch.Tensor:
+        """One step on the images at ``index``: ``noise`` draws a denoising run's input noise,
+        ``draws`` the model's own random draws (``model.draw_shape``), ``progress`` is the epochs
+        done so far (fractional: what a KL warm-up follows)."""
+        self.progress.fill_(progress)
+        rows = self.batches.rows(len(index))  # (under torchrun: this rank's slice of the batch)
+        latent = latent_draws(getattr(self.model, "draw_shape", None), len(index), draws, self.batches.device)
         if self.graph is not None and len(index) == self.graph.batch_size:
             try:
-                return self.graph(index)
+                return self.graph(index, latent)
             except RuntimeError as error:  # capture failed: the step is put back, go on without graphs
                 if self.graph.graph is not None:
                     raise
                 log.warning("CUDA graph capture failed (%s); training without CUDA graphs", error)
                 self.graph = None
         clean = self.batches.gather(index).contiguous(memory_format=torch.channels_last)  # [B, C, H, W]; free for C=1
-        # (under torchrun: this rank's slice of the batch, with its rows of the whole batch's noise)
-        rows = (self.batches.rows(len(index))[0], len(index))
-        inputs = add_noise(clean, self.config.noise_factor, noise, rows) if noise is not None else clean
+        # (under torchrun: this rank's rows of the whole batch's noise and draws)
+        inputs = add_noise(clean, self.config.noise_factor, noise, (rows[0], len(index))) if noise is not None else clean
+        latent = latent[rows[0]: rows[1]] if latent is not None else None
         if self.distributed is not None:
-            return self.distributed(inputs, clean, len(index))
+            return self.distributed(inputs, clean, len(index), latent, self.progress)
         if self.sharded is not None:
-            return self.sharded(inputs, clean)
+            return self.sharded(inputs, clean, latent, self.progress)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = forward_backward(self.model, inputs, clean, self.config)
+        loss = forward_backward(self.model, inputs, clean, self.config, draws=latent, progress=self.progress)
         self.optimizer.step()
         return loss
 
@@ -143,18 +153,22 @@ class CudaGraphStep:
 
     WARMUP_STEPS = 3
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, config: TrainConfig):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, config: TrainConfig,
+                 progress: torch.Tensor):
         self.model, self.optimizer, self.batches, self.config = model, optimizer, batches, config
         self.batch_size = config.batch_size
         device = batches.device
         self.index = torch.zeros(self.batch_size, dtype=torch.long, device=device)
         self.lr = torch.zeros((), dtype=torch.float32, device=device)
+        self.progress = progress  # (TrainStep fills it before each step)
+        shape = getattr(model, "draw_shape", None)
+        self.draws = torch.zeros((self.batch_size, *shape), device=device) if shape is not None else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
 
     def _step(self) -> torch.Tensor:
         clean = self.batches.gather(self.index).contiguous(memory_format=torch.channels_last)
-        loss = forward_backward(self.model, clean, clean, self.config)
+        loss = forward_backward(self.model, clean, clean, self.config, draws=self.draws, progress=self.progress)
         self.optimizer.step()
         return loss
 
@@ -190,11 +204,14 @@ class CudaGraphStep:
                         if torch.is_tensor(value):
                             value.copy_(saved_state[param][key]) if param in saved_state else value.zero_()
 
-    def __call__(self, index: torch.Tensor) -> torch.Tensor:
-        """One step on the images at ``index`` (a full batch); returns the loss (on the device)."""
+    def __call__(self, index: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
+        """One step on the images at ``index`` (a full batch) with the model's ``draws`` for them;
+        returns the loss (on the device)."""
         if self.graph is None:
             self.capture()  # (its warm-up steps run at rate 0 on whatever batch self.index holds)
         self.index.copy_(index)
+        if draws is not None:
+            self.draws.copy_(draws)
         self.lr.fill_(self.optimizer.param_groups[0]["lr"])
         self.graph.replay()
         return self.loss.clone()
@@ -224,6 +241,7 @@ class ShardedStep:
         self.threads_each = max(1, torch.get_num_threads() // shards)
         self.saved_threads = torch.get_num_threads()  # restored by stop()
         self.jobs: list[Any] = [None] * shards
+        self.progress: torch.Tensor | None = None
         self.losses: list[torch.Tensor | None] = [None] * shards
         self.errors: list[BaseException] = []
         self.go = [threading.Semaphore(0) for _ in range(shards)]
@@ -295,17 +313,21 @@ class ShardedStep:
             self.done.release()
 
     def _shard(self, k: int) -> None:
-        inputs, targets, weight = self.jobs[k]
-        self.losses[k] = forward_backward(self.replicas[k], inputs, targets, self.config, weight) * weight
+        inputs, targets, draws, weight = self.jobs[k]
+        self.losses[k] = forward_backward(self.replicas[k], inputs, targets, self.config, weight, draws=draws,
+                                          progress=self.progress) * weight
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Forward and backward of every shard, then one optimizer step; returns the batch's mean loss."""
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
+                 progress: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward and backward of every shard (each with its rows of the model's ``draws``), then
+        one optimizer step; returns the batch's mean loss."""
         self.start()
+        self.progress = progress
         n = min(self.shards, len(inputs))
         bounds = [len(inputs) * k // n for k in range(n + 1)]
         for k in range(n):
             a, b = bounds[k], bounds[k + 1]
-            self.jobs[k] = (inputs[a:b], targets[a:b], (b - a) / len(inputs))
+            self.jobs[k] = (inputs[a:b], targets[a:b], draws[a:b] if draws is not None else None, (b - a) / len(inputs))
         self.optimizer.zero_grad(set_to_none=True)
         for k in range(1, n):
             self.go[k].release()
@@ -318,7 +340,7 @@ class ShardedStep:
             error, self.errors[:] = self.errors[0], []
             raise error
         self.optimizer.step()
-        self._merge_statistics(n, [self.jobs[k][2] for k in range(n)])
+        self._merge_statistics(n, [self.jobs[k][3] for k in range(n)])
         return torch.stack([self.losses[k] for k in range(n)]).sum()
 
     @torch.no_grad()
@@ -343,8 +365,9 @@ class _Forward(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.model.training_loss(inputs, targets)
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
+                progress: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.training_loss(inputs, targets, draws, progress)
 
 
 class DistributedStep:
@@ -373,14 +396,16 @@ class DistributedStep:
                                            device_ids=[device] if device.type == "cuda" else None)
         self.buffers = [b for b in model.buffers() if b.is_floating_point()]
 
-    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, n: int) -> torch.Tensor:
-        """Forward and backward of this rank's slice (``inputs``, ``targets``) of a batch of ``n``
-        images, the gradients added across ranks, one optimizer step, the BatchNorm statistics
-        merged; returns the batch's mean loss (the same on every rank)."""
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, n: int, draws: torch.Tensor | None = None,
+                 progress: torch.Tensor | None = None) -> torch.Tensor:
+        """Forward and backward of this rank's slice (``inputs``, ``targets``, the model's ``draws``)
+        of a batch of ``n`` images, the gradients added across ranks, one optimizer step, the
+        BatchNorm statistics merged; returns the batch's mean loss (the same on every rank)."""
         weight = len(inputs) / n
         self.optimizer.zero_grad(set_to_none=True)
         # DDP averages the gradients over the ranks: weighted by size, their sum is the whole batch's
-        loss = forward_backward(self.model, inputs, targets, self.config, weight * self.size, forward=self.ddp)
+        loss = forward_backward(self.model, inputs, targets, self.config, weight * self.size, forward=self.ddp,
+                                draws=draws, progress=progress)
         self.optimizer.step()
         with torch.no_grad():
             shared = distributed.all_reduce(

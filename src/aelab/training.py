@@ -127,7 +127,8 @@ class Trainer:
         self.best_val, self.best_epoch, self.best_weights = math.inf, 0, None
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.loss_count, self.running_loss = 0, math.nan
-        self.noise: torch.Generator | None = None
+        self.noise: torch.Generator | None = None  # a denoising run's input noise
+        self.draws: torch.Generator | None = None  # the model's own draws (model.draw_shape)
         self.elapsed = 0.0
 
     # the loop --------------------------------------------------------------------------------------
@@ -163,12 +164,12 @@ class Trainer:
     def train_epoch(self, stop: StopFlag) -> None:
         cfg = self.config.train
         if self.step == 0:
-            self.noise = self.noise_for(self.epoch)
+            self.noise, self.draws = self.noise_for(self.epoch), self.draws_for(self.epoch)
             self.loss_sum.zero_()
             self.loss_count = 0
         pending: list[torch.Tensor] = []
         for index in self.batches.indices(cfg.seed, self.epoch, cfg.shuffle, start=self.step):
-            loss = self.train_step(index, self.noise)
+            loss = self.train_step(index, self.noise, self.draws, self.epoch + self.step / len(self.batches))
             self.scheduler.step()
             pending.append(loss)
             self.loss_sum += loss.double() * len(index)
@@ -266,6 +267,12 @@ class Trainer:
         if self.config.train.noise_factor <= 0:
             return None
         return noise_generator(self.config.train.seed * 1_000_003 + epoch + 7, self.device)
+
+    def draws_for(self, epoch: int) -> torch.Generator | None:
+        """The generator of the model's own draws in ``epoch`` (None for a model that draws nothing)."""
+        if self.model.draw_shape is None:
+            return None
+        return noise_generator(self.config.train.seed * 1_000_003 + epoch + 11, self.device)
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,

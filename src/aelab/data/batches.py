@@ -39,6 +39,19 @@ def add_noise(images: torch.Tensor, noise_factor: float, generator: torch.Genera
     return (images + noise_factor * noise[first: first + len(images)]).clamp_(0.0, 1.0)
 
 
+def latent_draws(shape: tuple[int, ...] | None, batch: int, generator: torch.Generator | None,
+                 device: torch.device | str, rows: tuple[int, int] | None = None) -> torch.Tensor | None:
+    """Standard normal draws a model takes per image (``model.draw_shape``: a variational model's
+    reparameterisation noise), for a batch of ``batch`` images: [batch, *shape], or with ``rows``
+    (first, last) those rows of the whole batch's draws (the generator moves on as for the whole
+    batch, so a shard or a rank gets the draws the whole batch would give it). None for a model
+    that draws nothing."""
+    if shape is None:
+        return None
+    draws = torch.randn((batch, *shape), generator=generator, device=device)
+    return draws if rows is None else draws[rows[0]: rows[1]]
+
+
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
     """The order of the ``n`` training images in ``epoch``: a function of (seed, epoch) only,
 

@@ -19,6 +19,7 @@ class ConvAutoencoder(nn.Module):
     binary cross-entropy of its logits; it reports both per image (``terms``)."""
 
     terms = LOSSES  # ("mse", "bce")
+    draw_shape = None  # it draws no random numbers
 
     def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
                  image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN, even_padding: bool = True,
@@ -39,14 +40,22 @@ class ConvAutoencoder(nn.Module):
         return cls(config.latent_dim, config.in_channels, config.image_size, image_width=config.image_width,
                    width=config.width, hidden=config.hidden, even_padding=config.even_padding, loss=loss)
 
-    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    @property
+    def objective_label(self) -> str:
+        """What the objective is, for a plot's axis."""
+        return {"mse": "MSE per pixel", "bce": "binary cross-entropy per pixel"}[self.objective]
+
+    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
+                      progress: torch.Tensor | None = None) -> torch.Tensor:
         """The objective of a batch: the mean over every pixel of MSE between the reconstruction of
-        ``inputs`` and ``targets`` (the clean images), or of BCE from the decoder's logits."""
+        ``inputs`` and ``targets`` (the clean images), or of BCE from the decoder's logits. (It
+        draws nothing and does not change during training: ``draws`` and ``progress`` are unused.)"""
         if self.objective == "bce":
             return F.binary_cross_entropy_with_logits(self.decoder.logits(self.encoder(inputs)), targets)
         return F.mse_loss(self(inputs), targets)
 
-    def measure(self, inputs: torch.Tensor, targets: torch.Tensor, terms: tuple[str, ...] = ("mse",)) -> Measured:
+    def measure(self, inputs: torch.Tensor, targets: torch.Tensor, terms: tuple[str, ...] = ("mse",),
+                draws: torch.Tensor | None = None) -> Measured:
         """Codes, reconstructions, encoder features and the per-image ``terms`` (mse: of the
         reconstruction in [0, 1]; bce: from the logits) of ``inputs`` against ``targets``."""
         maps = self.encoder.encoder_cnn(inputs)  # [B, 32, 3, 3] for MNIST

@@ -7,10 +7,15 @@ A family's model (an ``nn.Module``; ``aelab.models.registry`` lists the families
   in [0, 1], ``model(x)``: the reconstruction;
 - ``terms``: the per-image terms it reports (every family reports ``"mse"``, the reconstruction's
   mean squared error per pixel), and ``objective``: the one training minimises, which the loop
-  reports as the validation loss;
-- ``training_loss(inputs, targets)``: the scalar a training step minimises for a batch (the steps,
-  eager, sharded, CUDA graph and DDP, call it and nothing else);
-- ``measure(inputs, targets, terms)``: a ``Measured`` of a batch (``aelab.infer`` calls it);
+  reports as the validation loss (``objective_label`` says what it is, for a plot's axis);
+- ``draw_shape``: the shape of the standard normal draws it takes per image (a variational
+  model's reparameterisation noise), or None; the steps draw them for a whole batch from the run's
+  own generator, so shards and ranks get the rows a whole batch would give them;
+- ``training_loss(inputs, targets, draws, progress)``: the scalar a training step minimises for a
+  batch (the steps, eager, sharded, CUDA graph and DDP, call it and nothing else); ``progress``
+  is the epochs done so far (a 0-d tensor: what a KL warm-up follows);
+- ``measure(inputs, targets, terms, draws)``: a ``Measured`` of a batch (``aelab.infer`` calls it,
+  with seeded draws);
 - ``features(x)``: the encoder's features of images [B, F] (the anomaly scores use them);
 - ``part(name)``: ``"autoencoder"``, ``"encoder"`` or ``"decoder"`` as a module of one input and
   one output (``aelab.export`` writes it).
@@ -50,10 +55,14 @@ class Family(Protocol):
     config: "ModelConfig"
     terms: tuple[str, ...]
     objective: str
+    objective_label: str
+    draw_shape: tuple[int, ...] | None
 
-    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
+                      progress: torch.Tensor | None = None) -> torch.Tensor: ...
 
-    def measure(self, inputs: torch.Tensor, targets: torch.Tensor, terms: tuple[str, ...] = ("mse",)) -> Measured: ...
+    def measure(self, inputs: torch.Tensor, targets: torch.Tensor, terms: tuple[str, ...] = ("mse",),
+                draws: torch.Tensor | None = None) -> Measured: ...
 
     def features(self, x: torch.Tensor) -> torch.Tensor: ...
 
