@@ -34,7 +34,7 @@ if [ "${1:-}" = "--test" ]; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   fi
 fi
-# pip resolves torch/torchvision from a local copy where the machine has one (see README)
+# pip resolves torch/torchvision from a local copy where the machine has one (see docs/development.md)
 echo "setup: installing aelab and its dependencies into .venv (PyTorch takes a minute or two) ..." >&2
 pip_install -e ".${extras}"
 .venv/bin/python -c 'import aelab, torch; print(f"setup: aelab {aelab.__version__} with torch {torch.__version__} in .venv")'

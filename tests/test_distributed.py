@@ -49,8 +49,12 @@ def same_weights(a: Path, b: Path) -> float:
     return max(float((first[k].double() - second[k].double()).abs().max()) for k in first)
 
 
-def test_two_processes_train_the_run_of_two_shards(shapes, tmp_path):
-    common = ["--data", str(shapes), "--epochs", "2", "--batch-size", "32"]
+@pytest.mark.parametrize("family", [[], ["--model", "vae", "--loss", "bce", "--binarize", "dynamic", "--kl-warmup", "1"]],
+                         ids=["ae", "vae"])
+def test_two_processes_train_the_run_of_two_shards(shapes, tmp_path, family):
+    """The golden rule, for the autoencoder and for a VAE (whose codes, and dynamically binarised
+    pixels, are drawn for the whole batch: each rank takes its rows of them)."""
+    common = ["--data", str(shapes), "--epochs", "2", "--batch-size", "32", *family]
     done = torchrun(*common, "--out", str(tmp_path / "ddp"))
     out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err[-2000:]

@@ -26,6 +26,16 @@ def test_the_notebooks_are_kept_without_outputs():
 FIGURE_CODE = re.compile(r"plt\.|display\(Image|\.draw\(|draw_grid|\.figure\.show\(")  # a cell that shows a figure
 
 
+def test_the_notebooks_are_what_their_script_writes(tmp_path):
+    """scripts/make_notebooks.py is the notebooks' one source."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_notebooks.py"), str(tmp_path)], check=True)
+    for path in NOTEBOOKS:
+        assert (tmp_path / path.name).read_text() == path.read_text(), f"run scripts/make_notebooks.py ({path.name})"
+
+
 def execute(path: Path, cwd: Path) -> None:
     """Run the notebook top to bottom (no cell may fail), export it to HTML as a reader would see it
     (nbconvert, in ``cwd``), and check that every cell that shows a figure has a picture there:
@@ -49,7 +59,7 @@ def execute(path: Path, cwd: Path) -> None:
         assert re.search(r'<img[^>]+src="data:image/png;base64,', html), f"no picture in the HTML of:\n{cell.source}"
     printed = "".join(output.get("text", "") for cell in book.cells for output in cell.get("outputs", []))
     assert "epoch   1/" in printed and "train loss" in printed  # the losses of each epoch, as the tutorial printed
-    assert "{'" not in printed  # results as tables, not raw dicts
+    assert "{'" not in printed and "[('" not in printed  # results as tables, not raw dicts or lists
 
 
 def test_the_notebooks_front_end_is_installed():

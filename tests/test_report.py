@@ -277,24 +277,39 @@ def test_every_command_writes_into_outputs_and_never_over_the_runs_files(cli_run
     def owned() -> dict[str, str]:
         return {str(path.relative_to(cli_run)): hashlib.sha256(path.read_bytes()).hexdigest()
                 for path in sorted(cli_run.rglob("*")) if path.is_file() and "outputs" not in path.parts
-                and path.name not in ("anomaly.json", "anomaly.safetensors", ".lock")}
+                and path.name != ".lock"}
 
     before = owned()
-    assert "figures/samples.png" in before and "report.html" in before
+    assert {"figures/samples.png", "report.html", "anomaly.json"} <= set(before)
     Image = __import__("PIL.Image", fromlist=["Image"])
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     Image.fromarray(synthetic_images(1, seed=1)[0][0]).save(inputs / "one.png")
     commands = [["embed"], ["plot", "scatter"], ["generate", "--grid", "--n", "3"], ["generate", "--samples", "4"],
-                ["generate", "--interpolate", "0", "1", "--steps", "3"], ["score"], ["export", "--format", "torchscript"],
+                ["generate", "--interpolate", "0", "1", "--steps", "3"], ["score"], ["score", "--method", "mse"],
+                ["export", "--format", "torchscript"],
                 ["reconstruct", str(inputs)], ["denoise", str(inputs)], ["encode", str(inputs)]]
     for command in commands:
         assert main([command[0], str(cli_run), *command[1:], "--quiet"]) == 0, command
     made = {str(path.relative_to(cli_run / "outputs")) for path in (cli_run / "outputs").rglob("*") if path.is_file()}
     assert made >= {"codes-test.csv", "scatter-test.html", "scatter-test.png", "scatter-test.csv", "grid.png",
                     "samples.png", "interpolation-0-1.png", "scores-test.csv", "scores-test.png", "autoencoder.pt",
-                    "reconstruct/one.png", "denoise/one.png", "encoded.csv"}, made
+                    "reconstruct/one.png", "denoise/one.png", "encoded.csv", "anomaly-mse-0.1.json"}, made
     assert owned() == before
     capsys.readouterr()
     assert main(["generate", str(cli_run), "--samples", "4", "--out", str(cli_run / "figures" / "samples.png")]) == 2
     assert "one of the run's own files" in capsys.readouterr().err and owned() == before
+
+
+def test_a_denoising_run_says_which_input_each_number_measures_and_the_report_splits_its_settings(cli_run, capsys):
+    assert main(["evaluate", str(cli_run), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "clean inputs" in lines[0] and "noisy inputs (noise factor 0.2" in lines[1]
+    assert main(["evaluate", str(cli_run), "--json", "--quiet"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["input"] == "clean" and found["denoising"]["input"] == "noisy" and found["denoising"]["noise_factor"] == 0.2
+    assert main(["evaluate", str(cli_run), "--noise-factor", "0", "--json", "--quiet"]) == 0
+    assert "denoising" not in json.loads(capsys.readouterr().out)
+    page = (cli_run / "report.html").read_text()
+    chosen, details = page.index("What you chose"), page.index("<h3>Details</h3>")
+    assert chosen < page.index("train.noise_factor") < details < page.index("data.fingerprint")

@@ -36,10 +36,11 @@ def test_the_threshold_flags_the_contamination_share_of_validation_images(tmp_pa
         assert main(["score", str(run), "--contamination", "0.25", "--top", "1", "--json", "--quiet", *options]) == 0
         return json.loads(capsys.readouterr().out)
 
-    for method in reversed(METHODS):  # combined, the default, last: the detector the run keeps
+    for method in reversed(METHODS):  # combined last
         val = score("--method", method, "--split", "val")
-        saved = json.loads((run / "anomaly.json").read_text())
+        saved = json.loads((run / "outputs" / f"anomaly-{method}-0.25.json").read_text())  # (RUN/anomaly.json: 0.1's)
         assert (saved["method"], saved["contamination"], saved["threshold"]) == (method, 0.25, val["threshold"])
+        assert not (run / "anomaly.json").exists()
         assert abs(val["n_anomalies"] / val["n_images"] - 0.25) <= 1 / val["n_images"] + 1e-9, (method, val)
     score("--split", "test")  # every class: 3 is the one left out of training
     rows = [row.split(",") for row in (run / "outputs" / "scores-test.csv").read_text().splitlines()[1:]]
@@ -52,7 +53,7 @@ def test_the_threshold_flags_the_contamination_share_of_validation_images(tmp_pa
     trained = load_run(run)  # the saved detector is the one fitted on the run's own images
     splits = load_run_splits(trained.config, data_for_run(trained.config), ("train", "val"))
     fresh = fit_detector(trained.model, splits["train"].images, splits["val"].images, contamination=0.25, seed=0)
-    again = load_detector(run, trained.model)
+    again = load_detector(run, trained.model, run / "outputs" / "anomaly-combined-0.25.json")
     assert again.threshold == fresh.threshold
     assert np.array_equal(score_images(trained.model, again, splits["val"].images).score,
                           score_images(trained.model, fresh, splits["val"].images).score)

@@ -179,7 +179,8 @@ class Figures(Callback):
     def on_train_end(self, trainer, result):
         from .plots import loss_curves_figure
 
-        loss_curves_figure(trainer.metrics, trainer.run_dir / "figures" / "loss_curves.png")
+        loss_curves_figure(trainer.metrics, trainer.run_dir / "figures" / "loss_curves.png",
+                           f"loss: {trainer.model.objective_label}")
 
 
 class Report(Callback):
@@ -249,8 +250,11 @@ class Console(Callback):
         evaluation = result.evaluation
         split = "test" if "test_mse" in evaluation else "val"
         denoising = evaluation.get(f"{split}_denoising_mse")
+        terms = [f"{term} {evaluation[f'{split}_{term}']:.2f}" for term in trainer.model.summary_terms
+                 if f"{split}_{term}" in evaluation]
         self._say(f"{split} MSE {evaluation[f'{split}_mse']:.5f} (PSNR {evaluation[f'{split}_psnr']:.2f} dB)"
-                  + (f", denoising MSE {denoising:.5f}" if denoising is not None else ""))
+                  + (f", denoising MSE {denoising:.5f}" if denoising is not None else "")
+                  + (f"; {', '.join(terms)} (nats per image)" if terms else ""))
         if result.report is not None:
             self._say(f"report: {result.report}")
         self._say(f"run folder: {result.run_dir}")

@@ -122,6 +122,7 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
         "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
         "noise_rng": trainer.noise.get_state() if trainer.noise is not None else None,
         "draws_rng": trainer.draws.get_state() if trainer.draws is not None else None,
+        "pixels_rng": trainer.pixels.get_state() if trainer.pixels is not None else None,
         "loss_sum": trainer.loss_sum.cpu(), "loss_count": trainer.loss_count,
         "metrics": trainer.metrics, "best_val": trainer.best_val, "best_epoch": trainer.best_epoch,
         "data_fingerprint": trainer.fingerprint, "elapsed": trainer.elapsed,
@@ -163,6 +164,8 @@ def restore(trainer: Any, saved: Checkpoint) -> None:
     if trainer.step > 0 and state["noise_rng"] is not None:
         trainer.noise = trainer.noise_for(trainer.epoch)
         trainer.noise.set_state(state["noise_rng"])
-    if trainer.step > 0 and state.get("draws_rng") is not None:
-        trainer.draws = trainer.draws_for(trainer.epoch)
-        trainer.draws.set_state(state["draws_rng"])
+    for name in ("draws", "pixels"):  # (states saved before a family drew or binarised have neither)
+        if trainer.step > 0 and state.get(f"{name}_rng") is not None:
+            generator = getattr(trainer, f"{name}_for")(trainer.epoch)
+            generator.set_state(state[f"{name}_rng"])
+            setattr(trainer, name, generator)

@@ -22,6 +22,8 @@ LOSSES = ("mse", "bce")
 # the model families (aelab.models.registry builds them): kind -> (module, class)
 FAMILIES: dict[str, tuple[str, str]] = {
     "ae": ("aelab.models.ae", "ConvAutoencoder"),  # the tutorial's convolutional autoencoder
+    "vae": ("aelab.models.vae", "VariationalAutoencoder"),  # the same network, two heads, the ELBO (beta-VAE)
+    "iwae": ("aelab.models.iwae", "ImportanceWeightedAutoencoder"),  # the VAE trained on the K-sample bound
 }
 SCHEDULES = ("onecycle", "constant")
 KEEP = ("best", "last")
@@ -46,6 +48,10 @@ class DataConfig:
     memory_limit: str = "auto"
     fingerprint: str | None = None  # of the images a run was trained on (set by training)
     classes: str | None = None  # train (and validate) on these classes only, e.g. "3" or "0,6": one-class training
+    # binarised pixels, as papers use MNIST for likelihoods: dynamic (a fresh Bernoulli draw of each training
+    # image every epoch; validation and test drawn once, seeded), static (every split drawn once, seeded) or
+    # threshold (pixel > 0.5); None: grey levels as they are
+    binarize: str | None = None
 
     def validate(self) -> None:
         if not self.dataset:
@@ -62,6 +68,8 @@ class DataConfig:
         if self.resize not in RESIZE_METHODS:
             raise AelabError(f"unknown `data.resize` {self.resize!r}; choose one of {', '.join(RESIZE_METHODS)}")
         memory_budget(self.memory_limit)
+        if self.binarize not in (None, *BINARIZE):
+            raise AelabError(f"unknown `data.binarize` {self.binarize!r}; choose one of {', '.join(BINARIZE)}")
         if self.classes is not None and not self.class_list():
             raise AelabError(f"`data.classes` {self.classes!r} names no class; give labels or class names like 3 or 0,6")
 
@@ -85,6 +93,7 @@ class DataConfig:
 
 
 RESIZE_METHODS = ("stretch", "crop", "pad")
+BINARIZE = ("dynamic", "static", "threshold")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
@@ -133,6 +142,11 @@ class ModelConfig:
     hidden: int = 128  # width of the fully connected layers (the tutorial's 128)
     even_padding: bool = True  # the third convolution pads even sizes (no dead border); runs saved before: False
     kind: str = "ae"  # the model family (aelab.config.FAMILIES); runs saved before are "ae"
+    # the variational families: vae's weight of the KL term (1: the ELBO; beta-VAE otherwise) and the epochs over
+    # which it rises linearly from 0 (a KL warm-up; 0: none); iwae's samples per image (its bound's K)
+    beta: float = 1.0
+    kl_warmup: float = 0.0
+    samples: int = 1
 
     def validate(self) -> None:
         if self.kind not in FAMILIES:
@@ -149,6 +163,22 @@ class ModelConfig:
             raise AelabError(f"`model.width` must be at least 1, got {self.width}; try 8")
         if self.hidden < 1:
             raise AelabError(f"`model.hidden` must be at least 1, got {self.hidden}; try 128")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise AelabError(f"`model.beta` must be a positive number, got {self.beta}; try 1 (the ELBO)")
+        if not (self.kl_warmup >= 0 and math.isfinite(self.kl_warmup)):
+            raise AelabError(f"`model.kl_warmup` must be 0 (none) or more epochs, got {self.kl_warmup}; try 0")
+        if self.samples < 1:
+            raise AelabError(f"`model.samples` must be at least 1, got {self.samples}; try 1")
+        variational = {"beta": self.beta != 1.0, "kl_warmup": self.kl_warmup != 0.0, "samples": self.samples != 1}
+        allowed = {"ae": (), "vae": ("beta", "kl_warmup"), "iwae": ("samples",)}.get(self.kind)
+        if allowed is not None:
+            for name, given in variational.items():
+                if given and name not in allowed:
+                    users = [kind for kind, names in (("vae", ("beta", "kl_warmup")), ("iwae", ("samples",)))
+                             if name in names]
+                    raise AelabError(f"`model.{name}` applies to the {' and '.join(users)} famil"
+                                     f"{'ies' if len(users) > 1 else 'y'}, not to {self.kind}; choose `model.kind` "
+                                     f"{users[0]} or leave `model.{name}` out")
 
 
 @dataclass

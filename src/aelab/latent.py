@@ -152,7 +152,8 @@ def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perp
         log.info("t-SNE of %d points (perplexity %g) ...", len(codes), perplexity)
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                     verbose=2 if progress is not None else 0)
-        with _iterations_to(progress, tsne.max_iter):
+        iterations = getattr(tsne, "max_iter", None) or getattr(tsne, "n_iter", None) or 1000  # (scikit-learn < 1.5)
+        with _iterations_to(progress, iterations):
             xy = tsne.fit_transform(codes.astype(np.float32))
         return xy, ("t-SNE 1", "t-SNE 2")
     try:

@@ -10,12 +10,14 @@ from .config import TrainConfig
 from .steps import cuda_graphs_wanted
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam with the run's rate and weight decay; fused on CPU and CUDA, capturable for CUDA graphs.
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device,
+                   redrawn: bool = False) -> torch.optim.Adam:
+    """Adam with the run's rate and weight decay; fused on CPU and CUDA, capturable for CUDA graphs
+    (``redrawn``: pixels drawn anew every epoch, which the graph does not capture).
     On a CPU its steps also keep subnormal numbers out of the model (``keep_subnormals_out``)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                  fused=device.type in ("cpu", "cuda") or None,
-                                 capturable=cuda_graphs_wanted(device, cfg.noise_factor))
+                                 capturable=cuda_graphs_wanted(device, cfg.noise_factor, redrawn))
     if device.type == "cpu":  # (GPUs compute on subnormals at full speed; a CUDA graph captures the step)
         keep_subnormals_out(model, optimizer)
     return optimizer

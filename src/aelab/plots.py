@@ -157,8 +157,9 @@ def grid_figure(images: torch.Tensor, plane, n: int, path: Path) -> Path:
     return path
 
 
-def loss_curves_figure(metrics: list[dict[str, float]], path: Path) -> Path:
-    """Train and validation loss per epoch on a log scale (the tutorial's plot)."""
+def loss_curves_figure(metrics: list[dict[str, float]], path: Path, label: str = "loss (mean per pixel)") -> Path:
+    """Train and validation loss per epoch (``label``: what it is) on a log scale where it is
+    positive (the tutorial's plot), else on a linear scale (a Gaussian likelihood's nats may be negative)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -166,10 +167,12 @@ def loss_curves_figure(metrics: list[dict[str, float]], path: Path) -> Path:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     epochs = [row["epoch"] for row in metrics]
-    axes.semilogy(epochs, [row["train_loss"] for row in metrics], marker="o", ms=3, label="train")
-    axes.semilogy(epochs, [row["val_loss"] for row in metrics], marker="o", ms=3, label="validation")
+    values = [row[key] for row in metrics for key in ("train_loss", "val_loss")]
+    draw = axes.semilogy if all(value > 0 for value in values) else axes.plot
+    draw(epochs, [row["train_loss"] for row in metrics], marker="o", ms=3, label="train")
+    draw(epochs, [row["val_loss"] for row in metrics], marker="o", ms=3, label="validation")
     axes.set_xlabel("epoch")
-    axes.set_ylabel("loss (mean per pixel)")
+    axes.set_ylabel(matplotlib_text(label))
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()

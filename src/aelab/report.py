@@ -35,7 +35,8 @@ FIGURE_BYTES = 250_000  # each picture on the page at most (shrunk or JPEG beyon
 SLIDER_BYTES = 1_000_000  # the reconstructions across epochs, all together (fewer epochs shown beyond)
 # the settings a person chooses (the command line's options, the recipe's values): the report's
 # "What you chose"; the others (filled in from the data and the machine, or internal) are its details
-CHOSEN = {"data.dataset", "data.classes", "data.val_fraction", "data.test_fraction", "data.resize", "model.kind",
+CHOSEN = {"data.dataset", "data.classes", "data.val_fraction", "data.test_fraction", "data.resize", "data.split_seed",
+          "data.binarize", "model.kind", "model.beta", "model.kl_warmup", "model.samples", "train.device",
           "model.latent_dim", "model.width", "model.hidden", "train.recipe", "train.epochs", "train.batch_size",
           "train.lr", "train.weight_decay", "train.schedule", "train.shuffle", "train.loss", "train.noise_factor",
           "train.seed", "train.keep", "train.precision"}

@@ -254,8 +254,9 @@ def summary(run_dir: str | Path) -> dict[str, Any]:
 
 def split_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
     """The per-split image metrics of an evaluation.json (``test_mse``, ``val_psnr``,
-    ``test_denoising_mse``, ...), without its other entries (best epoch, seconds)."""
-    return {key: value for key, value in evaluation.items() if key.endswith(("_mse", "_psnr"))}
+    ``test_denoising_mse``, a variational run's ``test_nelbo``, ...), without its other entries
+    (best epoch, seconds)."""
+    return {key: value for key, value in evaluation.items() if key.startswith(("test_", "val_"))}
 
 
 def write_json(path: Path, values: dict[str, Any]) -> None:

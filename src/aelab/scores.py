@@ -113,9 +113,9 @@ class Detector:
                                     "Mahalanobis distance)",
                 "density": "how unlikely the image's code is (negative log-likelihood under a Gaussian mixture)"}
         return (f"The {self.method} score is {what[self.method]}; higher is more unusual. The threshold "
-                f"{self.threshold:.3f} is the {1 - self.contamination:.0%} quantile of the validation images' scores "
-                f"(contamination {self.contamination:g}), so {self.contamination:.0%} of images like the validation "
-                "ones are flagged by construction.")
+                f"{self.threshold:.3f} is the {(1 - self.contamination) * 100:g}% quantile of the validation images' "
+                f"scores (contamination {self.contamination:g}), so {self.contamination * 100:g}% of images like the "
+                "validation ones are flagged by construction.")
 
     def _mixture(self):
         from sklearn.mixture import GaussianMixture
@@ -210,14 +210,29 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
     return detector
 
 
-def save_detector(detector: Detector, run_dir: Path) -> Path:
+DEFAULT_METHOD, DEFAULT_CONTAMINATION = "combined", 0.1
+
+
+def detector_file(run_dir: Path, method: str = DEFAULT_METHOD, contamination: float = DEFAULT_CONTAMINATION) -> Path:
+    """Where a run keeps a detector: ``RUN/anomaly.json`` for the default score (the report's), any
+    other method or contamination in ``RUN/outputs/anomaly-METHOD-CONTAMINATION.json`` (so that
+    ``aelab score --method mse`` never changes what the report shows). Its Gaussians lie beside it
+    (``.safetensors``)."""
+    if (method, contamination) == (DEFAULT_METHOD, DEFAULT_CONTAMINATION):
+        return Path(run_dir) / FILE
+    from .run import OUTPUTS
+
+    return Path(run_dir) / OUTPUTS / f"anomaly-{method}-{contamination:g}.json"
+
+
+def save_detector(detector: Detector, run_dir: Path, path: Path | None = None) -> Path:
     """``RUN/anomaly.safetensors`` (the Gaussians), then ``RUN/anomaly.json`` (the rest, with the
-    digest of the first, written last), each replaced atomically."""
+    digest of the first, written last), each replaced atomically; or the pair at ``path`` (.json)."""
     from safetensors.numpy import save
 
-    path = Path(run_dir) / FILE
+    path = Path(path) if path is not None else Path(run_dir) / FILE
     arrays = save(detector.arrays())
-    atomic_write_bytes(path.with_name(ARRAYS), arrays)
+    atomic_write_bytes(path.with_suffix(".safetensors"), arrays)
     atomic_write_text(path, json.dumps({**detector.to_dict(), "arrays": _digest(arrays)}))
     return path
 
@@ -232,14 +247,15 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def load_detector(run_dir: Path, model: torch.nn.Module | None = None) -> Detector | None:
-    """The run's saved detector; None (fitted anew then, with a note) when it has none, when it is one
-    of an older aelab, or, given ``model``, when it was fitted on other weights than ``model``'s."""
+def load_detector(run_dir: Path, model: torch.nn.Module | None = None, path: Path | None = None) -> Detector | None:
+    """The run's saved detector (``RUN/anomaly.json``, or the one at ``path``); None (fitted anew then,
+    with a note) when it has none, when it is one of an older aelab, or, given ``model``, when it was
+    fitted on other weights than ``model``'s."""
     from safetensors.numpy import load
 
     from .run import weights_digest
 
-    path = Path(run_dir) / FILE
+    path = Path(path) if path is not None else Path(run_dir) / FILE
     for attempt in range(5):  # another process may be replacing the pair: read until both halves agree
         if not path.is_file():
             return None
@@ -248,7 +264,7 @@ def load_detector(run_dir: Path, model: torch.nn.Module | None = None) -> Detect
             if values.get("version", 1) != VERSION:
                 log.info("%s holds a score of an older aelab: it is fitted anew", path)
                 return None
-            arrays = path.with_name(ARRAYS).read_bytes()
+            arrays = path.with_suffix(".safetensors").read_bytes()
             if values.get("arrays") not in (None, _digest(arrays)):
                 time.sleep(0.05 * (attempt + 1))
                 continue
@@ -308,15 +324,16 @@ def metrics(scores: np.ndarray, is_anomaly: np.ndarray, truth: np.ndarray) -> di
             "f1": float(f1_score(truth, is_anomaly))}
 
 
-def run_detector(run, method: str = "combined", contamination: float = 0.1, data_dir: str | None = None,
-                 memory_limit: str | None = None) -> Detector:
-    """The run's detector: ``RUN/anomaly.json`` when it was fitted with this method and contamination,
-    else fitted now on the run's own training and validation images (``data_dir``: where they are
-    now) and saved there."""
+def run_detector(run, method: str = DEFAULT_METHOD, contamination: float = DEFAULT_CONTAMINATION,
+                 data_dir: str | None = None, memory_limit: str | None = None) -> Detector:
+    """The run's detector of this method and contamination, saved where ``detector_file`` says
+    (the default's in ``RUN/anomaly.json``), else fitted now on the run's own training and validation
+    images (``data_dir``: where they are now) and saved there."""
     from .data.sets import close_sets, data_for_run, load_run_splits
 
     contamination = check_contamination(contamination)
-    saved = load_detector(run.path, run.model)
+    path = detector_file(run.path, method, contamination)
+    saved = load_detector(run.path, run.model, path)
     if saved is not None and saved.method == method and saved.contamination == contamination:
         return saved
     log.info("fitting the %s score on the run's training and validation images ...", method)
@@ -327,7 +344,7 @@ def run_detector(run, method: str = "combined", contamination: float = 0.1, data
                                 seed=run.config.train.seed)
     finally:
         close_sets(splits)
-    save_detector(detector, run.path)
+    save_detector(detector, run.path, path)
     return detector
 
 

@@ -27,7 +27,7 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .data.batches import Batches, add_noise, latent_draws
+from .data.batches import Batches, add_noise, binarize_draw, latent_draws
 
 log = logging.getLogger("aelab")
 
@@ -59,9 +59,11 @@ def resolve_shards(requested: int, device: torch.device, batch_size: int) -> int
     return requested
 
 
-def cuda_graphs_wanted(device: torch.device, noise_factor: float) -> bool:
-    """CUDA graphs are used on CUDA devices for runs without input noise, unless AELAB_CUDA_GRAPHS=0."""
-    return device.type == "cuda" and noise_factor <= 0 and os.environ.get("AELAB_CUDA_GRAPHS", "1") != "0"
+def cuda_graphs_wanted(device: torch.device, noise_factor: float, redrawn: bool = False) -> bool:
+    """CUDA graphs are used on CUDA devices for runs without input noise and without pixels drawn
+    anew every epoch (``redrawn``: dynamic binarisation), unless AELAB_CUDA_GRAPHS=0."""
+    return (device.type == "cuda" and noise_factor <= 0 and not redrawn
+            and os.environ.get("AELAB_CUDA_GRAPHS", "1") != "0")
 
 
 class TrainStep:
@@ -73,13 +75,13 @@ class TrainStep:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
-                 config: TrainConfig, shards: int = 1):
+                 config: TrainConfig, shards: int = 1, redrawn: bool = False):
         self.model, self.optimizer, self.batches, self.config = model, optimizer, batches, config
         device = batches.device
         self.progress = torch.zeros((), dtype=torch.float32, device=device)  # epochs done, for the model's objective
         # under torchrun the batch's shards are the ranks, not threads
         self.distributed = DistributedStep(model, optimizer, config, device) if distributed.active() else None
-        wanted = cuda_graphs_wanted(device, config.noise_factor) and batches.resident  # (a graph gathers on the GPU)
+        wanted = cuda_graphs_wanted(device, config.noise_factor, redrawn) and batches.resident  # (it gathers on the GPU)
         self.graph = CudaGraphStep(model, optimizer, batches, config, self.progress) \
             if wanted and not self.distributed else None
         self.sharded = ShardedStep(model, optimizer, config, shards) if shards > 1 and not self.distributed else None
@@ -109,10 +111,12 @@ class TrainStep:
         return self.sharded.all_threads() if self.sharded is not None else contextlib.nullcontext()
 
     def __call__(self, index: torch.Tensor, noise: torch.Generator | None = None,
-                 draws: torch.Generator | None = None, progress: float = 0.0) -> torch.Tensor:
+                 draws: torch.Generator | None = None, progress: float = 0.0,
+                 pixels: torch.Generator | None = None) -> torch.Tensor:
         """One step on the images at ``index``: ``noise`` draws a denoising run's input noise,
-        ``draws`` the model's own random draws (``model.draw_shape``), ``progress`` is the epochs
-        done so far (fractional: what a KL warm-up follows)."""
+        ``draws`` the model's own random draws (``model.draw_shape``), ``pixels`` the binarised
+        images of dynamic binarisation; ``progress`` is the epochs done so far (fractional: what a
+        KL warm-up follows)."""
         self.progress.fill_(progress)
         rows = self.batches.rows(len(index))  # (under torchrun: this rank's slice of the batch)
         latent = latent_draws(getattr(self.model, "draw_shape", None), len(index), draws, self.batches.device)
@@ -125,7 +129,9 @@ class TrainStep:
                 log.warning("CUDA graph capture failed (%s); training without CUDA graphs", error)
                 self.graph = None
         clean = self.batches.gather(index).contiguous(memory_format=torch.channels_last)  # [B, C, H, W]; free for C=1
-        # (under torchrun: this rank's rows of the whole batch's noise and draws)
+        # (under torchrun: this rank's rows of the whole batch's pixel draws, noise and draws)
+        if pixels is not None:
+            clean = binarize_draw(clean, pixels, (rows[0], len(index)))
         inputs = add_noise(clean, self.config.noise_factor, noise, (rows[0], len(index))) if noise is not None else clean
         latent = latent[rows[0]: rows[1]] if latent is not None else None
         if self.distributed is not None:

@@ -105,12 +105,13 @@ class Trainer:
             model = build_model(config.model, cfg.loss)
         # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
         self.model = model.to(self.device, memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        redrawn = config.data.binarize == "dynamic"  # (training images binarised anew every epoch)
+        self.optimizer = make_optimizer(self.model, cfg, self.device, redrawn)
         rank, world_size, _ = distributed.world()
         # under torchrun each rank reads and trains its slice of every batch
         self.batches = Batches(splits["train"].images, cfg.batch_size, self.device, part=(rank, world_size))
         self.train_step = TrainStep(self.model, self.optimizer, self.batches, cfg,
-                                    resolve_shards(cfg.shards, self.device, cfg.batch_size))
+                                    resolve_shards(cfg.shards, self.device, cfg.batch_size), redrawn)
         self.schedule = Schedule.planned(cfg.schedule, cfg.epochs * len(self.batches))
         self.scheduler = make_scheduler(self.optimizer, self.schedule)
         self.fingerprint = fingerprint or ckpt.data_fingerprint(splits)  # (train() computes it once, before)
@@ -129,6 +130,7 @@ class Trainer:
         self.loss_count, self.running_loss = 0, math.nan
         self.noise: torch.Generator | None = None  # a denoising run's input noise
         self.draws: torch.Generator | None = None  # the model's own draws (model.draw_shape)
+        self.pixels: torch.Generator | None = None  # dynamic binarisation's draws of the training images
         self.elapsed = 0.0
 
     # the loop --------------------------------------------------------------------------------------
@@ -164,12 +166,14 @@ class Trainer:
     def train_epoch(self, stop: StopFlag) -> None:
         cfg = self.config.train
         if self.step == 0:
-            self.noise, self.draws = self.noise_for(self.epoch), self.draws_for(self.epoch)
+            self.noise, self.draws, self.pixels = self.noise_for(self.epoch), self.draws_for(self.epoch), \
+                self.pixels_for(self.epoch)
             self.loss_sum.zero_()
             self.loss_count = 0
         pending: list[torch.Tensor] = []
         for index in self.batches.indices(cfg.seed, self.epoch, cfg.shuffle, start=self.step):
-            loss = self.train_step(index, self.noise, self.draws, self.epoch + self.step / len(self.batches))
+            loss = self.train_step(index, self.noise, self.draws, self.epoch + self.step / len(self.batches),
+                                   self.pixels)
             self.scheduler.step()
             pending.append(loss)
             self.loss_sum += loss.double() * len(index)
@@ -226,9 +230,11 @@ class Trainer:
             evaluation.update(val_psnr=psnr_from_mse(val_mse))
         evaluation.update(val_mse=val_mse, kept=cfg.keep, best_epoch=self.best_epoch,
                           train_seconds=round(self.elapsed, 3))
+        split = "test" if "test" in self.evaluated else "val"
         if cfg.noise_factor > 0:
-            split = "test" if "test" in self.evaluated else "val"
             evaluation[f"{split}_denoising_mse"] = self.loss(split, "mse", noise_factor=cfg.noise_factor)
+        for term in self.model.summary_terms:  # (a variational model: its ELBO and parts, nats per image)
+            evaluation[f"{split}_{term}"] = self.loss(split, term)
         return TrainResult(self.run_dir, self.config, self.model, self.metrics, evaluation)
 
     def loss(self, split: str, term: str, noise_factor: float = 0.0) -> float:
@@ -267,6 +273,12 @@ class Trainer:
         if self.config.train.noise_factor <= 0:
             return None
         return noise_generator(self.config.train.seed * 1_000_003 + epoch + 7, self.device)
+
+    def pixels_for(self, epoch: int) -> torch.Generator | None:
+        """The generator of the training images' binary pixels in ``epoch`` (dynamic binarisation; else None)."""
+        if self.config.data.binarize != "dynamic":
+            return None
+        return noise_generator(self.config.train.seed * 1_000_003 + epoch + 13, self.device)
 
     def draws_for(self, epoch: int) -> torch.Generator | None:
         """The generator of the model's own draws in ``epoch`` (None for a model that draws nothing)."""

@@ -30,7 +30,8 @@ class Parser(argparse.ArgumentParser):
 OUTPUT_RULE = ("Where files go: to --out when it is given; otherwise into the run folder's outputs/ folder "
                "(RUN/outputs/NAME), named after what was made. Training and the report write the rest of the run "
                "folder (config, weights, figures/, report.html, ...), and no command writes over those files; a "
-               "command run again replaces its own earlier output.")
+               "command run again replaces its own earlier output, and train --overwrite removes outputs/ with the "
+               "run it replaces.")
 
 
 def command(sub, name: str, summary: str, func, description: str | None = None,

@@ -11,13 +11,15 @@ from .common import SPLIT_CHOICES, add_common, add_data, add_device, add_run_fol
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score images under a run: one row per image (index, path for files, label if known, score,
-    is_anomaly, then the ingredients mse, feature_error, feature_distance, density), highest first,
-    as CSV (or Parquet), and a figure of the highest with their reconstructions and error maps. The
-    default score joins the reconstruction error in pixels, the same error as the encoder's features
-    see it, and how far the image's features lie from the training images' (Mahalanobis distances),
-    each standardised, by a smooth maximum: so simple images that reconstruct well but were never
-    trained on still score high. The threshold is the (1 - contamination) quantile of the validation
-    images' scores (PyOD's convention), saved in RUN/anomaly.json.
+    is_anomaly, then each ingredient as measured, NAME_raw, and for the three the default score joins
+    standardised, NAME_standardised: its logarithm in standard deviations of the validation images),
+    highest first, as CSV (or Parquet), and a figure of the highest with their reconstructions and
+    error maps. The default score joins the reconstruction error in pixels, the same error as the
+    encoder's features see it, and how far the image's features lie from the training images'
+    (Mahalanobis distances), each standardised, by a smooth maximum: so simple images that
+    reconstruct well but were never trained on still score high. The threshold is the
+    (1 - contamination) quantile of the validation images' scores (PyOD's convention). The default
+    score's detector is kept in RUN/anomaly.json (the report's), any other in RUN/outputs/.
     """
     from .. import scores
     from ..data.sets import load_run_split

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..callbacks import TRACKERS
-from ..config import DATASETS, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, \
-    train_config_for
+from ..config import BINARIZE, DATASETS, FAMILIES, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, ModelConfig, RunConfig, \
+    TrainConfig, train_config_for
 from ..errors import AelabError
 from .common import add_common, add_preparation, command
 
@@ -16,7 +16,10 @@ TRAIN_OPTIONS = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"), "val_fraction": ("data", "val_fraction"),
     "test_fraction": ("data", "test_fraction"), "channels": ("data", "channels"), "image_size": ("data", "image_size"),
     "resize": ("data", "resize"), "memory_limit": ("data", "memory_limit"), "classes": ("data", "classes"),
+    "binarize": ("data", "binarize"),
     "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "hidden": ("model", "hidden"),
+    "kind": ("model", "kind"), "beta": ("model", "beta"), "kl_warmup": ("model", "kl_warmup"),
+    "samples": ("model", "samples"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "loss": ("train", "loss"), "noise_factor": ("train", "noise_factor"),
     "seed": ("train", "seed"), "device": ("train", "device"), "keep": ("train", "keep"),
@@ -89,10 +92,26 @@ def add_parsers(sub) -> None:
                    help="train and validate on these classes only (labels or class names, e.g. 3 or 0,6): one-class "
                         "training for novelty detection (with --latent-dim 16: the recipe benchmarks/one_class.py "
                         "measures); the test split keeps every class, for `aelab score` (default: all)")
+    p.add_argument("--binarize", choices=BINARIZE,
+                   help="binarised pixels, as papers measure likelihoods on MNIST: dynamic (each training image drawn "
+                        "anew every epoch, Bernoulli with its grey level; validation and test drawn once, seeded), "
+                        "static (every split drawn once, seeded) or threshold (pixel > 0.5); use with --loss bce "
+                        "(default: grey levels)")
     p.add_argument("--memory-limit", metavar="SIZE",
                    help="a folder whose decoded images are larger than this is read from its cache on disk batch by "
                         "batch (the same run, slower), e.g. 4GB; K, M, G are powers of 1024 (default: auto, half the "
                         "machine's memory; under torchrun the processes on a machine share it)")
+    p.add_argument("--model", dest="kind", choices=sorted(FAMILIES), metavar="FAMILY",
+                   help="ae: the tutorial's autoencoder; vae: the variational autoencoder (the same network with two "
+                        "heads, the ELBO; --beta, --kl-warmup); iwae: the VAE trained on the importance-weighted "
+                        f"bound (--samples); with --loss bce a Bernoulli decoder, else a Gaussian one whose variance is "
+                        f"learned (default: {m.kind})")
+    p.add_argument("--beta", type=float, metavar="B", help=f"vae: the KL term's weight, beta-VAE (default: {m.beta:g}, "
+                   "the ELBO)")
+    p.add_argument("--kl-warmup", type=float, metavar="EPOCHS", help="vae: the KL term's weight rises linearly from 0 "
+                   f"over this many epochs (default: {m.kl_warmup:g}, none)")
+    p.add_argument("--samples", type=int, metavar="K", help=f"iwae: codes drawn per image for the bound (default: "
+                   f"{m.samples}; try 5)")
     p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim})")
     p.add_argument("--width", type=int, metavar="N", help="channels of the first convolution, doubled at each of the "
                    f"three stages; more for bigger images (default: {m.width}, the tutorial's)")

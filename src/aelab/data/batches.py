@@ -39,6 +39,14 @@ def add_noise(images: torch.Tensor, noise_factor: float, generator: torch.Genera
     return (images + noise_factor * noise[first: first + len(images)]).clamp_(0.0, 1.0)
 
 
+def binarize_draw(images: torch.Tensor, generator: torch.Generator, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Images in [0, 1] as one Bernoulli draw of each pixel (its grey level the probability): 0 or 1.
+    ``rows`` (first, batch) as for ``add_noise``: the whole batch's draws are made, those rows used."""
+    first, batch = rows if rows is not None else (0, len(images))
+    uniform = torch.rand((batch, *images.shape[1:]), generator=generator, device=images.device, dtype=images.dtype)
+    return (uniform[first: first + len(images)] < images).to(images.dtype)
+
+
 def latent_draws(shape: tuple[int, ...] | None, batch: int, generator: torch.Generator | None,
                  device: torch.device | str, rows: tuple[int, int] | None = None) -> torch.Tensor | None:
     """Standard normal draws a model takes per image (``model.draw_shape``: a variational model's

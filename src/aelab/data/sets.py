@@ -185,7 +185,7 @@ def load_splits(data: DataConfig) -> dict[str, ImageSet]:
     if kind == "folder":
         parts = _folder_splits(data)
         try:
-            return _only_classes(parts, data)
+            return _binarized_splits(_only_classes(parts, data), data)
         except BaseException:
             close_sets(parts)
             raise
@@ -194,7 +194,11 @@ def load_splits(data: DataConfig) -> dict[str, ImageSet]:
     else:
         rest, test = load_file_set(data, train=True), load_file_set(data, train=False)
     train, val = split_train_val(rest, data.val_fraction, data.split_seed)
-    return _only_classes({"train": train, "val": val, "test": test}, data)
+    return _binarized_splits(_only_classes({"train": train, "val": val, "test": test}, data), data)
+
+
+def _binarized_splits(splits: dict[str, ImageSet], data: DataConfig) -> dict[str, ImageSet]:
+    return {name: binarized(part, data, name) for name, part in splits.items()}
 
 
 def class_labels(names: list[str], class_names: tuple[str, ...], what: str = "`data.classes`") -> list[int]:
@@ -210,6 +214,31 @@ def class_labels(names: list[str], class_names: tuple[str, ...], what: str = "`d
             raise AelabError(f"{what} names {name!r}, which is not a class of these images (classes: {known}); "
                              "choose among those")
     return sorted(set(labels))
+
+
+BINARIZE_SEED = 91_2016  # the seed of every split drawn once (with data.split_seed), whatever the run's seed
+
+
+def binarized(part: ImageSet, data: DataConfig, split: str) -> ImageSet:
+    """``part`` (the split ``split``) with its pixels 0 or 255 as ``data.binarize`` says: threshold,
+    pixel > 127 (x > 0.5); static, and dynamic for any split but train, one Bernoulli draw of each
+    pixel (its grey level the probability), seeded by ``data.split_seed`` and the split's name; a
+    dynamic run's training images stay grey (training draws them anew every epoch); None: as it is."""
+    mode = data.binarize
+    if mode is None or (mode == "dynamic" and split == "train"):
+        return part
+    if part.on_disk:
+        raise AelabError(f"`data.binarize` {mode} needs the images in memory, and these are read from disk; raise "
+                         "`data.memory_limit`, or leave `data.binarize` out")
+    if mode == "threshold":
+        pixels = (part.images > 127).to(torch.uint8) * 255
+    else:
+        seed = BINARIZE_SEED + data.split_seed * 1_000_003 + sum(map(ord, split))
+        generator = torch.Generator().manual_seed(seed)
+        chunks = [(torch.rand(chunk.shape, generator=generator) * 255 < chunk).to(torch.uint8) * 255
+                  for chunk in part.images.split(8192)]
+        pixels = torch.cat(chunks) if chunks else part.images
+    return replace(part, images=pixels)
 
 
 def _only_classes(splits: dict[str, ImageSet], data: DataConfig) -> dict[str, ImageSet]:
@@ -237,14 +266,14 @@ def load_split(data: DataConfig, split: str) -> ImageSet:
         if data.kind() == "folder":
             found = _folder_set(data)
             if found.source.on_disk:
-                return found
+                return binarized(found, data, ALL)
             with found:
-                return found.in_memory()
-        return _array_set(data)
+                return binarized(found.in_memory(), data, ALL)
+        return binarized(_array_set(data), data, ALL)
     if split not in SPLITS:
         raise AelabError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)} or {ALL}")
     if split == "test" and data.kind() == "named":
-        return load_file_set(data, train=False)  # (the training file is not needed)
+        return binarized(load_file_set(data, train=False), data, "test")  # (the training file is not needed)
     return load_splits(data)[split]
 
 

@@ -20,6 +20,7 @@ class ConvAutoencoder(nn.Module):
 
     terms = LOSSES  # ("mse", "bce")
     draw_shape = None  # it draws no random numbers
+    summary_terms = ()  # its evaluation after training is the MSE alone
 
     def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
                  image_width: int | None = None, width: int = WIDTH, hidden: int = HIDDEN, even_padding: bool = True,
@@ -43,7 +44,7 @@ class ConvAutoencoder(nn.Module):
     @property
     def objective_label(self) -> str:
         """What the objective is, for a plot's axis."""
-        return {"mse": "MSE per pixel", "bce": "binary cross-entropy per pixel"}[self.objective]
+        return {"mse": "MSE per pixel", "bce": "binary cross-entropy per pixel"}.get(self.objective, self.objective)
 
     def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
                       progress: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,6 +8,7 @@ A family's model (an ``nn.Module``; ``aelab.models.registry`` lists the families
 - ``terms``: the per-image terms it reports (every family reports ``"mse"``, the reconstruction's
   mean squared error per pixel), and ``objective``: the one training minimises, which the loop
   reports as the validation loss (``objective_label`` says what it is, for a plot's axis);
+- ``summary_terms``: the terms evaluated after training besides the MSE (evaluation.json);
 - ``draw_shape``: the shape of the standard normal draws it takes per image (a variational
   model's reparameterisation noise), or None; the steps draw them for a whole batch from the run's
   own generator, so shards and ranks get the rows a whole batch would give them;
@@ -56,6 +57,7 @@ class Family(Protocol):
     terms: tuple[str, ...]
     objective: str
     objective_label: str
+    summary_terms: tuple[str, ...]
     draw_shape: tuple[int, ...] | None
 
     def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
