@@ -166,10 +166,10 @@ def test_every_command_that_runs_the_model_takes_device_auto():
 
 @pytest.mark.parametrize("args, words", [
     (["generate", "RUN", "--samples", "40", "--dims", "0,1"], "--dims applies to --grid only, not to --samples"),
-    (["generate", "RUN", "--grid", "--steps", "5"], "--steps applies to --interpolate only, not to --grid"),
+    (["generate", "RUN", "--grid", "--steps", "5"], "--steps applies to --interpolate or --traverse only, not to --grid"),
     (["generate", "RUN", "--interpolate", "0", "1", "--n", "5"], "--n applies to --grid only"),
     (["generate", "RUN", "--grid", "--seed", "3"], "--seed applies to --samples only"),
-    (["generate", "RUN", "--grid", "--split", "val"], "--split applies to --interpolate only"),
+    (["generate", "RUN", "--grid", "--split", "val"], "--split applies to --interpolate or --traverse only"),
     (["plot", "RUN", "tsne", "--dims", "0,1"], "--dims applies to scatter only, not to tsne"),
     (["plot", "RUN", "scatter", "--perplexity", "5"], "--perplexity applies to tsne only"),
     (["plot", "RUN", "pca", "--seed", "1"], "--seed applies to tsne or umap only"),

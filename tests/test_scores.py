@@ -36,7 +36,7 @@ def test_the_threshold_flags_the_contamination_share_of_validation_images(tmp_pa
         assert main(["score", str(run), "--contamination", "0.25", "--top", "1", "--json", "--quiet", *options]) == 0
         return json.loads(capsys.readouterr().out)
 
-    for method in reversed(METHODS):  # combined last
+    for method in reversed([m for m in METHODS if m != "nelbo"]):  # combined last (nelbo: variational runs)
         val = score("--method", method, "--split", "val")
         saved = json.loads((run / "outputs" / f"anomaly-{method}-0.25.json").read_text())  # (RUN/anomaly.json: 0.1's)
         assert (saved["method"], saved["contamination"], saved["threshold"]) == (method, 0.25, val["threshold"])

@@ -160,3 +160,89 @@ def test_family_settings_are_checked():
     with pytest.raises(AelabError, match="unknown `data.binarize`"):
         RunConfig(data=DataConfig(binarize="half")).validate()
     assert math.isclose(build_model(ModelConfig(kind="vae"), "bce").kl_weight(None), 1.0)
+
+
+# --- a variational run with the tools --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    """A VAE trained through the command line on a labelled .npz file, with its report."""
+    from aelab.cli import main
+    from conftest import synthetic_images
+
+    folder = tmp_path_factory.mktemp("vae")
+    images, labels = synthetic_images(320, seed=2)
+    np.savez(folder / "shapes.npz", images=images, labels=labels)
+    run = folder / "run"
+    assert main(["train", "--data", str(folder / "shapes.npz"), "--model", "vae", "--loss", "bce", "--binarize",
+                 "static", "--epochs", "3", "--batch-size", "32", "--lr", "3e-3", "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+def test_the_likelihood_measures_of_a_variational_run(vae_run, capsys):
+    from aelab.cli import main
+    from aelab.data.sets import data_for_run, load_run_split
+    from aelab.likelihood import importance_nll, posterior_summary
+
+    run = load_run(vae_run)
+    test = load_run_split(run.config, data_for_run(run.config), "test")
+    assert set(test.images.unique().tolist()) <= {0, 255}  # binarised as the run was (static: drawn once, seeded)
+    nll = {k: importance_nll(run.model, test.images, samples=k, seed=0, codes_per_pass=64) for k in (1, 8, 64)}
+    assert nll[64].mean() < nll[8].mean() < nll[1].mean()  # more samples, a tighter bound
+    assert np.array_equal(nll[8], importance_nll(run.model, test.images, samples=8, seed=0, codes_per_pass=64))
+    posterior = posterior_summary(run.model, test.images)
+    assert posterior.kl_per_dimension.shape == (4,) and (posterior.kl_per_dimension >= 0).all()
+    assert main(["evaluate", str(vae_run), "--nll-samples", "16", "--json", "--quiet"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["nelbo"] == pytest.approx(found["recon"] + found["kl"], rel=1e-9) and found["nll"] < found["nelbo"]
+    assert found["bits_per_dim"] == pytest.approx(found["nll"] / (784 * math.log(2)))
+    assert 0 <= found["active_units"] <= 4 and len(found["kl_per_dimension"]) == 4
+    assert main(["evaluate", str(vae_run), "--nll-samples", "4", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "negative ELBO" in said and "bits per dimension" in said and "active units" in said
+
+
+def test_generation_from_the_prior_traversals_and_saved_images(vae_run, tmp_path, capsys):
+    from aelab.cli import main
+
+    assert main(["generate", str(vae_run), "--samples", "6", "--out", str(tmp_path / "six.npy"), "--quiet"]) == 0
+    six = np.load(tmp_path / "six.npy")
+    assert six.shape == (6, 1, 28, 28) and six.dtype == np.uint8
+    assert main(["generate", str(vae_run), "--samples", "3", "--out", str(tmp_path / "pngs"), "--quiet"]) == 0
+    assert sorted(path.name for path in (tmp_path / "pngs").iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert main(["generate", str(vae_run), "--samples", "4", "--sampler", "gmm", "--quiet"]) == 0
+    assert main(["generate", str(vae_run), "--traverse", "2", "--steps", "5", "--quiet"]) == 0
+    assert (vae_run / "outputs" / "traversal-2.png").is_file()
+    assert main(["generate", str(vae_run), "--traverse", "2", "--sampler", "prior"]) == 2
+    assert "--sampler applies to --samples only" in capsys.readouterr().err
+    page = (vae_run / "report.html").read_text()
+    assert "The variational model" in page and "drawn from the prior N(0, I)" in page
+    assert (vae_run / "figures" / "kl_per_dimension.png").is_file() and (vae_run / "figures" / "traversal.png").is_file()
+
+
+def test_score_export_and_the_estimator_with_a_variational_model(vae_run, tmp_path, capsys):
+    import onnxruntime
+
+    from aelab import AutoencoderDetector
+    from aelab.cli import main
+    from conftest import synthetic_images
+
+    assert main(["score", str(vae_run), "--method", "nelbo", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "nelbo"
+    header = (vae_run / "outputs" / "scores-test.csv").read_text().splitlines()[0]
+    assert header.endswith("density_raw,nelbo_raw")
+    out = tmp_path / "encoder.onnx"
+    assert main(["export", str(vae_run), "--part", "encoder", "--out", str(out), "--quiet"]) == 0
+    session = onnxruntime.InferenceSession(str(out))
+    assert [output.name for output in session.get_outputs()] == ["means", "log_variances"]
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    means, log_variances = session.run(None, {"images": x})
+    run = load_run(vae_run)
+    with torch.no_grad():
+        expected = run.model.posterior(torch.from_numpy(x))
+    assert np.allclose(means, expected[0].numpy(), atol=1e-5) and np.allclose(log_variances, expected[1].numpy(), atol=1e-5)
+    images, _ = synthetic_images(160, seed=5)
+    detector = AutoencoderDetector(model="vae", latent_dim=4, epochs=1, batch_size=32, loss="bce").fit(images)
+    assert detector.config_.model.kind == "vae" and "val_nelbo" in detector.metrics_
+    with pytest.raises(AelabError, match="nelbo score .* needs a variational model"):
+        AutoencoderDetector(method="nelbo", latent_dim=4, epochs=1, batch_size=32).fit(images)

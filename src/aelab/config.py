@@ -92,6 +92,12 @@ class DataConfig:
         return None if self.image_size is None else parse_size(self.image_size)
 
 
+def _require(ok: bool, name: str, value: Any, what: str, fix: str) -> None:
+    """Refuse ``value`` of the setting ``name`` unless ``ok``, saying what it must be and a value that works."""
+    if not ok:
+        raise AelabError(f"`{name}` must be {what}, got {value}; try {fix}")
+
+
 RESIZE_METHODS = ("stretch", "crop", "pad")
 BINARIZE = ("dynamic", "static", "threshold")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
@@ -151,24 +157,19 @@ class ModelConfig:
     def validate(self) -> None:
         if self.kind not in FAMILIES:
             raise AelabError(f"unknown `model.kind` {self.kind!r}; choose {' or '.join(FAMILIES)}")
-        if self.latent_dim < 1:
-            raise AelabError(f"`model.latent_dim` must be at least 1, got {self.latent_dim}; try 4")
-        if self.in_channels < 1:
-            raise AelabError(f"`model.in_channels` must be at least 1, got {self.in_channels}; try 1 (it is set from the data)")
+        _require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "at least 1", "4")
+        _require(self.in_channels >= 1, "model.in_channels", self.in_channels, "at least 1",
+                 "1 (it is set from the data)")
         for size in (self.image_size, self.image_width or self.image_size):
             if size < 16:
                 raise AelabError(f"images must be at least 16x16 pixels, got {self.image_size}x"
                                  f"{self.image_width or self.image_size}; choose larger images")
-        if self.width < 1:
-            raise AelabError(f"`model.width` must be at least 1, got {self.width}; try 8")
-        if self.hidden < 1:
-            raise AelabError(f"`model.hidden` must be at least 1, got {self.hidden}; try 128")
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise AelabError(f"`model.beta` must be a positive number, got {self.beta}; try 1 (the ELBO)")
-        if not (self.kl_warmup >= 0 and math.isfinite(self.kl_warmup)):
-            raise AelabError(f"`model.kl_warmup` must be 0 (none) or more epochs, got {self.kl_warmup}; try 0")
-        if self.samples < 1:
-            raise AelabError(f"`model.samples` must be at least 1, got {self.samples}; try 1")
+        _require(self.width >= 1, "model.width", self.width, "at least 1", "8")
+        _require(self.hidden >= 1, "model.hidden", self.hidden, "at least 1", "128")
+        _require(self.beta > 0 and math.isfinite(self.beta), "model.beta", self.beta, "a positive number", "1 (the ELBO)")
+        _require(self.kl_warmup >= 0 and math.isfinite(self.kl_warmup), "model.kl_warmup", self.kl_warmup,
+                 "0 (none) or more epochs", "0")
+        _require(self.samples >= 1, "model.samples", self.samples, "at least 1", "1")
         variational = {"beta": self.beta != 1.0, "kl_warmup": self.kl_warmup != 0.0, "samples": self.samples != 1}
         allowed = {"ae": (), "vae": ("beta", "kl_warmup"), "iwae": ("samples",)}.get(self.kind)
         if allowed is not None:
@@ -205,14 +206,11 @@ class TrainConfig:
     shards: int = 0
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise AelabError(f"`train.epochs` must be at least 1, got {self.epochs}; try 30")
-        if self.batch_size < 1:
-            raise AelabError(f"`train.batch_size` must be at least 1, got {self.batch_size}; try 256")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise AelabError(f"`train.lr` must be a positive number, got {self.lr}; try 1e-3")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise AelabError(f"`train.weight_decay` must be 0 or more, got {self.weight_decay}; try 1e-5")
+        _require(self.epochs >= 1, "train.epochs", self.epochs, "at least 1", "30")
+        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "at least 1", "256")
+        _require(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "a positive number", "1e-3")
+        _require(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "train.weight_decay", self.weight_decay,
+                 "0 or more", "1e-5")
         if self.schedule not in SCHEDULES:
             raise AelabError(f"unknown `train.schedule` {self.schedule!r}; choose {' or '.join(SCHEDULES)}")
         if self.loss not in LOSSES:

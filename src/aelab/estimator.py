@@ -42,7 +42,8 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
     def __init__(self, latent_dim: int = 16, epochs: int = 30, batch_size: int = 256, lr: float | None = None,
                  recipe: str = "fast", loss: str = "mse", noise_factor: float = 0.0, width: int = 8,
                  hidden: int = 128, method: str = "combined", contamination: float = 0.1, val_fraction: float = 0.2,
-                 seed: int = 0, device: str = "cpu", run_dir: str | None = None):
+                 seed: int = 0, device: str = "cpu", run_dir: str | None = None, model: str = "ae"):
+        self.model = model  # the model family (model.kind): ae, vae, iwae
         self.latent_dim, self.epochs, self.batch_size, self.lr = latent_dim, epochs, batch_size, lr
         self.recipe, self.loss, self.noise_factor, self.width, self.hidden = recipe, loss, noise_factor, width, hidden
         self.method, self.contamination, self.val_fraction = method, contamination, val_fraction
@@ -61,7 +62,7 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
         train_set, val_set = split_train_val(full, self.val_fraction, self.seed)
         config = RunConfig(
             data=DataConfig(dataset="arrays given to AutoencoderDetector.fit", val_fraction=self.val_fraction),
-            model=ModelConfig(latent_dim=self.latent_dim, width=self.width, hidden=self.hidden),
+            model=ModelConfig(kind=self.model, latent_dim=self.latent_dim, width=self.width, hidden=self.hidden),
             train=train_config_for(self.recipe, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                    loss=self.loss, noise_factor=self.noise_factor, seed=self.seed, device=self.device),
         )
@@ -163,7 +164,7 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
         self = cls(latent_dim=model.latent_dim, epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
                    recipe=train.recipe, loss=train.loss, noise_factor=train.noise_factor, width=model.width,
                    hidden=model.hidden, method=detector.method, contamination=detector.contamination,
-                   val_fraction=run.config.data.val_fraction, seed=train.seed)
+                   val_fraction=run.config.data.val_fraction, seed=train.seed, model=model.kind)
         self.model_, self.detector_, self.run_dir_, self.config_ = run.model, detector, run.path, run.config
         self.history_ = run.metrics
         evaluation = read_json(run.path / "evaluation.json")

@@ -76,6 +76,13 @@ class SplitMeans:
     def mean(self, model: torch.nn.Module, split: str, term: str, noise_factor: float = 0.0) -> float:
         """The mean of ``term`` (one of ``model.terms``) per pixel on ``split``; with ``noise_factor``
         the input is noisy (seeded) and the target the clean image."""
+        return self.means(model, split, (term,), noise_factor)[term]
+
+    def means(self, model: torch.nn.Module, split: str, terms: tuple[str, ...], noise_factor: float = 0.0
+              ) -> dict[str, float]:
+        """The means of several ``terms`` on ``split``, measured in one pass."""
         images, first = self.parts[split]
-        result = infer(model, images, terms=(term,), noise_factor=noise_factor, seed=self.seed, first=first)
-        return distributed.mean_across(result.terms[term]) if distributed.active() else result.mean(term)
+        result = infer(model, images, terms=terms, noise_factor=noise_factor, seed=self.seed, first=first)
+        if distributed.active():
+            return {term: distributed.mean_across(result.terms[term]) for term in terms}
+        return {term: result.mean(term) for term in terms}

@@ -58,7 +58,18 @@ def describe(run, part: str) -> dict:
                    "dtype": "float32", "range": None if part == "encoder" else [0.0, 1.0]},
         "latent_dim": model.latent_dim, "preprocessing": "pixel / 255, images of the run's channels and size",
         "run": str(run.path.resolve()), "config": run.config.to_dict(),
+        **_outputs(run.model, part, code),
     }
+
+
+def _outputs(model, part: str, code: list[int]) -> dict:
+    """A part with several outputs (a variational encoder: the means and the log-variances, in that
+    order; ``model.part_outputs``): all of them under "outputs" (and the first under "output")."""
+    names = getattr(model, "part_outputs", {}).get(part)
+    if not names:
+        return {}
+    outputs = [{"name": name, "shape": ["N", *code], "dtype": "float32", "range": None} for name in names]
+    return {"output": outputs[0], "outputs": outputs}
 
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -94,8 +105,9 @@ def export(run, out: str | Path | None = None, format: str = "onnx", part: str =
     batch = torch.export.Dim("batch", min=1)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        names = [output["name"] for output in meta.get("outputs", [meta["output"]])]
         program = torch.onnx.export(module, (example,), dynamo=True, input_names=[meta["input"]["name"]],
-                                    output_names=[meta["output"]["name"]], dynamic_shapes=({0: batch},),
+                                    output_names=names, dynamic_shapes=({0: batch},),
                                     external_data=False, verbose=False)
         proto = program.model_proto
         for key, value in meta.items():

@@ -41,11 +41,64 @@ def grid_figure(run: Run, plane: latent.LatentPlane, n: int, path: Path) -> Path
     return plots.grid_figure(latent.grid_images(run, plane, n), plane, n, Path(path))
 
 
-def samples_picture(run: Run, train_codes: np.ndarray, count: int, seed: int = 0, columns: int = 10) -> np.ndarray:
-    """``count`` images decoded from codes drawn from a mixture fitted to the training codes, in rows."""
-    images = latent.sample_images(run, train_codes, count, seed=seed)
-    columns = min(len(images), columns)
+def samples_picture(run: Run, train_codes: np.ndarray | None, count: int, seed: int = 0, columns: int = 10,
+                    sampler: str | None = None) -> np.ndarray:
+    """``count`` new images in rows: decoded from codes drawn from the prior (``sampler`` prior, a
+    variational model's default) or from a mixture fitted to ``train_codes`` (gmm)."""
+    if (sampler or latent.default_sampler(run.model)) == "prior":
+        images = latent.prior_images(run, count, seed=seed)
+    else:
+        images = latent.sample_images(run, train_codes, count, seed=seed)
+    return tiled(images, columns)
+
+
+def tiled(images: torch.Tensor, columns: int = 10) -> np.ndarray:
+    """Images [N, C, H, W] in rows of ``columns``, as one picture."""
+    columns = max(1, min(len(images), columns))
     return plots.tile(images, -(-len(images) // columns), columns)
+
+
+def traversal_picture(run: Run, data: ImageSet, index: int = 0, train_codes: np.ndarray | None = None,
+                      steps: int = 9) -> np.ndarray:
+    """Latent traversals (``latent.traverse_images``) around the code of image ``index`` of ``data``:
+    a row per latent dimension, from -3 to +3 standard deviations (the prior's for a variational
+    model, else those of ``train_codes``)."""
+    from .likelihood import is_variational
+
+    if not 0 <= index < len(data):
+        raise AelabError(f"image {index} does not exist: the split has images 0 to {len(data) - 1}; choose one of those")
+    code = latent.encode(run.model, data.images[index: index + 1])[0]
+    if is_variational(run.model) or train_codes is None:
+        scales = np.ones(len(code), np.float32)
+    else:
+        scales = train_codes.std(0)
+    images = latent.traverse_images(run, code, scales, steps)
+    return plots.tile(images, len(images) // steps, steps)
+
+
+def write_images(images: torch.Tensor, out: Path) -> Path:
+    """Images [N, C, H, W] in [0, 1] themselves: ``out`` ending in .npy, a uint8 array [N, C, H, W]
+    (what ``--data FILE.npy`` reads back); otherwise a folder of PNG files 00000.png, ..."""
+    from .fsutil import atomic_save
+
+    pixels = images.clamp(0, 1).mul(255).round().to(torch.uint8)
+    out = Path(out)
+    if out.suffix == ".npy":
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, pixels.numpy())
+
+        atomic_save(out, save)
+        return out
+    if out.suffix:
+        raise AelabError(f"`out` {out} must end in .npy (an array) or name a folder (PNG files), not {out.suffix}")
+    from PIL import Image
+
+    array = plots.to_pixels(images)
+    for i, picture in enumerate(array):
+        image = Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture)
+        atomic_save(out / f"{i:05d}.png", lambda tmp, image=image: image.save(tmp, format="PNG"))
+    return out
 
 
 def interpolation_picture(run: Run, data: ImageSet, first: int, second: int, steps: int) -> np.ndarray:

@@ -251,6 +251,41 @@ def grid_images(run: Run, plane: LatentPlane, n: int = 12) -> torch.Tensor:
     return decode(run.model, plane.points(n))
 
 
+SAMPLERS = ("prior", "gmm")
+
+
+def default_sampler(model: torch.nn.Module) -> str:
+    """How new images are drawn unless told: from the prior N(0, I) for a variational model (it was
+    trained to match it), else (an autoencoder has no prior) from a mixture fitted to its codes."""
+    from .likelihood import is_variational
+
+    return "prior" if is_variational(model) else "gmm"
+
+
+def prior_images(run: Run, n_samples: int, seed: int = 0) -> torch.Tensor:
+    """``n_samples`` images decoded from codes drawn from the prior N(0, I) (seeded)."""
+    if n_samples < 1:
+        raise AelabError(f"`n_samples` must be at least 1, got {n_samples}; try 32")
+    codes = torch.randn((n_samples, run.model.config.latent_dim), generator=torch.Generator().manual_seed(seed))
+    return decode(run.model, codes)
+
+
+def traverse_images(run: Run, code: np.ndarray, scales: np.ndarray, steps: int = 9, span: float = 3.0,
+                    dims: int = 16) -> torch.Tensor:
+    """Latent traversals around ``code`` [d]: for each of the first ``dims`` dimensions, ``steps``
+    images decoded with that dimension moved from -span to +span times its ``scales`` [d] (the
+    prior's standard deviation, 1, for a variational model; the training codes' otherwise), the
+    others kept: [min(d, dims) * steps, C, H, W], a row per dimension."""
+    if steps < 2:
+        raise AelabError(f"`steps` must be at least 2, got {steps}; try 9")
+    shown = min(len(code), dims)
+    offsets = np.linspace(-span, span, steps, dtype=np.float32)
+    codes = np.repeat(np.asarray(code, np.float32)[None], shown * steps, 0)
+    for dim in range(shown):
+        codes[dim * steps: (dim + 1) * steps, dim] += offsets * float(scales[dim])
+    return decode(run.model, codes)
+
+
 def sample_images(run: Run, train_codes: np.ndarray, n_samples: int, components: int = 10, seed: int = 0) -> torch.Tensor:
     """``n_samples`` new images decoded from codes drawn from a Gaussian mixture fitted to the codes."""
     from sklearn.mixture import GaussianMixture

@@ -157,6 +157,25 @@ def grid_figure(images: torch.Tensor, plane, n: int, path: Path) -> Path:
     return path
 
 
+def kl_figure(kl_per_dimension: np.ndarray, active: np.ndarray, path: Path) -> Path:
+    """The KL divergence of each latent dimension (nats, averaged over images) as bars, the active
+    units in colour and the inactive ones (collapsed to the prior) in grey."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(max(4.0, 0.3 * len(kl_per_dimension) + 1.5), 3.0), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.bar(np.arange(len(kl_per_dimension)), kl_per_dimension,
+             color=["#1f77b4" if on else "#b0b5c0" for on in active])
+    axes.set_xlabel("latent dimension")
+    axes.set_ylabel("KL (nats)")
+    axes.set_title("KL per dimension (grey: inactive, the prior)", fontsize=10)
+    figure.tight_layout()
+    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
+    return path
+
+
 def loss_curves_figure(metrics: list[dict[str, float]], path: Path, label: str = "loss (mean per pixel)") -> Path:
     """Train and validation loss per epoch (``label``: what it is) on a log scale where it is
     positive (the tutorial's plot), else on a linear scale (a Gaussian likelihood's nats may be negative)."""

@@ -25,6 +25,7 @@ import torch
 from . import figures, latent, plots
 from .data.sets import ImageSet, close_sets, data_for_run, load_run_splits
 from .errors import AelabError
+from .likelihood import ACTIVE, is_variational, posterior_summary
 from .fsutil import atomic_write_text
 from .run import Run, load_run, read_json
 
@@ -62,8 +63,19 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     scale = plots.display_scale(config.model.image_size, config.model.image_width or config.model.image_size, 2)
     out["grid"] = figures.grid_figure(run, plane, GRID_N, figures_dir / "latent_grid.png")
     out["grid_plane"] = plane
-    samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4)
+    sampler = latent.default_sampler(run.model)
+    samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4,
+                                      sampler=sampler)
     out["samples"] = plots.save_png(samples, figures_dir / "samples.png", scale=scale)
+    out["sampler"] = sampler
+    if is_variational(run.model):
+        posterior = posterior_summary(run.model, test.images)
+        out["variational"] = {
+            "kl": plots.kl_figure(posterior.kl_per_dimension, posterior.mean_variance > ACTIVE,
+                                  figures_dir / "kl_per_dimension.png"),
+            "traversal": plots.save_png(figures.traversal_picture(run, test, 0), figures_dir / "traversal.png",
+                                        scale=scale),
+            "active_units": posterior.active_units, "latent_dim": len(posterior.kl_per_dimension)}
     first, second = _interpolation_pair(test)
     line = figures.interpolation_picture(run, test, first, second, INTERPOLATION_STEPS)
     out["interpolation"] = plots.save_png(line, figures_dir / "interpolation.png", scale=min(3, scale + 1))
@@ -195,6 +207,19 @@ def _template():
     return environment.get_template("report.html.j2")
 
 
+def _variational(parts: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """The report's section of a variational model: its ELBO and parts, active units, KL per
+    dimension and traversals."""
+    found = parts.get("variational")
+    if found is None:
+        return None
+    split = "test" if "test_nelbo" in evaluation else "val"
+    numbers = {term: f"{evaluation[f'{split}_{term}']:.2f}" for term in ("nelbo", "recon", "kl", "iw_nelbo")
+               if f"{split}_{term}" in evaluation}
+    return {"split": split, **numbers, "active_units": found["active_units"], "latent_dim": found["latent_dim"],
+            "kl_picture": _uri(found["kl"]), "traversal": _uri(found["traversal"])}
+
+
 def render(run: Run, parts: dict[str, Any]) -> str:
     """The page, from the run folder's files and ``parts`` (what ``build_figures`` computed): the
     values are gathered here; the template lays them out."""
@@ -245,7 +270,8 @@ def render(run: Run, parts: dict[str, Any]) -> str:
         anomalies=anomalies, run_path=run.path, run_folder=run.path.resolve(),
         n_map_points=parts["n_map_points"], grid_n=GRID_N, grid_plane=parts["grid_plane"].description,
         grid=_uri(parts["grid"]),
-        samples=_uri(parts["samples"]), interpolation=_uri(parts["interpolation"]),
+        samples=_uri(parts["samples"]), sampler=parts["sampler"], interpolation=_uri(parts["interpolation"]),
+        variational=_variational(parts, evaluation),
         interpolation_pair=parts["interpolation_pair"], chosen_rows=chosen, detail_rows=details,
         map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT), plotly_js=safe(get_plotlyjs()),
         maps_js=safe(plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()},

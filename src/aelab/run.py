@@ -124,11 +124,13 @@ def load_config(run_dir: Path) -> RunConfig:
 # --- metrics ----------------------------------------------------------------------------------
 
 def write_metrics(rows: list[dict[str, float]], run_dir: Path) -> None:
+    """metrics.csv: ``METRIC_FIELDS``, then the columns a family adds (a VAE's ``val_recon``, ``val_kl``)."""
+    fields = list(METRIC_FIELDS) + [key for key in (rows[0] if rows else {}) if key not in METRIC_FIELDS]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: row[key] for key in METRIC_FIELDS})
+        writer.writerow({key: row[key] for key in fields})
     atomic_write_text(run_dir / "metrics.csv", buffer.getvalue())
 
 
@@ -149,8 +151,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
         return []
     with open(path, newline="") as handle:
         try:
-            return [{key: (int(row[key]) if key == "epoch" else float(row[key])) for key in METRIC_FIELDS}
-                    for row in csv.DictReader(handle)]
+            rows = list(csv.DictReader(handle))
+            return [{key: int(row[key]) if key == "epoch" else float(row[key])
+                     for key in (*METRIC_FIELDS, *(key for key in row if key not in METRIC_FIELDS))} for row in rows]
         except (KeyError, TypeError, ValueError) as error:
             raise AelabError(f"{path} is damaged ({error}); delete it or train again") from None
 

@@ -46,7 +46,7 @@ from .errors import AelabError
 from .fsutil import atomic_write_bytes, atomic_write_text
 from .inference import infer
 
-INGREDIENTS = ("mse", "feature_error", "feature_distance", "density")
+INGREDIENTS = ("mse", "feature_error", "feature_distance", "density", "nelbo")  # (nelbo: variational models only)
 METHODS = ("combined", *INGREDIENTS)
 COMBINED = ("mse", "feature_error", "feature_distance")  # what the default joins
 FILE, ARRAYS = "anomaly.json", "anomaly.safetensors"
@@ -79,11 +79,14 @@ class Detector:
     weights: str = ""  # the digest of the weights it was fitted on (aelab.run.weights_digest)
 
     def parts(self, images, model: torch.nn.Module) -> dict[str, np.ndarray]:
-        """Every ingredient (``INGREDIENTS``) of uint8 images [N, C, H, W] (a tensor or on disk)."""
-        found: dict[str, list[np.ndarray]] = {name: [] for name in INGREDIENTS}
+        """Every ingredient (``INGREDIENTS``; ``nelbo``, the negative ELBO, for a model that reports
+        it) of uint8 images [N, C, H, W] (a tensor or on disk)."""
+        terms = tuple(term for term in ("mse", "nelbo") if term in model.terms)
+        found: dict[str, list[np.ndarray]] = {name: [] for name in INGREDIENTS if name != "nelbo" or name in terms}
         for start in range(0, len(images), CHUNK):
-            result = infer(model, images[start: start + CHUNK], codes=True, features=True)
-            found["mse"].append(result.mse)
+            result = infer(model, images[start: start + CHUNK], terms=terms, codes=True, features=True, first=start)
+            for term in terms:
+                found[term].append(result.terms[term])
             found["density"].append(-self._mixture().score_samples(result.codes.astype(np.float64)))
             for name, values in (("feature_distance", result.features), ("feature_error", result.feature_errors)):
                 found[name].append(_mahalanobis(values, self.gaussians[name]))
@@ -111,7 +114,8 @@ class Detector:
                 "feature_error": "the reconstruction error in the encoder's features (a squared Mahalanobis distance)",
                 "feature_distance": "how far the image's encoder features lie from the training images' (a squared "
                                     "Mahalanobis distance)",
-                "density": "how unlikely the image's code is (negative log-likelihood under a Gaussian mixture)"}
+                "density": "how unlikely the image's code is (negative log-likelihood under a Gaussian mixture)",
+                "nelbo": "the variational model's negative ELBO (nats per image; a bound on -log p(x))"}
         return (f"The {self.method} score is {what[self.method]}; higher is more unusual. The threshold "
                 f"{self.threshold:.3f} is the {(1 - self.contamination) * 100:g}% quantile of the validation images' "
                 f"scores (contamination {self.contamination:g}), so {self.contamination * 100:g}% of images like the "
@@ -188,6 +192,9 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
 
     if method not in METHODS:
         raise AelabError(f"unknown score {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "nelbo" and "nelbo" not in model.terms:
+        raise AelabError("the nelbo score (the negative ELBO) needs a variational model (`model.kind` vae or iwae); "
+                         "choose another `method`")
     contamination = check_contamination(contamination)
     train = infer(model, _sample(train_images, seed), terms=(), codes=True, features=True)
     codes = train.codes.astype(np.float64)

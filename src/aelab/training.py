@@ -197,11 +197,14 @@ class Trainer:
     def end_epoch(self, started: float) -> dict[str, float]:
         """Validation, the epoch's metrics row and the best weights. ``seconds``: training + validation."""
         cfg = self.config.train
+        objective = self.model.objective
+        parts = tuple(term for term in self.model.summary_terms if term != objective)  # (a VAE's recon and kl)
         with self.train_step.all_threads():
-            val_loss = self.loss("val", self.model.objective, noise_factor=cfg.noise_factor)
+            found = self.evaluated.means(self.model, "val", (objective, *parts), noise_factor=cfg.noise_factor)
+        val_loss = found[objective]
         row = {"epoch": self.epoch + 1, "train_loss": float(self.loss_sum) / max(1, self.loss_count),
                "val_loss": val_loss, "lr": self.optimizer.param_groups[0]["lr"],
-               "seconds": round(time.perf_counter() - started, 3)}
+               "seconds": round(time.perf_counter() - started, 3), **{f"val_{term}": found[term] for term in parts}}
         if not math.isfinite(val_loss):
             raise self._fault(f"the validation loss became {val_loss} at epoch {self.epoch + 1}")
         self.check_weights()

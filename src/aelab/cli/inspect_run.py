@@ -13,10 +13,7 @@ from ..errors import AelabError
 from .common import add_common, add_device, add_run, add_run_folder, command, data_config, dims, opened, \
     options_for, run_and_split
 
-# which of a command's modes each option applies to; an option given for another mode is refused
-GENERATE_OPTIONS = {"n": ("--grid",), "dims": ("--grid",), "range": ("--grid",), "steps": ("--interpolate",),
-                    "split": ("--interpolate",), "seed": ("--samples",), "scale": ("--samples", "--interpolate")}
-GENERATE_DEFAULTS = {"n": 12, "steps": 10, "split": "test", "seed": 0, "scale": 2}
+# which of a command's methods each option applies to; an option given for another is refused
 PLOT_OPTIONS = {"dims": ("scatter",), "perplexity": ("tsne",), "seed": ("tsne", "umap")}  # (seed: with --max-points too)
 PLOT_DEFAULTS = {"dims": (0, 1), "perplexity": 30.0, "seed": 0}
 
@@ -25,9 +22,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Reconstruction MSE (mean over every pixel of every image, pixels in [0,1]) and PSNR of a saved
     run on a split, loaded only from the run folder. Each number says which input it measures: clean
     images, or noisy ones (--noise-factor, seeded) against the clean images, the denoising error; a
-    denoising run gives both, its own noise factor for the second.
+    denoising run gives both, its own noise factor for the second. A variational run (vae, iwae) also
+    gives its negative ELBO and its parts (nats per image), active units, the KL per latent dimension,
+    and with --nll-samples K the importance-sampled negative log-likelihood.
     """
     from ..evaluation import evaluate
+    from ..likelihood import is_variational, measures
 
     if args.seed is not None and not args.noise_factor:
         raise AelabError("--seed is the seed of --noise-factor's noise: give --noise-factor F too, or leave --seed out")
@@ -37,8 +37,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         factors.append(run.config.train.noise_factor)
     results = [evaluate(run.model, data, split=args.split, noise_factor=factor, seed=args.seed or 0).to_dict()
                for factor in factors]
+    variational = None
+    if is_variational(run.model):
+        with _bar(args, f"NLL, K = {args.nll_samples}") as progress:
+            variational = measures(run.model, data.images, args.nll_samples or 0, args.seed or 0, progress)
+    elif args.nll_samples:
+        raise AelabError("--nll-samples needs a variational model (--model vae or iwae); this run is "
+                         f"{run.config.model.kind}")
     if args.json:
-        print(json.dumps(results[0] if len(results) == 1 else {**results[0], "denoising": results[1]}))
+        found = results[0] if len(results) == 1 else {**results[0], "denoising": results[1]}
+        print(json.dumps({**found, **(variational or {})}))
         return 0
     for result in results:
         if result["noise_factor"]:
@@ -48,7 +56,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             said = "clean inputs"
         print(f"{args.split}: MSE {result['mse']:.6f}  PSNR {result['psnr']:.2f} dB  ({result['n_images']} images, "
               f"{said})")
+    if variational is not None:
+        _print_variational(variational, args.split)
     return 0
+
+
+def _print_variational(found: dict, split: str) -> None:
+    """A variational model's measures (``likelihood.measures``), a line each."""
+    bound = f", importance-weighted bound {found['iw_nelbo']:.2f}" if "iw_nelbo" in found else ""
+    print(f"{split}: negative ELBO {found['nelbo']:.2f} nats per image = reconstruction {found['recon']:.2f} + KL "
+          f"{found['kl']:.2f}{bound} (one code drawn per image, seeded)")
+    if "nll" in found:
+        print(f"{split}: negative log-likelihood {found['nll']:.2f} nats per image, {found['bits_per_dim']:.4f} bits per "
+              f"dimension (importance sampling, K = {found['nll_samples']})")
+    print(f"active units: {found['active_units']} of {found['latent_dim']} (variance of the posterior mean over the "
+          "images > 0.01)")
+    print("KL per dimension (nats): " + " ".join(f"{value:.2f}" for value in found["kl_per_dimension"]))
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -127,40 +150,6 @@ def max_points(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a number of points or all, got {text!r}") from None
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    """--grid: an n x n grid of images decoded over a latent plane, drawn with the plane's axes and
-    values (2-D codes: the whole plane; more dimensions: --dims I,J with the others at the mean code,
-    or by default the plane of the codes' first two principal components); each axis spans the 1st
-    to the 99th percentile of the training codes, or --range LO HI. Where no training code lies
-    (often a corner) the decoder never learned what to draw. --samples N: codes drawn from a Gaussian
-    mixture fitted to the training codes. --interpolate I J: the line between test images I and J.
-    """
-    from .. import figures, latent
-    from ..data.sets import load_run_split
-
-    modes = {"--grid": bool(args.grid), "--samples": args.n_samples is not None,
-             "--interpolate": args.interpolate is not None}
-    if sum(modes.values()) != 1:
-        raise AelabError("choose one of --grid, --samples N or --interpolate I J")
-    options_for(args, next(mode for mode, chosen in modes.items() if chosen), GENERATE_OPTIONS, GENERATE_DEFAULTS)
-    from ..run import output_path
-
-    run, data = run_and_split(args)
-    if args.interpolate is not None:
-        picture = figures.interpolation_picture(run, data, *args.interpolate, steps=args.steps)
-        name = f"interpolation-{args.interpolate[0]}-{args.interpolate[1]}.png"
-    else:
-        train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
-        train_codes = latent.encode(run.model, train.images)
-        if args.grid:
-            plane = latent.latent_plane(train_codes, args.dims, limits=args.range)
-            print(figures.grid_figure(run, plane, args.n, output_path(run.path, "grid.png", args.out)))
-            return 0
-        picture, name = figures.samples_picture(run, train_codes, args.n_samples, seed=args.seed), "samples.png"
-    print(figures.save_picture(run, picture, name, args.out, scale=args.scale))
-    return 0
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     """Write RUN/report.html: configuration, metrics, loss curves, reconstructions per epoch, latent
     maps (interactive), generated images; it opens without a network.
@@ -229,8 +218,12 @@ def add_parsers(sub) -> None:
                    help="measure denoising: noisy input (seeded), clean target; 0: clean inputs only (default: clean "
                         "inputs, and for a denoising run also its own noise factor)")
     p.add_argument("--seed", type=int, help="with --noise-factor: the seed of the noise (default: 0)")
+    p.add_argument("--nll-samples", type=int, metavar="K", help="a variational run: also the negative log-likelihood "
+                   "by importance sampling with K codes per image (nats and bits per dimension; K = 5000 as Burda et "
+                   "al. 2016 takes minutes for 10,000 images on 2 cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object (mse, psnr, split, n_images, "
-                   "noise_factor, input; a denoising run's own noise under `denoising`)")
+                   "noise_factor, input; a denoising run's own noise under `denoising`; a variational run's nelbo, "
+                   "recon, kl, active_units, kl_per_dimension, nll)")
     add_common(p)
 
     p = command(sub, "embed", "the latent codes of a split as a table (CSV or Parquet)", cmd_embed)
@@ -251,23 +244,6 @@ def add_parsers(sub) -> None:
                         "for tsne and umap as many as the report's maps, 3,000 for MNIST)")
     p.add_argument("--seed", type=int, help="tsne, umap (or with --max-points): the seed of t-SNE/UMAP and of the "
                    "subsample (default: 0)")
-    add_common(p)
-
-    p = command(sub, "generate", "decode images from the latent space (grid, samples, interpolation)", cmd_generate)
-    add_run(p, split_help="--interpolate: the split of images I and J (default: test)", split_default=None)
-    p.add_argument("--grid", action="store_true", help="decode an n x n grid")
-    p.add_argument("--n", type=int, help="--grid: its size (default: 12)")
-    p.add_argument("--dims", type=dims, metavar="I,J", help="--grid: over two latent variables (default: the plane "
-                   "of the codes' first two principal components)")
-    p.add_argument("--range", type=float, nargs=2, metavar=("LO", "HI"), help="--grid: the values each axis spans, "
-                   "e.g. --range -3 3 (default: the 1st to the 99th percentile of the training codes along it)")
-    p.add_argument("--samples", type=int, metavar="N", dest="n_samples", help="draw N new images")
-    p.add_argument("--interpolate", type=int, nargs=2, metavar=("I", "J"), help="interpolate between images I and J of --split")
-    p.add_argument("--steps", type=int, help="--interpolate: the number of steps (default: 10)")
-    p.add_argument("--seed", type=int, help="--samples: their seed (default: 0)")
-    p.add_argument("--scale", type=int, help="--samples, --interpolate: enlarge the PNG this many times (default: 2)")
-    p.add_argument("--out", metavar="FILE.png",
-                   help="default: RUN/outputs/grid.png (samples.png, interpolation-I-J.png)")
     add_common(p)
 
     p = command(sub, "info", "what a run folder holds: data, model, recipe, progress, test metrics, detector", cmd_info,

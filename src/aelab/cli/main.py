@@ -15,10 +15,10 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import AelabError
-from . import data, export, files_io, inspect_run, score, train
+from . import data, export, files_io, generate, inspect_run, score, train
 from .common import OUTPUT_RULE, Parser, add_switches, for_the_command_line
 
-COMMANDS = (data, train, inspect_run, score, files_io, export)  # each adds its commands' parsers, in this order
+COMMANDS = (data, train, inspect_run, generate, score, files_io, export)  # each adds its commands' parsers, in this order
 
 
 def build_parser() -> argparse.ArgumentParser:

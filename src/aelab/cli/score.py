@@ -58,12 +58,12 @@ def add_parsers(sub) -> None:
     add_data(p)
     p.add_argument("--out", metavar="FILE", help="FILE.csv or FILE.parquet; the figure goes beside it as FILE.png "
                    "(default: RUN/outputs/scores-SPLIT.csv)")
-    p.add_argument("--method", choices=("combined", "mse", "feature_error", "feature_distance", "density"),
+    p.add_argument("--method", choices=("combined", "mse", "feature_error", "feature_distance", "density", "nelbo"),
                    default="combined",
                    help="combined (default): the first three together; mse: the reconstruction error alone; "
                         "feature_error: the reconstruction's error in the encoder's features; feature_distance: the "
                         "image's features' distance from the training images'; density: the code's negative "
-                        "log-likelihood under a Gaussian mixture")
+                        "log-likelihood under a Gaussian mixture; nelbo: a variational run's negative ELBO")
     p.add_argument("--contamination", type=float, default=0.1, metavar="C",
                    help="the expected share of anomalies, in (0, 0.5]: the threshold is the (1 - C) quantile of the "
                         "validation scores (default: 0.1)")

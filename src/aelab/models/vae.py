@@ -157,6 +157,8 @@ class VariationalAutoencoder(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return pooled(self.encoder.encoder_cnn(x))
 
+    part_outputs = {"encoder": ("means", "log_variances")}  # (the exported encoder's two outputs, in order)
+
     def part(self, name: str) -> nn.Module:
         """``autoencoder`` (images -> reconstructions from the mean code), ``encoder`` (images -> mean
         and log-variance, two outputs) or ``decoder`` (codes -> pixel means)."""
