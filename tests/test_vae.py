@@ -246,3 +246,14 @@ def test_score_export_and_the_estimator_with_a_variational_model(vae_run, tmp_pa
     assert detector.config_.model.kind == "vae" and "val_nelbo" in detector.metrics_
     with pytest.raises(AelabError, match="nelbo score .* needs a variational model"):
         AutoencoderDetector(method="nelbo", latent_dim=4, epochs=1, batch_size=32).fit(images)
+
+
+def test_evaluate_measures_generated_images(vae_run, capsys):
+    from aelab.cli import main
+
+    assert main(["evaluate", str(vae_run), "--generation", "--generated", "200", "--json", "--quiet"]) == 0
+    found = json.loads(capsys.readouterr().out)["generation"]
+    assert found["sampler"] == "prior" and found["n_generated"] == 200 and found["classifier_accuracy"] > 0.9
+    assert found["frechet_distance"] > 0 and 0 <= found["precision"] <= 1 and 0 <= found["recall"] <= 1
+    assert main(["evaluate", str(vae_run), "--generation", "--generated", "50", "--quiet"]) == 0
+    assert "not comparable to published FIDs" in capsys.readouterr().out

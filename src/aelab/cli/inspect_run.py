@@ -24,7 +24,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     images, or noisy ones (--noise-factor, seeded) against the clean images, the denoising error; a
     denoising run gives both, its own noise factor for the second. A variational run (vae, iwae) also
     gives its negative ELBO and its parts (nats per image), active units, the KL per latent dimension,
-    and with --nll-samples K the importance-sampled negative log-likelihood.
+    and with --nll-samples K the importance-sampled negative log-likelihood. --generation measures
+    generated images against the split's (see aelab.generation).
     """
     from ..evaluation import evaluate
     from ..likelihood import is_variational, measures
@@ -44,9 +45,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif args.nll_samples:
         raise AelabError("--nll-samples needs a variational model (--model vae or iwae); this run is "
                          f"{run.config.model.kind}")
+    generated = _generation(args, run, data) if args.generation else None
     if args.json:
         found = results[0] if len(results) == 1 else {**results[0], "denoising": results[1]}
-        print(json.dumps({**found, **(variational or {})}))
+        print(json.dumps({**found, **(variational or {}), **({"generation": generated} if generated else {})}))
         return 0
     for result in results:
         if result["noise_factor"]:
@@ -58,7 +60,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{said})")
     if variational is not None:
         _print_variational(variational, args.split)
+    if generated is not None:
+        print(f"{generated['n_generated']} images generated ({generated['sampler']}) against the {generated['n_test']} "
+              f"{args.split} images, in the features of aelab's reference classifier ({generated['classifier_accuracy']:.2%} "
+              "test accuracy; not Inception's, so not comparable to published FIDs):")
+        print(f"  Fréchet distance {generated['frechet_distance']:.3f}, kernel distance (KID) "
+              f"{generated['kernel_distance']:.4f}, precision {generated['precision']:.3f}, recall "
+              f"{generated['recall']:.3f} (k = 3)")
     return 0
+
+
+def _generation(args: argparse.Namespace, run, data) -> dict:
+    """The measure of generated images (``generation.measure``) of ``args.generated`` new images."""
+    from .. import generation, latent
+    from ..data.sets import load_run_split
+
+    sampler = latent.default_sampler(run.model)
+    if sampler == "prior":
+        images = latent.prior_images(run, args.generated, seed=args.seed or 0)
+    else:
+        train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
+        images = latent.sample_images(run, latent.encode(run.model, train.images), args.generated, seed=args.seed or 0)
+    if run.config.data.binarize:  # (the generated images are pixel means: compared with grey test images)
+        from dataclasses import replace
+
+        data = opened(args, load_run_split(run.config, replace(data_config(run.config, args), binarize=None), args.split))
+    return {**generation.measure(run, data, images, device=run.device, seed=args.seed or 0), "sampler": sampler}
 
 
 def _print_variational(found: dict, split: str) -> None:
@@ -221,6 +248,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--nll-samples", type=int, metavar="K", help="a variational run: also the negative log-likelihood "
                    "by importance sampling with K codes per image (nats and bits per dimension; K = 5000 as Burda et "
                    "al. 2016 takes minutes for 10,000 images on 2 cores)")
+    p.add_argument("--generation", action="store_true", help="also measure generated images against the split: "
+                   "Fréchet distance, kernel distance (KID), precision and recall in the features of a classifier that "
+                   "aelab trains once per labelled dataset (cached; no download)")
+    p.add_argument("--generated", type=int, default=10_000, metavar="N", help="--generation: the images generated "
+                   "(from the prior for a variational run, else a mixture fitted to the codes; default: 10000)")
     p.add_argument("--json", action="store_true", help="print one JSON object (mse, psnr, split, n_images, "
                    "noise_factor, input; a denoising run's own noise under `denoising`; a variational run's nelbo, "
                    "recon, kl, active_units, kl_per_dimension, nll)")
