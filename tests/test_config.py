@@ -54,6 +54,7 @@ BAD_VALUES = [
     ("model", "beta", 0, "1", 1.0),
     ("model", "kl_warmup", -1, "0", 0.0),
     ("model", "samples", 0, "1", 1),
+    ("model", "n_classes", -1, "0", 0),
     ("train", "epochs", -1, "30", 30),
     ("train", "batch_size", 0, "256", 256),
     ("train", "lr", 0, "1e-3", 1e-3),

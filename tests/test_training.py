@@ -253,7 +253,7 @@ def test_a_sharded_step_gives_the_gradient_of_the_batch_mean_loss(tmp_path, spli
 def test_a_sharded_step_works_for_a_model_without_batchnorm():
     torch.manual_seed(0)
     class Tiny(torch.nn.Sequential):  # (any model with a training_loss)
-        def training_loss(self, inputs, targets, draws=None, progress=None):
+        def training_loss(self, inputs, targets, draws=None, progress=None, labels=None):
             return torch.nn.functional.mse_loss(self(inputs), targets)
 
     model = Tiny(torch.nn.Flatten(), torch.nn.Linear(4, 4), torch.nn.Unflatten(1, (1, 2, 2)))
@@ -360,10 +360,10 @@ class L1Autoencoder(__import__("aelab.models.ae", fromlist=["ConvAutoencoder"]).
         super().__init__(*args, **kwargs)
         self.objective = "l1"
 
-    def training_loss(self, inputs, targets, draws=None, progress=None):
+    def training_loss(self, inputs, targets, draws=None, progress=None, labels=None):
         return (self(inputs) - targets).abs().mean()
 
-    def measure(self, inputs, targets, terms=("mse",), draws=None):
+    def measure(self, inputs, targets, terms=("mse",), draws=None, labels=None):
         from aelab.models.base import per_image
 
         measured = super().measure(inputs, targets, tuple(term for term in terms if term != "l1"))

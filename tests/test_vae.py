@@ -153,7 +153,7 @@ def test_dynamic_binarisation_draws_training_images_anew_every_epoch(tmp_path):
 
 
 def test_family_settings_are_checked():
-    with pytest.raises(AelabError, match="`model.beta` applies to the vae family, not to ae"):
+    with pytest.raises(AelabError, match="`model.beta` applies to the vae and cvae families, not to ae"):
         RunConfig(model=ModelConfig(beta=2.0)).validate()
     with pytest.raises(AelabError, match="`model.samples` applies to the iwae family"):
         RunConfig(model=ModelConfig(kind="vae", samples=3)).validate()
@@ -257,3 +257,54 @@ def test_evaluate_measures_generated_images(vae_run, capsys):
     assert found["frechet_distance"] > 0 and 0 <= found["precision"] <= 1 and 0 <= found["recall"] <= 1
     assert main(["evaluate", str(vae_run), "--generation", "--generated", "50", "--quiet"]) == 0
     assert "not comparable to published FIDs" in capsys.readouterr().out
+
+
+def test_a_conditional_vae_draws_the_class_asked_for(tmp_path, capsys):
+    """cvae: the encoder and decoder see the label; samples of each class lie nearest that class's
+    mean image (the shapes are told apart by where their pixels are), and files without labels are
+    refused."""
+    from aelab import latent
+    from aelab.cli import main
+    from conftest import synthetic_images
+
+    images, labels = synthetic_images(800, seed=7)
+    np.savez(tmp_path / "shapes.npz", images=images, labels=labels)
+    common = ["--data", str(tmp_path / "shapes.npz"), "--data-dir", str(tmp_path / "data")]
+    assert main(["train", *common, "--model", "cvae", "--loss", "bce", "--epochs", "8", "--batch-size", "64",
+                 "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    run = load_run(tmp_path / "run")
+    assert run.config.model.n_classes == 4 and run.model.conditional
+    means = torch.stack([torch.from_numpy(images[labels == label]).float().div(255).mean(0).flatten() for label in range(4)])
+    for label in range(4):
+        drawn = latent.prior_images(run, 40, seed=label, label=label).flatten(1)  # [40, 784]
+        nearest = torch.cdist(drawn, means).argmin(1)
+        assert float((nearest == label).float().mean()) >= 0.9, (label, nearest.tolist())
+    assert main(["generate", str(tmp_path / "run"), "--samples", "8", "--label", "2", "--quiet", *common[2:]]) == 0
+    assert main(["generate", str(tmp_path / "run"), "--samples", "8", "--label", "9", *common[2:]]) == 2
+    assert "`label`" not in capsys.readouterr().err  # (said as the option: --label 9 is not a class)
+    assert main(["reconstruct", str(tmp_path / "run"), str(tmp_path)]) == 2
+    assert "conditional model (cvae): it needs each image's label" in capsys.readouterr().err
+    with pytest.raises(AelabError, match="cvae family needs labelled images"):
+        build_model(ModelConfig(kind="cvae"), "bce")
+
+
+def test_a_conditional_vae_exports_its_parts_with_the_label_as_a_second_input(tmp_path):
+    import onnxruntime
+
+    from aelab import export
+
+    data = make_splits()
+    train(config("cvae", epochs=1), tmp_path / "run", report=False, data=data)
+    run = load_run(tmp_path / "run")
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    labels = torch.tensor([0, 3, 1])
+    one_hot = F.one_hot(labels, 4).float().numpy()
+    session = onnxruntime.InferenceSession(str(export(run, tmp_path / "decoder.onnx", "onnx", "decoder")))
+    codes = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    decoded = session.run(None, {"codes": codes, "labels": one_hot})[0]
+    with torch.no_grad():
+        assert np.allclose(decoded, run.model.decode(torch.from_numpy(codes), labels).numpy(), atol=1e-5)
+    session = onnxruntime.InferenceSession(str(export(run, tmp_path / "encoder.onnx", "onnx", "encoder")))
+    means, _ = session.run(None, {"images": x, "labels": one_hot})
+    with torch.no_grad():
+        assert np.allclose(means, run.model.encode(torch.from_numpy(x), labels).numpy(), atol=1e-5)

@@ -171,8 +171,9 @@ class Figures(Callback):
         from .figures import reconstruction_examples
         from .plots import reconstruction_figure
 
-        images = trainer.splits["test" if "test" in trainer.splits else "val"].images[: self.N_IMAGES]
-        clean, noisy, output = reconstruction_examples(trainer.model, images, trainer.config.train.noise_factor)
+        shown = trainer.splits["test" if "test" in trainer.splits else "val"]
+        clean, noisy, output = reconstruction_examples(trainer.model, shown.images[: self.N_IMAGES],
+                                                       trainer.config.train.noise_factor, shown.labels[: self.N_IMAGES])
         path = trainer.run_dir / "figures" / "reconstructions" / f"epoch-{trainer.epoch:03d}.png"
         reconstruction_figure(clean, output, path, title=f"epoch {trainer.epoch}", noisy=noisy)
 

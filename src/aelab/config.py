@@ -24,6 +24,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "ae": ("aelab.models.ae", "ConvAutoencoder"),  # the tutorial's convolutional autoencoder
     "vae": ("aelab.models.vae", "VariationalAutoencoder"),  # the same network, two heads, the ELBO (beta-VAE)
     "iwae": ("aelab.models.iwae", "ImportanceWeightedAutoencoder"),  # the VAE trained on the K-sample bound
+    "cvae": ("aelab.models.cvae", "ConditionalVariationalAutoencoder"),  # the VAE that also sees the label
 }
 SCHEDULES = ("onecycle", "constant")
 KEEP = ("best", "last")
@@ -153,6 +154,7 @@ class ModelConfig:
     beta: float = 1.0
     kl_warmup: float = 0.0
     samples: int = 1
+    n_classes: int = 0  # the classes of the data (set from them; the cvae family sees each image's label)
 
     def validate(self) -> None:
         if self.kind not in FAMILIES:
@@ -170,13 +172,15 @@ class ModelConfig:
         _require(self.kl_warmup >= 0 and math.isfinite(self.kl_warmup), "model.kl_warmup", self.kl_warmup,
                  "0 (none) or more epochs", "0")
         _require(self.samples >= 1, "model.samples", self.samples, "at least 1", "1")
+        _require(self.n_classes >= 0, "model.n_classes", self.n_classes, "0 or more", "0 (it is set from the data)")
         variational = {"beta": self.beta != 1.0, "kl_warmup": self.kl_warmup != 0.0, "samples": self.samples != 1}
-        allowed = {"ae": (), "vae": ("beta", "kl_warmup"), "iwae": ("samples",)}.get(self.kind)
+        allowed = {"ae": (), "vae": ("beta", "kl_warmup"), "cvae": ("beta", "kl_warmup"),
+                   "iwae": ("samples",)}.get(self.kind)
         if allowed is not None:
             for name, given in variational.items():
                 if given and name not in allowed:
-                    users = [kind for kind, names in (("vae", ("beta", "kl_warmup")), ("iwae", ("samples",)))
-                             if name in names]
+                    users = [kind for kind, names in (("vae", ("beta", "kl_warmup")), ("cvae", ("beta", "kl_warmup")),
+                                                      ("iwae", ("samples",))) if name in names]
                     raise AelabError(f"`model.{name}` applies to the {' and '.join(users)} famil"
                                      f"{'ies' if len(users) > 1 else 'y'}, not to {self.kind}; choose `model.kind` "
                                      f"{users[0]} or leave `model.{name}` out")

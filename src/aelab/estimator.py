@@ -57,6 +57,9 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
         from .scores import check_contamination, fit_detector, save_detector
 
         check_contamination(self.contamination)
+        if self.model == "cvae":
+            raise AelabError("AutoencoderDetector trains unconditional models (ae, vae, iwae): its X has no labels; "
+                             "choose another `model`")
         images = self._images(X, fitting=True)
         full = ImageSet.from_arrays(images)
         train_set, val_set = split_train_val(full, self.val_fraction, self.seed)

@@ -32,20 +32,21 @@ def psnr_from_mse(mse: float) -> float:
 
 
 def reconstruction_loss(model: torch.nn.Module, images: torch.Tensor, loss: str = "mse", batch_size: int = 1024,
-                        noise_factor: float = 0.0, seed: int = 0) -> float:
+                        noise_factor: float = 0.0, seed: int = 0, labels: torch.Tensor | None = None) -> float:
     """Mean of a per-image term of ``model`` (``loss``: one of ``model.terms``, such as ``mse`` of
     the output in [0, 1] or the autoencoder's ``bce``) over uint8 images [N, C, H, W] (moved to the
     model's device). With ``noise_factor`` > 0 the input is noisy (seeded by ``seed``) and the
     target the clean image.
     """
-    result = infer(model, images, terms=(loss,), noise_factor=noise_factor, seed=seed, batch_size=batch_size)
+    result = infer(model, images, terms=(loss,), noise_factor=noise_factor, seed=seed, batch_size=batch_size,
+                   labels=labels)
     return result.mean(loss)
 
 
 def evaluate(model: torch.nn.Module, data: ImageSet, split: str = "", noise_factor: float = 0.0,
              seed: int = 0, batch_size: int = 1024) -> Evaluation:
     """MSE and PSNR of ``model`` on an ImageSet."""
-    mse = reconstruction_loss(model, data.images, "mse", batch_size, noise_factor, seed)
+    mse = reconstruction_loss(model, data.images, "mse", batch_size, noise_factor, seed, data.labels)
     return Evaluation(mse, psnr_from_mse(mse), len(data), split, noise_factor)
 
 
@@ -64,11 +65,11 @@ class SplitMeans:
         self.parts = {name: self._share(split, device) for name, split in splits.items()}
 
     @staticmethod
-    def _share(split: ImageSet, device: torch.device) -> tuple[Any, int]:
+    def _share(split: ImageSet, device: torch.device) -> tuple[Any, torch.Tensor, int]:
         start, stop = distributed.share(len(split), chunk_size(split.image_shape))
         part = split if (start, stop) == (0, len(split)) else split.subset(torch.arange(start, stop))
         images = part.images.to(device) if torch.is_tensor(part.images) else part.images
-        return images, start
+        return images, part.labels, start
 
     def __contains__(self, split: str) -> bool:
         return split in self.parts
@@ -81,8 +82,9 @@ class SplitMeans:
     def means(self, model: torch.nn.Module, split: str, terms: tuple[str, ...], noise_factor: float = 0.0
               ) -> dict[str, float]:
         """The means of several ``terms`` on ``split``, measured in one pass."""
-        images, first = self.parts[split]
-        result = infer(model, images, terms=terms, noise_factor=noise_factor, seed=self.seed, first=first)
+        images, labels, first = self.parts[split]
+        result = infer(model, images, terms=terms, noise_factor=noise_factor, seed=self.seed, first=first,
+                       labels=labels)
         if distributed.active():
             return {term: distributed.mean_across(result.terms[term]) for term in terms}
         return {term: result.mean(term) for term in terms}

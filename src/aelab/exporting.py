@@ -59,7 +59,18 @@ def describe(run, part: str) -> dict:
         "latent_dim": model.latent_dim, "preprocessing": "pixel / 255, images of the run's channels and size",
         "run": str(run.path.resolve()), "config": run.config.to_dict(),
         **_outputs(run.model, part, code),
+        **_inputs(run.model, part, run.config.model.n_classes),
     }
+
+
+def _inputs(model, part: str, classes: int) -> dict:
+    """A part with a second input (a conditional model's labels, one-hot floats [N, classes]): every
+    input under "inputs" (the first under "input")."""
+    names = getattr(model, "part_inputs", {}).get(part)
+    if not names:
+        return {}
+    return {"inputs": [None, {"name": names[1], "shape": ["N", classes], "dtype": "float32", "range": [0.0, 1.0],
+                              "meaning": "the label, one-hot"}]}
 
 
 def _outputs(model, part: str, code: list[int]) -> dict:
@@ -86,12 +97,15 @@ def export(run, out: str | Path | None = None, format: str = "onnx", part: str =
         raise AelabError(f"unknown `part` {part!r}; choose one of {', '.join(PARTS)}")
     out = output_path(run.path, part + SUFFIXES[format], out)
     meta = describe(run, part)
+    if "inputs" in meta:
+        meta["inputs"][0] = meta["input"]
     module = plain_model(run.model).part(part).eval()  # (the model says what each part is)
-    example = torch.rand(2, *meta["input"]["shape"][1:], generator=torch.Generator().manual_seed(0))  # (not the caller's RNG)
+    generator = torch.Generator().manual_seed(0)  # (not the caller's RNG)
+    examples = tuple(torch.rand(2, *spec["shape"][1:], generator=generator) for spec in meta.get("inputs", [meta["input"]]))
     if format == "torchscript":  # (PyTorch deprecates TorchScript in favour of torch.export; it still runs)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            traced = torch.jit.trace(module, example)
+            traced = torch.jit.trace(module, examples)
             with atomic_path(out) as tmp:
                 torch.jit.save(traced, str(tmp), _extra_files={"aelab.json": json.dumps(meta)})
         return out
@@ -106,8 +120,9 @@ def export(run, out: str | Path | None = None, format: str = "onnx", part: str =
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         names = [output["name"] for output in meta.get("outputs", [meta["output"]])]
-        program = torch.onnx.export(module, (example,), dynamo=True, input_names=[meta["input"]["name"]],
-                                    output_names=names, dynamic_shapes=({0: batch},),
+        inputs = [spec["name"] for spec in meta.get("inputs", [meta["input"]])]
+        program = torch.onnx.export(module, examples, dynamo=True, input_names=inputs,
+                                    output_names=names, dynamic_shapes=tuple({0: batch} for _ in inputs),
                                     external_data=False, verbose=False)
         proto = program.model_proto
         for key, value in meta.items():

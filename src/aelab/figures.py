@@ -26,19 +26,19 @@ MAP_TITLES = {"scatter": "latent variables {0} and {1}", "pca": "PCA of the late
               "tsne": "t-SNE of the latent codes", "umap": "UMAP of the latent codes"}
 
 
-def reconstruction_examples(model: torch.nn.Module, images: torch.Tensor, noise_factor: float = 0.0
-                            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def reconstruction_examples(model: torch.nn.Module, images: torch.Tensor, noise_factor: float = 0.0,
+                            labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Clean images, their noisy inputs (None without noise) and the model's outputs, all floats
-    [N, C, H, W] in [0, 1] on the CPU, for uint8 ``images``."""
+    [N, C, H, W] in [0, 1] on the CPU, for uint8 ``images`` (with their ``labels`` for a conditional model)."""
     result = infer(model, images, terms=(), reconstructions=True, inputs=noise_factor > 0, noise_factor=noise_factor,
-                   seed=FIGURE_NOISE_SEED)
+                   seed=FIGURE_NOISE_SEED, labels=labels)
     return to_unit(images.cpu()), result.inputs, result.reconstructions
 
 
-def grid_figure(run: Run, plane: latent.LatentPlane, n: int, path: Path) -> Path:
+def grid_figure(run: Run, plane: latent.LatentPlane, n: int, path: Path, label: int | None = None) -> Path:
     """An n x n grid of images decoded over a latent plane (``latent.latent_plane``), with the plane's
-    axes, values and name, as a PNG file."""
-    return plots.grid_figure(latent.grid_images(run, plane, n), plane, n, Path(path))
+    axes, values and name, as a PNG file (a conditional model's of class ``label``, default 0)."""
+    return plots.grid_figure(latent.grid_images(run, plane, n, label), plane, n, Path(path))
 
 
 def samples_picture(run: Run, train_codes: np.ndarray | None, count: int, seed: int = 0, columns: int = 10,
@@ -67,12 +67,13 @@ def traversal_picture(run: Run, data: ImageSet, index: int = 0, train_codes: np.
 
     if not 0 <= index < len(data):
         raise AelabError(f"image {index} does not exist: the split has images 0 to {len(data) - 1}; choose one of those")
-    code = latent.encode(run.model, data.images[index: index + 1])[0]
+    code = latent.encode(run.model, data.images[index: index + 1], labels=data.labels[index: index + 1])[0]
     if is_variational(run.model) or train_codes is None:
         scales = np.ones(len(code), np.float32)
     else:
         scales = train_codes.std(0)
-    images = latent.traverse_images(run, code, scales, steps)
+    label = int(data.labels[index]) if getattr(run.model, "conditional", False) else None
+    images = latent.traverse_images(run, code, scales, steps, label=label)
     return plots.tile(images, len(images) // steps, steps)
 
 

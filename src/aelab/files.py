@@ -112,6 +112,7 @@ def reconstruct_files(run, inputs: list[str | Path], out: str | Path, noise_fact
     Returns the files written and the skipped (path, reason)."""
     from .inference import infer
 
+    _labels_needed(run)
     items, skipped = collect(inputs)
     out = Path(out)
     stems = [str(Path(item.name).with_suffix("")) for item in items]
@@ -135,6 +136,7 @@ def encode_files(run, inputs: list[str | Path]) -> tuple[list[str], np.ndarray, 
     """The paths and codes [N, d] of the input images, and the skipped (path, reason)."""
     from .inference import infer
 
+    _labels_needed(run)
     items, skipped = collect(inputs)
     paths, codes = [], []
     for batch in prepared(run, items, skipped):
@@ -142,6 +144,13 @@ def encode_files(run, inputs: list[str | Path]) -> tuple[list[str], np.ndarray, 
         paths += [str(item.path) for item in batch.inputs]
     _no_image(items, paths, skipped)
     return paths, np.concatenate(codes), skipped
+
+
+def _labels_needed(run) -> None:
+    """Image files come without labels, which a conditional model (cvae) needs."""
+    if getattr(run.model, "conditional", False):
+        raise AelabError(f"{run.path} is a conditional model (cvae): it needs each image's label, and image files "
+                         "have none; use `aelab evaluate`, `embed` or `score` on labelled data, or a vae run")
 
 
 def _no_image(items: list, done: list, skipped: list[tuple[str, str]]) -> None:

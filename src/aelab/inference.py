@@ -52,7 +52,7 @@ def chunk_size(image_shape: tuple[int, ...], batch_size: int = 1024) -> int:
 @torch.no_grad()
 def infer(model: torch.nn.Module, images: torch.Tensor, *, terms: Sequence[str] = ("mse",), codes: bool = False,
           reconstructions: bool = False, inputs: bool = False, features: bool = False, noise_factor: float = 0.0,
-          seed: int = 0, batch_size: int = 1024, first: int = 0) -> Inference:
+          seed: int = 0, batch_size: int = 1024, first: int = 0, labels: torch.Tensor | None = None) -> Inference:
     """Run ``model`` (of any family: ``aelab.models.base``) over uint8 images [N, C, H, W] (a tensor
     or images on disk) in chunks (``chunk_size``), in eval mode, on the model's device.
 
@@ -66,6 +66,7 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, terms: Sequence[str] 
 
     ``features``: also the encoder's features of each image (``model.features``) and their
     difference from the features of its reconstruction (an error measured by the encoder).
+    ``labels`` [N]: the images' labels, which a conditional model (``model.conditional``) needs.
     """
     terms = tuple(dict.fromkeys([terms] if isinstance(terms, str) else terms))  # ("mse",) for "mse"; each once
     unknown = [term for term in terms if term not in model.terms]
@@ -91,7 +92,8 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, terms: Sequence[str] 
             chunk = (first + start) // batch_size  # (the chunk's place in the whole set seeds its draws)
             draws = latent_draws(model.draw_shape, len(clean), noise_generator(seed + chunk * 1_000_003 + 17, device),
                                  device) if model.draw_shape is not None else None
-            measured = model.measure(seen, clean, terms, draws)
+            given = None if labels is None else torch.as_tensor(labels[start: start + batch_size]).to(device)
+            measured = model.measure(seen, clean, terms, draws, given)
             for term in terms:
                 parts[term].append(measured.terms[term])
             if reconstructions:

@@ -55,24 +55,45 @@ class Embedding:
         return out
 
 
-def encode(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
-    """Codes [N, d] of uint8 images [N, C, H, W] (model in eval mode)."""
-    return infer(model, images, terms=(), codes=True, batch_size=batch_size).codes
+def encode(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 2048,
+           labels: torch.Tensor | None = None) -> np.ndarray:
+    """Codes [N, d] of uint8 images [N, C, H, W] (model in eval mode; ``labels``: a conditional model's)."""
+    return infer(model, images, terms=(), codes=True, batch_size=batch_size, labels=labels).codes
 
 
 @torch.no_grad()
-def decode(model: torch.nn.Module, codes: np.ndarray | torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    """Images [N, C, H, W] in [0, 1] (on the CPU) decoded from codes [N, d]."""
+def decode(model: torch.nn.Module, codes: np.ndarray | torch.Tensor, batch_size: int = 2048,
+           labels: torch.Tensor | np.ndarray | int | None = None) -> torch.Tensor:
+    """Images [N, C, H, W] in [0, 1] (on the CPU) decoded from codes [N, d]; a conditional model
+    draws them as the ``labels`` [N] (or one label for all; None: the classes in turn) say."""
     model.eval()
     device = next(model.parameters()).device
     codes = torch.as_tensor(np.asarray(codes, dtype=np.float32))
-    return torch.cat([model.decode(codes[i: i + batch_size].to(device)).float().cpu()
+    labels = conditions(model, len(codes), labels)
+    return torch.cat([model.decode(codes[i: i + batch_size].to(device),
+                                   None if labels is None else labels[i: i + batch_size].to(device)).float().cpu()
                       for i in range(0, len(codes), batch_size)])
+
+
+def conditions(model: torch.nn.Module, n: int, labels: torch.Tensor | np.ndarray | int | None) -> torch.Tensor | None:
+    """The labels [n] a conditional model decodes with: ``labels`` as given, one label for all, or
+    (None) the classes in turn, 0, 1, ..., 0, 1, ...; None for a model that sees no label."""
+    if not getattr(model, "conditional", False):
+        return None
+    if labels is None:
+        return torch.arange(n) % model.config.n_classes
+    if isinstance(labels, (int, np.integer)):
+        if not 0 <= labels < model.config.n_classes:
+            raise AelabError(f"`label` {labels} is not a class of the run (0 to {model.config.n_classes - 1}); choose "
+                             "one of those")
+        return torch.full((n,), int(labels))
+    return torch.as_tensor(labels).long()
 
 
 def embed(run: Run, data: ImageSet) -> Embedding:
     """The codes of every image of ``data`` under the run's model."""
-    return Embedding(data.indices.numpy(), data.labels.numpy(), encode(run.model, data.images), data.class_names,
+    return Embedding(data.indices.numpy(), data.labels.numpy(), encode(run.model, data.images, labels=data.labels),
+                     data.class_names,
                      data.paths)
 
 
@@ -244,11 +265,11 @@ def latent_plane(train_codes: np.ndarray, dims: tuple[int, int] | None = None,
     return LatentPlane(origin, a, b, (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1])), names, words)
 
 
-def grid_images(run: Run, plane: LatentPlane, n: int = 12) -> torch.Tensor:
+def grid_images(run: Run, plane: LatentPlane, n: int = 12, label: int | None = None) -> torch.Tensor:
     """An n x n grid of decoded images [n*n, C, H, W] over ``plane``, row by row (``LatentPlane.points``)."""
     if n < 2:
         raise AelabError(f"`n` must be at least 2, got {n}; try 12")
-    return decode(run.model, plane.points(n))
+    return decode(run.model, plane.points(n), labels=label if label is not None else 0)
 
 
 SAMPLERS = ("prior", "gmm")
@@ -262,16 +283,17 @@ def default_sampler(model: torch.nn.Module) -> str:
     return "prior" if is_variational(model) else "gmm"
 
 
-def prior_images(run: Run, n_samples: int, seed: int = 0) -> torch.Tensor:
-    """``n_samples`` images decoded from codes drawn from the prior N(0, I) (seeded)."""
+def prior_images(run: Run, n_samples: int, seed: int = 0, label: int | None = None) -> torch.Tensor:
+    """``n_samples`` images decoded from codes drawn from the prior N(0, I) (seeded); a conditional
+    model's of class ``label`` (None: the classes in turn)."""
     if n_samples < 1:
         raise AelabError(f"`n_samples` must be at least 1, got {n_samples}; try 32")
     codes = torch.randn((n_samples, run.model.config.latent_dim), generator=torch.Generator().manual_seed(seed))
-    return decode(run.model, codes)
+    return decode(run.model, codes, labels=label)
 
 
 def traverse_images(run: Run, code: np.ndarray, scales: np.ndarray, steps: int = 9, span: float = 3.0,
-                    dims: int = 16) -> torch.Tensor:
+                    dims: int = 16, label: int | None = None) -> torch.Tensor:
     """Latent traversals around ``code`` [d]: for each of the first ``dims`` dimensions, ``steps``
     images decoded with that dimension moved from -span to +span times its ``scales`` [d] (the
     prior's standard deviation, 1, for a variational model; the training codes' otherwise), the
@@ -283,10 +305,11 @@ def traverse_images(run: Run, code: np.ndarray, scales: np.ndarray, steps: int =
     codes = np.repeat(np.asarray(code, np.float32)[None], shown * steps, 0)
     for dim in range(shown):
         codes[dim * steps: (dim + 1) * steps, dim] += offsets * float(scales[dim])
-    return decode(run.model, codes)
+    return decode(run.model, codes, labels=label if label is not None else 0)
 
 
-def sample_images(run: Run, train_codes: np.ndarray, n_samples: int, components: int = 10, seed: int = 0) -> torch.Tensor:
+def sample_images(run: Run, train_codes: np.ndarray, n_samples: int, components: int = 10, seed: int = 0,
+                  label: int | None = None) -> torch.Tensor:
     """``n_samples`` new images decoded from codes drawn from a Gaussian mixture fitted to the codes."""
     from sklearn.mixture import GaussianMixture
 
@@ -300,7 +323,7 @@ def sample_images(run: Run, train_codes: np.ndarray, n_samples: int, components:
         warnings.filterwarnings("ignore", message="covariance is not symmetric positive-semidefinite")
         codes, _ = mixture.sample(n_samples)
     order = np.random.default_rng(seed).permutation(n_samples)  # sample() groups by component
-    return decode(run.model, codes[order])
+    return decode(run.model, codes[order], labels=label)
 
 
 def interpolate_images(run: Run, data: ImageSet, first: int, second: int, steps: int = 10) -> torch.Tensor:
@@ -310,6 +333,6 @@ def interpolate_images(run: Run, data: ImageSet, first: int, second: int, steps:
             raise AelabError(f"image {position} does not exist: the split has images 0 to {len(data) - 1}; choose one of those")
     if steps < 2:
         raise AelabError(f"`steps` must be at least 2, got {steps}; try 10")
-    codes = encode(run.model, data.images[[first, second]])
+    codes = encode(run.model, data.images[[first, second]], labels=data.labels[[first, second]])
     t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
-    return decode(run.model, (1 - t) * codes[0] + t * codes[1])
+    return decode(run.model, (1 - t) * codes[0] + t * codes[1], labels=int(data.labels[first]))

@@ -43,7 +43,8 @@ class Posterior:
 
 
 @torch.no_grad()
-def posterior_summary(model: torch.nn.Module, images, batch_size: int = 1024) -> Posterior:
+def posterior_summary(model: torch.nn.Module, images, batch_size: int = 1024,
+                      labels: torch.Tensor | None = None) -> Posterior:
     """Active units (Burda et al. 2016: Var_x E_q[z_u] > 0.01) and the KL per latent dimension."""
     from .models.vae import gaussian_kl
 
@@ -53,9 +54,10 @@ def posterior_summary(model: torch.nn.Module, images, batch_size: int = 1024) ->
     device = next(model.parameters()).device
     means, kls = [], []
     try:
-        for start in range(0, len(images), chunk_size(images.shape[1:], batch_size)):
-            x = to_unit(images[start: start + chunk_size(images.shape[1:], batch_size)], device)
-            mean, log_variance, _ = model.posterior(x)
+        step = chunk_size(images.shape[1:], batch_size)
+        for start in range(0, len(images), step):
+            x = to_unit(images[start: start + step], device)
+            mean, log_variance, _ = model.posterior(x, _rows(labels, start, len(x), device))
             means.append(mean.double().cpu())
             kls.append(gaussian_kl(mean, log_variance).double().sum(0).cpu())
     finally:
@@ -69,7 +71,8 @@ def posterior_summary(model: torch.nn.Module, images, batch_size: int = 1024) ->
 
 @torch.no_grad()
 def importance_nll(model: torch.nn.Module, images, samples: int = 5000, seed: int = 0, codes_per_pass: int = 8192,
-                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                   progress: Callable[[int, int], None] | None = None,
+                   labels: torch.Tensor | None = None) -> np.ndarray:
     """-log p(x) of each image (nats, float64 [N]) estimated with ``samples`` codes drawn from q(z|x):
     -log (1/K sum_k p(x, z_k) / q(z_k|x)), the importance-weighted bound with K = ``samples``, which
     tends to -log p(x) as K grows (K = 5000 in Burda et al. 2016). Works on at most
@@ -87,14 +90,15 @@ def importance_nll(model: torch.nn.Module, images, samples: int = 5000, seed: in
     try:
         for start in range(0, len(images), group):
             x = to_unit(images[start: start + group], device)
-            mean, log_variance = model.posterior(x)[:2]
+            given = _rows(labels, start, len(x), device)
+            mean, log_variance = model.posterior(x, given)[:2]
             generator = noise_generator(seed * 1_000_003 + start + 29, device)
             total = torch.full((len(x),), -math.inf, dtype=torch.float64, device=device)
             for first in range(0, samples, per_pass):
                 k = min(per_pass, samples - first)
                 draws = torch.randn((len(x), k, mean.shape[1]), generator=generator, device=device)
-                total = torch.logaddexp(total, torch.logsumexp(model.log_weights(x, draws, (mean, log_variance)), 1)
-                                        .double())
+                total = torch.logaddexp(total, torch.logsumexp(model.log_weights(x, draws, (mean, log_variance), given),
+                                                               1).double())
             found.append((-(total - math.log(samples))).cpu())
             if progress is not None:
                 progress(min(len(images), start + group), len(images))
@@ -103,13 +107,17 @@ def importance_nll(model: torch.nn.Module, images, samples: int = 5000, seed: in
     return torch.cat(found).numpy() if found else np.zeros(0)
 
 
+def _rows(labels: torch.Tensor | None, start: int, n: int, device: torch.device) -> torch.Tensor | None:
+    return None if labels is None else torch.as_tensor(labels[start: start + n]).to(device)
+
+
 def bits_per_dimension(nats: float, image_shape: tuple[int, ...]) -> float:
     """Nats per image as bits per dimension (per pixel and channel)."""
     return nats / (math.prod(image_shape) * math.log(2))
 
 
 def measures(model: torch.nn.Module, images, nll_samples: int = 0, seed: int = 0,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+             progress: Callable[[int, int], None] | None = None, labels: torch.Tensor | None = None) -> dict:
     """What ``aelab evaluate`` reports of a variational model on uint8 ``images``: the negative ELBO
     and its parts (nats per image, one seeded code per image), active units, the KL per dimension,
     and with ``nll_samples`` K the importance-sampled negative log-likelihood (nats, and bits per
@@ -117,12 +125,12 @@ def measures(model: torch.nn.Module, images, nll_samples: int = 0, seed: int = 0
     from .inference import infer
 
     terms = tuple(term for term in ("nelbo", "recon", "kl", "iw_nelbo") if term in model.terms)
-    result = infer(model, images, terms=terms, seed=seed)
+    result = infer(model, images, terms=terms, seed=seed, labels=labels)
     found = {term: result.mean(term) for term in terms}
-    posterior = posterior_summary(model, images)
+    posterior = posterior_summary(model, images, labels=labels)
     found.update(active_units=posterior.active_units, latent_dim=len(posterior.kl_per_dimension),
                  kl_per_dimension=[round(float(value), 4) for value in posterior.kl_per_dimension])
     if nll_samples:
-        nll = float(importance_nll(model, images, nll_samples, seed, progress=progress).mean())
+        nll = float(importance_nll(model, images, nll_samples, seed, progress=progress, labels=labels).mean())
         found.update(nll=nll, nll_samples=nll_samples, bits_per_dim=bits_per_dimension(nll, tuple(images.shape[1:])))
     return found

@@ -58,7 +58,7 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     config = run.config
     out: dict[str, Any] = {}
     log.info("report: decoded images (grid, samples, interpolation) ...")
-    train_codes = latent.encode(run.model, train.images)
+    train_codes = latent.encode(run.model, train.images, labels=train.labels)
     plane = latent.latent_plane(train_codes)
     scale = plots.display_scale(config.model.image_size, config.model.image_width or config.model.image_size, 2)
     out["grid"] = figures.grid_figure(run, plane, GRID_N, figures_dir / "latent_grid.png")
@@ -69,7 +69,7 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     out["samples"] = plots.save_png(samples, figures_dir / "samples.png", scale=scale)
     out["sampler"] = sampler
     if is_variational(run.model):
-        posterior = posterior_summary(run.model, test.images)
+        posterior = posterior_summary(run.model, test.images, labels=test.labels)
         out["variational"] = {
             "kl": plots.kl_figure(posterior.kl_per_dimension, posterior.mean_variance > ACTIVE,
                                   figures_dir / "kl_per_dimension.png"),
@@ -81,7 +81,8 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     out["interpolation"] = plots.save_png(line, figures_dir / "interpolation.png", scale=min(3, scale + 1))
     out["interpolation_pair"] = (int(test.indices[first]), int(test.indices[second]))
     if config.train.noise_factor > 0:
-        clean, noisy, denoised = figures.reconstruction_examples(run.model, test.images[:8], config.train.noise_factor)
+        clean, noisy, denoised = figures.reconstruction_examples(run.model, test.images[:8], config.train.noise_factor,
+                                                                 test.labels[:8])
         out["denoising"] = plots.reconstruction_figure(clean, denoised, figures_dir / "denoising.png",
                                                        title=f"noise factor {config.train.noise_factor:g}", noisy=noisy)
     log.info("report: latent maps (scatter, t-SNE) ...")
@@ -118,11 +119,11 @@ def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | N
         if val is None:
             return None
         log.info("report: anomaly scores ...")
-        detector = scores.fit_detector(run.model, train.images, val.images, seed=run.config.train.seed)
+        detector = scores.fit_detector(run.model, train, val, seed=run.config.train.seed)
         scores.save_detector(detector, run.path)
-    scored = scores.score_images(run.model, detector, test.images)
+    scored = scores.score_images(run.model, detector, test)
     top = scores.highest(scored, 8)
-    figure = scores.anomaly_figure(run.model, test.images[torch.as_tensor(top)], scored.score[top],
+    figure = scores.anomaly_figure(run.model, test.subset(torch.as_tensor(top)), scored.score[top],
                                    run.path / "figures" / "anomalies.png", labels=scores.label_names(test, top),
                                    score_name=f"{detector.method} score")
     section = {"figure": figure, "n": int(scored.is_anomaly.sum()), "total": len(test), "method": detector.method,

@@ -364,7 +364,8 @@ def lock_existing_run(run_dir: Path) -> RunLock:
 RESUMABLE = ("train.epochs", "train.device", "train.keep", "data.data_dir", "data.dataset", "data.memory_limit")
 # settings that training fills in from the data (or resolves from auto): a config that leaves them as they
 # start (None, 0, the model's defaults) asks for nothing
-FITTED = {"model.in_channels": 1, "model.image_size": 28, "model.image_width": None, "data.channels": None,
+FITTED = {"model.in_channels": 1, "model.image_size": 28, "model.image_width": None, "model.n_classes": 0,
+          "data.channels": None,
           "data.image_size": None, "data.fingerprint": None, "train.shards": 0}
 
 

@@ -80,11 +80,14 @@ class Detector:
 
     def parts(self, images, model: torch.nn.Module) -> dict[str, np.ndarray]:
         """Every ingredient (``INGREDIENTS``; ``nelbo``, the negative ELBO, for a model that reports
-        it) of uint8 images [N, C, H, W] (a tensor or on disk)."""
+        it) of uint8 images [N, C, H, W] (a tensor or on disk, or an ImageSet: with its labels, which
+        a conditional model needs)."""
+        images, labels = with_labels(images)
         terms = tuple(term for term in ("mse", "nelbo") if term in model.terms)
         found: dict[str, list[np.ndarray]] = {name: [] for name in INGREDIENTS if name != "nelbo" or name in terms}
         for start in range(0, len(images), CHUNK):
-            result = infer(model, images[start: start + CHUNK], terms=terms, codes=True, features=True, first=start)
+            result = infer(model, images[start: start + CHUNK], terms=terms, codes=True, features=True, first=start,
+                           labels=None if labels is None else labels[start: start + CHUNK])
             for term in terms:
                 found[term].append(result.terms[term])
             found["density"].append(-self._mixture().score_samples(result.codes.astype(np.float64)))
@@ -174,18 +177,28 @@ def _gaussian(values: np.ndarray) -> dict[str, np.ndarray]:
         return {"mean": mean, "precision": LedoitWolf(assume_centered=True).fit(values - mean).precision_}
 
 
+def with_labels(images) -> tuple[object, torch.Tensor | None]:
+    """uint8 images and their labels: an ImageSet's (which a conditional model needs), or the images
+    given alone (a tensor or images on disk) and None."""
+    if hasattr(images, "images") and hasattr(images, "labels"):
+        return images.images, images.labels
+    return images, None
+
+
 def _sample(images, seed: int):
-    """At most ``FIT_IMAGES`` of ``images`` (a seeded sample, in order)."""
+    """At most ``FIT_IMAGES`` of ``images`` (a seeded sample, in order), with their labels."""
+    images, labels = with_labels(images)
     if len(images) <= FIT_IMAGES:
-        return images
-    keep = np.sort(np.random.default_rng(seed).choice(len(images), FIT_IMAGES, replace=False))
-    return images[torch.as_tensor(keep)]
+        return images, labels
+    keep = torch.as_tensor(np.sort(np.random.default_rng(seed).choice(len(images), FIT_IMAGES, replace=False)))
+    return images[keep], None if labels is None else labels[keep]
 
 
 def fit_detector(model: torch.nn.Module, train_images, val_images, method: str = "combined",
                  contamination: float = 0.1, seed: int = 0) -> Detector:
     """Fit the Gaussians of the features and the code density on the training images, the
-    standardisation and the threshold on the validation images."""
+    standardisation and the threshold on the validation images (uint8 images, or ImageSets: with
+    their labels, which a conditional model needs)."""
     from sklearn.mixture import GaussianMixture
 
     from .run import weights_digest
@@ -196,7 +209,8 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
         raise AelabError("the nelbo score (the negative ELBO) needs a variational model (`model.kind` vae or iwae); "
                          "choose another `method`")
     contamination = check_contamination(contamination)
-    train = infer(model, _sample(train_images, seed), terms=(), codes=True, features=True)
+    sample, sample_labels = _sample(train_images, seed)
+    train = infer(model, sample, terms=(), codes=True, features=True, labels=sample_labels)
     codes = train.codes.astype(np.float64)
     components = max(1, min(MIXTURE_COMPONENTS, len(codes) // 20))
     with warnings.catch_warnings():  # (a mixture that has not fully converged still gives a density)
@@ -304,18 +318,19 @@ class Scored:
 
 
 def score_images(model: torch.nn.Module, detector: Detector, images) -> Scored:
-    """Scores and flags of uint8 images [N, C, H, W] (a tensor or images on disk)."""
+    """Scores and flags of uint8 images [N, C, H, W] (a tensor or images on disk, or an ImageSet)."""
     parts = detector.parts(images, model)
     score = detector.combine(parts)
     return Scored(score, score > detector.threshold, parts, detector.threshold, detector.standardised(parts))
 
 
-def error_maps(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def error_maps(model: torch.nn.Module, images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images, their reconstructions (floats [N, C, H, W] in [0, 1]) and per-pixel squared error maps
-    [N, H, W] (summed over channels)."""
+    [N, H, W] (summed over channels), of uint8 images or an ImageSet."""
     from .data.batches import to_unit
 
-    result = infer(model, images, terms=(), reconstructions=True)
+    images, labels = with_labels(images)
+    result = infer(model, images, terms=(), reconstructions=True, labels=labels)
     clean = to_unit(images[:] if not torch.is_tensor(images) else images)
     return clean, result.reconstructions, (result.reconstructions - clean).square().sum(1)
 
@@ -347,7 +362,7 @@ def run_detector(run, method: str = DEFAULT_METHOD, contamination: float = DEFAU
     data = data_for_run(run.config, data_dir=data_dir, memory_limit=memory_limit)
     splits = load_run_splits(run.config, data, ("train", "val"))
     try:
-        detector = fit_detector(run.model, splits["train"].images, splits["val"].images, method, contamination,
+        detector = fit_detector(run.model, splits["train"], splits["val"], method, contamination,
                                 seed=run.config.train.seed)
     finally:
         close_sets(splits)
@@ -446,10 +461,10 @@ def write_scores(run, detector: Detector, images, split: str, out: str | Path | 
     from .run import output_path
 
     path = output_path(run.path, f"scores-{split}.csv", out)
-    scored = score_images(run.model, detector, images.images)
+    scored = score_images(run.model, detector, images)
     write_table(table(scored, images), path)
     first = highest(scored, top)
-    figure = anomaly_figure(run.model, images.images[torch.as_tensor(first)], scored.score[first],
+    figure = anomaly_figure(run.model, images.subset(torch.as_tensor(first)), scored.score[first],
                             path.with_suffix(".png"),
                             title=f"the {len(first)} highest {detector.method} scores of {len(images)} images",
                             labels=label_names(images, first), score_name=f"{detector.method} score")

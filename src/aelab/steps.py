@@ -36,13 +36,15 @@ log = logging.getLogger("aelab")
 
 def forward_backward(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig,
                      weight: float = 1.0, forward: Callable[..., torch.Tensor] | None = None,
-                     draws: torch.Tensor | None = None, progress: torch.Tensor | None = None) -> torch.Tensor:
+                     draws: torch.Tensor | None = None, progress: torch.Tensor | None = None,
+                     labels: torch.Tensor | None = None) -> torch.Tensor:
     """The model's ``training_loss`` on a batch (bf16 autocast if asked) and its gradient, times
     ``weight``, added to the parameters' ``.grad``; returns the (unweighted) loss, detached.
     ``forward``: what computes that loss (default: the model; under torchrun its DDP wrapper);
-    ``draws``: the batch's rows of the model's random draws; ``progress``: epochs done (a 0-d tensor)."""
+    ``draws``: the batch's rows of the model's random draws; ``progress``: epochs done (a 0-d tensor);
+    ``labels``: the batch's labels (a conditional model's; else None)."""
     with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        loss = (forward if forward is not None else model.training_loss)(inputs, targets, draws, progress)
+        loss = (forward if forward is not None else model.training_loss)(inputs, targets, draws, progress, labels)
     (loss * weight if weight != 1.0 else loss).backward()
     return loss.detach()
 
@@ -134,12 +136,14 @@ class TrainStep:
             clean = binarize_draw(clean, pixels, (rows[0], len(index)))
         inputs = add_noise(clean, self.config.noise_factor, noise, (rows[0], len(index))) if noise is not None else clean
         latent = latent[rows[0]: rows[1]] if latent is not None else None
+        labels = self.batches.gather_labels(index)  # (a conditional model's; else None)
         if self.distributed is not None:
-            return self.distributed(inputs, clean, len(index), latent, self.progress)
+            return self.distributed(inputs, clean, len(index), latent, self.progress, labels)
         if self.sharded is not None:
-            return self.sharded(inputs, clean, latent, self.progress)
+            return self.sharded(inputs, clean, latent, self.progress, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = forward_backward(self.model, inputs, clean, self.config, draws=latent, progress=self.progress)
+        loss = forward_backward(self.model, inputs, clean, self.config, draws=latent, progress=self.progress,
+                                labels=labels)
         self.optimizer.step()
         return loss
 
@@ -174,7 +178,8 @@ class CudaGraphStep:
 
     def _step(self) -> torch.Tensor:
         clean = self.batches.gather(self.index).contiguous(memory_format=torch.channels_last)
-        loss = forward_backward(self.model, clean, clean, self.config, draws=self.draws, progress=self.progress)
+        loss = forward_backward(self.model, clean, clean, self.config, draws=self.draws, progress=self.progress,
+                                labels=self.batches.gather_labels(self.index))
         self.optimizer.step()
         return loss
 
@@ -319,12 +324,12 @@ class ShardedStep:
             self.done.release()
 
     def _shard(self, k: int) -> None:
-        inputs, targets, draws, weight = self.jobs[k]
+        inputs, targets, draws, labels, weight = self.jobs[k]
         self.losses[k] = forward_backward(self.replicas[k], inputs, targets, self.config, weight, draws=draws,
-                                          progress=self.progress) * weight
+                                          progress=self.progress, labels=labels) * weight
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
-                 progress: torch.Tensor | None = None) -> torch.Tensor:
+                 progress: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Forward and backward of every shard (each with its rows of the model's ``draws``), then
         one optimizer step; returns the batch's mean loss."""
         self.start()
@@ -333,7 +338,8 @@ class ShardedStep:
         bounds = [len(inputs) * k // n for k in range(n + 1)]
         for k in range(n):
             a, b = bounds[k], bounds[k + 1]
-            self.jobs[k] = (inputs[a:b], targets[a:b], draws[a:b] if draws is not None else None, (b - a) / len(inputs))
+            self.jobs[k] = (inputs[a:b], targets[a:b], None if draws is None else draws[a:b],
+                            None if labels is None else labels[a:b], (b - a) / len(inputs))
         self.optimizer.zero_grad(set_to_none=True)
         for k in range(1, n):
             self.go[k].release()
@@ -346,7 +352,7 @@ class ShardedStep:
             error, self.errors[:] = self.errors[0], []
             raise error
         self.optimizer.step()
-        self._merge_statistics(n, [self.jobs[k][3] for k in range(n)])
+        self._merge_statistics(n, [self.jobs[k][4] for k in range(n)])
         return torch.stack([self.losses[k] for k in range(n)]).sum()
 
     @torch.no_grad()
@@ -372,8 +378,8 @@ class _Forward(torch.nn.Module):
         self.model = model
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
-                progress: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.training_loss(inputs, targets, draws, progress)
+                progress: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.training_loss(inputs, targets, draws, progress, labels)
 
 
 class DistributedStep:
@@ -403,7 +409,7 @@ class DistributedStep:
         self.buffers = [b for b in model.buffers() if b.is_floating_point()]
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, n: int, draws: torch.Tensor | None = None,
-                 progress: torch.Tensor | None = None) -> torch.Tensor:
+                 progress: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Forward and backward of this rank's slice (``inputs``, ``targets``, the model's ``draws``)
         of a batch of ``n`` images, the gradients added across ranks, one optimizer step, the
         BatchNorm statistics merged; returns the batch's mean loss (the same on every rank)."""
@@ -411,7 +417,7 @@ class DistributedStep:
         self.optimizer.zero_grad(set_to_none=True)
         # DDP averages the gradients over the ranks: weighted by size, their sum is the whole batch's
         loss = forward_backward(self.model, inputs, targets, self.config, weight * self.size, forward=self.ddp,
-                                draws=draws, progress=progress)
+                                draws=draws, progress=progress, labels=labels)
         self.optimizer.step()
         with torch.no_grad():
             shared = distributed.all_reduce(

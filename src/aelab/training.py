@@ -109,7 +109,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg, self.device, redrawn)
         rank, world_size, _ = distributed.world()
         # under torchrun each rank reads and trains its slice of every batch
-        self.batches = Batches(splits["train"].images, cfg.batch_size, self.device, part=(rank, world_size))
+        self.batches = Batches(splits["train"].images, cfg.batch_size, self.device, part=(rank, world_size),
+                               labels=splits["train"].labels if self.model.conditional else None)
         self.train_step = TrainStep(self.model, self.optimizer, self.batches, cfg,
                                     resolve_shards(cfg.shards, self.device, cfg.batch_size), redrawn)
         self.schedule = Schedule.planned(cfg.schedule, cfg.epochs * len(self.batches))
@@ -396,12 +397,15 @@ def _same_data_on_every_rank(fingerprint: str) -> None:
 
 
 def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
-    """The config with the model sized for the data, the images' channels, size and fingerprint (so
+    """The config with the model sized for the data (its classes too), the images' channels, size and fingerprint (so
     any tool prepares other images the same way), a file's or folder's absolute path, and the number
     of shards that auto resolves to."""
     channels, height, width = splits["train"].image_shape
+    train = splits["train"]
+    labelled = len(train.class_names) > 1 and bool((train.labels >= 0).all())
     config = replace(config, model=replace(config.model, in_channels=channels, image_size=height,
-                                           image_width=None if width == height else width))
+                                           image_width=None if width == height else width,
+                                           n_classes=len(train.class_names) if labelled else 0))
     source = splits["train"].source
     data = replace(config.data, channels=channels, image_size=f"{height}x{width}",
                    fingerprint=source.fingerprint if source is not None else None)

@@ -10,7 +10,7 @@ from .common import add_common, add_run, command, data_config, dims, opened, opt
 # which of the command's modes each option applies to; an option given for another mode is refused
 OPTIONS = {"n": ("--grid",), "dims": ("--grid",), "range": ("--grid",), "steps": ("--interpolate", "--traverse"),
            "split": ("--interpolate", "--traverse"), "seed": ("--samples",), "sampler": ("--samples",),
-           "scale": ("--samples", "--interpolate", "--traverse")}
+           "scale": ("--samples", "--interpolate", "--traverse"), "label": ("--samples", "--grid")}
 DEFAULTS = {"n": 12, "split": "test", "seed": 0, "scale": 2}
 
 
@@ -22,7 +22,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     (often a corner) the decoder never learned what to draw. --samples N: new images from codes
     drawn from the prior N(0, I) (a variational run's default) or from a Gaussian mixture fitted to
     the training codes (an autoencoder's); --out FILE.npy or --out FOLDER saves the images themselves
-    (a uint8 array [N, C, H, W], or PNG files), --out FILE.png a picture of them. --interpolate I J:
+    (a uint8 array [N, C, H, W], or PNG files), --out FILE.png a picture of them; a conditional run
+    (cvae) draws the class --label C, or the classes in turn. --interpolate I J:
     the line between the codes of images I and J. --traverse I: latent traversals around the code of
     image I, a row per latent dimension (the first 16) moved from -3 to +3 standard deviations (the
     prior's for a variational run, the training codes' otherwise).
@@ -47,19 +48,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     train_codes = None
     if args.grid or sampler == "gmm" or (args.traverse is not None and not latent.default_sampler(run.model) == "prior"):
         train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
-        train_codes = latent.encode(run.model, train.images)
+        train_codes = latent.encode(run.model, train.images, labels=train.labels)
     if args.grid:
         plane = latent.latent_plane(train_codes, args.dims, limits=args.range)
-        print(figures.grid_figure(run, plane, args.n, output_path(run.path, "grid.png", args.out)))
+        print(figures.grid_figure(run, plane, args.n, output_path(run.path, "grid.png", args.out), label=args.label))
         return 0
     if args.traverse is not None:
         picture = figures.traversal_picture(run, data, args.traverse, train_codes, args.steps)
         print(figures.save_picture(run, picture, f"traversal-{args.traverse}.png", args.out, scale=args.scale))
         return 0
     if sampler == "prior":
-        images = latent.prior_images(run, args.n_samples, seed=args.seed)
+        images = latent.prior_images(run, args.n_samples, seed=args.seed, label=args.label)
     else:
-        images = latent.sample_images(run, train_codes, args.n_samples, seed=args.seed)
+        images = latent.sample_images(run, train_codes, args.n_samples, seed=args.seed, label=args.label)
     if args.out is not None and not args.out.endswith(".png"):  # the images themselves
         print(figures.write_images(images, output_path(run.path, "samples", args.out)))
         return 0
@@ -81,6 +82,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--sampler", choices=("prior", "gmm"), help="--samples: codes from the prior N(0, I), or from a "
                    "Gaussian mixture fitted to the training codes (default: prior for a variational run, gmm for an "
                    "autoencoder)")
+    p.add_argument("--label", type=int, metavar="C", help="--samples, --grid: a conditional run's (cvae) class to draw "
+                   "(default: --samples the classes in turn, --grid class 0)")
     p.add_argument("--interpolate", type=int, nargs=2, metavar=("I", "J"), help="interpolate between images I and J of --split")
     p.add_argument("--traverse", type=int, metavar="I", help="latent traversals around the code of image I of --split")
     p.add_argument("--steps", type=int, help="--interpolate, --traverse: the images along each line (default: 10; "

@@ -41,7 +41,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     variational = None
     if is_variational(run.model):
         with _bar(args, f"NLL, K = {args.nll_samples}") as progress:
-            variational = measures(run.model, data.images, args.nll_samples or 0, args.seed or 0, progress)
+            variational = measures(run.model, data.images, args.nll_samples or 0, args.seed or 0, progress, data.labels)
     elif args.nll_samples:
         raise AelabError("--nll-samples needs a variational model (--model vae or iwae); this run is "
                          f"{run.config.model.kind}")
@@ -80,7 +80,8 @@ def _generation(args: argparse.Namespace, run, data) -> dict:
         images = latent.prior_images(run, args.generated, seed=args.seed or 0)
     else:
         train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
-        images = latent.sample_images(run, latent.encode(run.model, train.images), args.generated, seed=args.seed or 0)
+        codes = latent.encode(run.model, train.images, labels=train.labels)
+        images = latent.sample_images(run, codes, args.generated, seed=args.seed or 0)
     if run.config.data.binarize:  # (the generated images are pixel means: compared with grey test images)
         from dataclasses import replace
 

@@ -81,9 +81,10 @@ class Batches:
     """
 
     def __init__(self, images: torch.Tensor | MappedImages, batch_size: int, device: torch.device | str,
-                 part: tuple[int, int] = (0, 1)):
+                 part: tuple[int, int] = (0, 1), labels: torch.Tensor | None = None):
         self.resident = torch.is_tensor(images)
         self.images = images.to(device) if self.resident else images  # uint8 [N, C, H, W]
+        self.labels = labels.to(device) if labels is not None else None  # int64 [N]: for a conditional model
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.part = part
@@ -128,6 +129,13 @@ class Batches:
         if self.resident:
             return to_unit(self.images[index[first:last]])
         return to_unit(self.images[index[first:last].cpu()], self.device)
+
+    def gather_labels(self, index: torch.Tensor) -> torch.Tensor | None:
+        """The labels of this process's slice of the batch ``index`` (None without labels)."""
+        if self.labels is None:
+            return None
+        first, last = self.rows(len(index))
+        return self.labels[index[first:last].to(self.labels.device)]
 
     def epoch(self, seed: int, epoch: int, shuffle: bool, start: int = 0) -> Iterator[torch.Tensor]:
         """The batches of ``epoch``, from batch number ``start`` on (to resume mid-epoch)."""

@@ -20,6 +20,7 @@ class ConvAutoencoder(nn.Module):
 
     terms = LOSSES  # ("mse", "bce")
     draw_shape = None  # it draws no random numbers
+    conditional = False  # it does not see the images' labels
     summary_terms = ()  # its evaluation after training is the MSE alone
 
     def __init__(self, latent_dim: int = 4, in_channels: int = 1, image_size: int = 28, *,
@@ -47,16 +48,17 @@ class ConvAutoencoder(nn.Module):
         return {"mse": "MSE per pixel", "bce": "binary cross-entropy per pixel"}.get(self.objective, self.objective)
 
     def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
-                      progress: torch.Tensor | None = None) -> torch.Tensor:
+                      progress: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The objective of a batch: the mean over every pixel of MSE between the reconstruction of
         ``inputs`` and ``targets`` (the clean images), or of BCE from the decoder's logits. (It
-        draws nothing and does not change during training: ``draws`` and ``progress`` are unused.)"""
+        draws nothing, does not change during training and sees no label: ``draws``, ``progress`` and
+        ``labels`` are unused.)"""
         if self.objective == "bce":
             return F.binary_cross_entropy_with_logits(self.decoder.logits(self.encoder(inputs)), targets)
         return F.mse_loss(self(inputs), targets)
 
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor, terms: tuple[str, ...] = ("mse",),
-                draws: torch.Tensor | None = None) -> Measured:
+                draws: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> Measured:
         """Codes, reconstructions, encoder features and the per-image ``terms`` (mse: of the
         reconstruction in [0, 1]; bce: from the logits) of ``inputs`` against ``targets``."""
         maps = self.encoder.encoder_cnn(inputs)  # [B, 32, 3, 3] for MNIST
@@ -80,10 +82,10 @@ class ConvAutoencoder(nn.Module):
         (codes -> images), as one module."""
         return {"autoencoder": self, "encoder": self.encoder, "decoder": self.decoder}[name]
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,24 +30,24 @@ class ImportanceWeightedAutoencoder(VariationalAutoencoder):
     def objective_label(self) -> str:
         return f"importance-weighted bound, K = {self.config.samples} (nats per image)"
 
-    def bound(self, x: torch.Tensor, draws: torch.Tensor, posterior=None) -> torch.Tensor:
+    def bound(self, x: torch.Tensor, draws: torch.Tensor, posterior=None, labels=None) -> torch.Tensor:
         """-log (1/K sum_k w_k) per image, [B], for the K codes drawn with ``draws`` [B, K, d]."""
-        log_weights = self.log_weights(x, draws, posterior)
+        log_weights = self.log_weights(x, draws, posterior, labels)
         return -(torch.logsumexp(log_weights, 1) - math.log(draws.shape[1]))
 
     def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
-                      progress: torch.Tensor | None = None) -> torch.Tensor:
+                      progress: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's mean of the K-sample bound (``draws`` [B, K, d]; none given: the ELBO at the
         mean code, as the VAE)."""
         if draws is None:
-            return super().training_loss(inputs, targets, None, progress)
-        mean, log_variance, _ = self.posterior(inputs)
-        return self.bound(targets, draws, (mean, log_variance)).mean()
+            return super().training_loss(inputs, targets, None, progress, labels)
+        mean, log_variance, _ = self.posterior(inputs, labels)
+        return self.bound(targets, draws, (mean, log_variance), labels).mean()
 
-    def _sampled_terms(self, targets, mean, log_variance, draws, terms):
-        found = super()._sampled_terms(targets, mean, log_variance, draws, terms)
+    def _sampled_terms(self, targets, mean, log_variance, draws, terms, labels=None):
+        found = super()._sampled_terms(targets, mean, log_variance, draws, terms, labels)
         if "iw_nelbo" in terms and draws is not None:
-            found["iw_nelbo"] = self.bound(targets, draws, (mean, log_variance)).double()
+            found["iw_nelbo"] = self.bound(targets, draws, (mean, log_variance), labels).double()
         elif "iw_nelbo" in terms:
             found["iw_nelbo"] = found["nelbo"]
         return found

@@ -79,6 +79,7 @@ class VariationalAutoencoder(nn.Module):
         self.terms = ("mse", "recon", "kl", "nelbo") + (("beta_nelbo",) if self.beta != 1.0 else ())
         self.objective = "nelbo" if self.beta == 1.0 else "beta_nelbo"
         self.summary_terms = ("nelbo", "recon", "kl")  # evaluated after training (evaluation.json), nats per image
+        self.conditional = False  # (a conditional model sees each image's label)
 
     @classmethod
     def from_config(cls, config: ModelConfig, loss: str = "mse") -> "VariationalAutoencoder":
@@ -90,11 +91,22 @@ class VariationalAutoencoder(nn.Module):
         return f"{name} (nats per image)"
 
     # --- the distributions ---------------------------------------------------------------------
-    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Mean and log-variance [B, d] of q(z|x), and the encoder's feature maps."""
+    def posterior(self, x: torch.Tensor, labels: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean and log-variance [B, d] of q(z|x), and the encoder's feature maps (``labels``: for a
+        conditional model, which sees them too)."""
         maps = self.encoder.encoder_cnn(x)  # [B, 32, 3, 3] for MNIST
-        hidden = self.encoder.encoder_lin[:2](self.encoder.flatten(maps))  # [B, hidden]
+        hidden = self.encoder.encoder_lin[:2](self._joined(self.encoder.flatten(maps), labels))  # [B, hidden]
         return self.encoder.encoder_lin[2](hidden), self.log_variance(hidden).clamp(-30.0, 20.0), maps
+
+    def logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder's output for codes ``z`` before the sigmoid (``labels``: for a conditional model)."""
+        return self.decoder.logits(self._joined(z, labels))
+
+    def _joined(self, values: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """What a layer that sees the label gets (a conditional model's: ``values`` and the one-hot
+        label); here ``values`` alone."""
+        return values
 
     def log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """log p(x|z) per image (nats), [B], from the decoder's ``logits`` for z."""
@@ -111,13 +123,14 @@ class VariationalAutoencoder(nn.Module):
         return self.beta * (progress / self.kl_warmup).clamp(max=1.0)
 
     def log_weights(self, x: torch.Tensor, draws: torch.Tensor,
-                    posterior: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                    posterior: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x, z_k) - log q(z_k|x) for the codes z_k drawn with ``draws`` [B, K, d]: [B, K]
         (their log-mean-exp is the K-sample importance-weighted bound on log p(x))."""
-        mean, log_variance = posterior if posterior is not None else self.posterior(x)[:2]
+        mean, log_variance = posterior if posterior is not None else self.posterior(x, labels)[:2]
         batch, samples = draws.shape[:2]
         z = mean[:, None] + torch.exp(0.5 * log_variance)[:, None] * draws  # [B, K, d]
-        logits = self.decoder.logits(z.flatten(0, 1))  # [B*K, C, H, W]
+        logits = self.logits(z.flatten(0, 1), None if labels is None else labels.repeat_interleave(samples))
         log_px = self.log_likelihood(x.repeat_interleave(samples, 0), logits).view(batch, samples)
         log_pz = -0.5 * (z.square() + LOG_2PI).sum(-1)
         log_qz = -0.5 * (draws.square() + LOG_2PI + log_variance[:, None]).sum(-1)
@@ -125,32 +138,33 @@ class VariationalAutoencoder(nn.Module):
 
     # --- what aelab asks of a family ---------------------------------------------------------------
     def training_loss(self, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor | None = None,
-                      progress: torch.Tensor | None = None) -> torch.Tensor:
+                      progress: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The batch's mean of reconstruction + weight x KL (nats per image), one code drawn per
         image (``draws`` [B, K, d]: the first; none given: the mean code)."""
-        mean, log_variance, _ = self.posterior(inputs)
+        mean, log_variance, _ = self.posterior(inputs, labels)
         z = mean if draws is None else mean + torch.exp(0.5 * log_variance) * draws[:, 0]
-        recon = -self.log_likelihood(targets, self.decoder.logits(z))
+        recon = -self.log_likelihood(targets, self.logits(z, labels))
         kl = gaussian_kl(mean, log_variance).sum(1)
         return (recon + self.kl_weight(progress) * kl).mean()
 
     def measure(self, inputs: torch.Tensor, targets: torch.Tensor, terms: tuple[str, ...] = ("mse",),
-                draws: torch.Tensor | None = None) -> Measured:
+                draws: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> Measured:
         """Codes (the means), reconstructions (decoded from the means), features and the per-image
         ``terms``; the sampled terms use the first of ``draws``."""
-        mean, log_variance, maps = self.posterior(inputs)
-        output = torch.sigmoid(self.decoder.logits(mean))
+        mean, log_variance, maps = self.posterior(inputs, labels)
+        output = torch.sigmoid(self.logits(mean, labels))
         found = {}
         if "mse" in terms:
             found["mse"] = per_image((output - targets).square())
         if set(terms) - {"mse"}:
-            found.update(self._sampled_terms(targets, mean, log_variance, draws, terms))
+            found.update(self._sampled_terms(targets, mean, log_variance, draws, terms, labels))
         return Measured(mean, output, pooled(maps), {term: found[term] for term in terms})
 
     def _sampled_terms(self, targets: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor,
-                       draws: torch.Tensor | None, terms: tuple[str, ...]) -> dict[str, torch.Tensor]:
+                       draws: torch.Tensor | None, terms: tuple[str, ...], labels: torch.Tensor | None = None
+                       ) -> dict[str, torch.Tensor]:
         z = mean if draws is None else mean + torch.exp(0.5 * log_variance) * draws[:, 0]
-        recon = -self.log_likelihood(targets, self.decoder.logits(z)).double()
+        recon = -self.log_likelihood(targets, self.logits(z, labels)).double()
         kl = gaussian_kl(mean, log_variance).sum(1).double()
         return {"recon": recon, "kl": kl, "nelbo": recon + kl, "beta_nelbo": recon + self.beta * kl}
 
@@ -164,13 +178,13 @@ class VariationalAutoencoder(nn.Module):
         and log-variance, two outputs) or ``decoder`` (codes -> pixel means)."""
         return {"autoencoder": self, "encoder": PosteriorEncoder(self), "decoder": self.decoder}[name]
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The mean of q(z|x)."""
-        return self.posterior(x)[0]
+        return self.posterior(x, labels)[0]
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The pixel means of p(x|z), in (0, 1)."""
-        return self.decoder(z)
+        return torch.sigmoid(self.logits(z, labels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x))
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.encode(x, labels), labels)
