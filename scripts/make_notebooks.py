@@ -158,6 +158,33 @@ onnx_out = session.run(None, {"images": x})[0]
 with torch.no_grad():
     torch_out = run.model(torch.from_numpy(x)).numpy()
 print(path, "largest difference from aelab:", float(np.abs(onnx_out - torch_out).max()))''',
+"""md:## 11. The next step: a variational autoencoder
+
+The tutorial's students move on to the VAE: the same network with a second head on the encoder, so
+that each image gives a Gaussian over codes instead of one code; training maximises the ELBO, a bound
+on the log-likelihood, in nats per image; new images come from the prior N(0, I). As papers do on
+MNIST, the images are binarised (each training image drawn anew every epoch) and the decoder is a
+Bernoulli one (`--model vae --loss bce --binarize dynamic` on the command line).""",
+'''vae_splits = load_splits(DataConfig(binarize="dynamic"))  # the test images drawn once, seeded
+vae_config = RunConfig(data=DataConfig(binarize="dynamic"), model=ModelConfig(kind="vae", latent_dim=16),
+                       train=train_config_for("fast", epochs=EPOCHS, loss="bce"))
+vae = train(vae_config, out=RUNS / "vae", overwrite=True, report=False, data=vae_splits,
+            callbacks=[ProgressBar(), Console()])''',
+"""md:Its measures on 1,000 test images: the negative ELBO and its two parts, the negative
+log-likelihood estimated with 100 codes per image (`aelab evaluate RUN --nll-samples 5000` is the
+papers' setting), and how many latent dimensions it uses.""",
+'''from aelab.likelihood import measures
+
+vae_run = load_run(vae.run_dir)
+found = measures(vae_run.model, vae_splits["test"].images[:1000], nll_samples=100)
+display(pd.Series({key: value for key, value in found.items() if key != "kl_per_dimension"}, name="value").to_frame())''',
+"""md:New images drawn from the prior, and traversals: the code of a test image with each latent
+dimension moved from -3 to +3 standard deviations (a row each; the unused dimensions change nothing).""",
+'''fig, axes = plt.subplots(1, 2, figsize=(12, 6))
+axes[0].imshow(figures.tiled(latent.prior_images(vae_run, 48), 8), cmap="gray"); axes[0].set_title("from the prior")
+axes[1].imshow(figures.traversal_picture(vae_run, vae_splits["test"], 0), cmap="gray"); axes[1].set_title("traversals")
+for ax in axes:
+    ax.axis("off")''',
 ]
 
 your_images = [
