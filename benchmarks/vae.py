@@ -1,0 +1,203 @@
+"""Side by side: aelab's VAE against pythae 0.1.2's VAE on the same network, data and epochs.
+
+    .venv/bin/python benchmarks/vae.py --setup      # once: pythae in its own environment (benchmarks/out/pythae-env)
+    .venv/bin/python benchmarks/vae.py              # both sides, 30 epochs each, test NLL with K = 200 (about 15 minutes)
+    .venv/bin/python benchmarks/vae.py --epochs 5 --test-images 1000   # a quick look
+
+The network is the tutorial's (aelab's ``Encoder``/``Decoder``) with two heads, latent size 16, as
+PyTorch's own layers on pythae's side; the data are aelab's MNIST split (48,000 training images,
+12,000 for validation, the 10,000 test images), binarised by x > 0.5 (``--binarize threshold``, the
+protocol of the issue's pythae anchor); a Bernoulli decoder, batch 256, 30 epochs. pythae trains with
+Adam at 1e-3 (its anchor's recipe), aelab with that recipe too (``--recipe tutorial``: constant 1e-3)
+and with its own (``fast``: a one-cycle to 1e-2), and with ``fast`` on a budget of epochs
+(``--short``, default 12) for the time to pythae's final NLL. Each side runs in its own process and
+reports seconds per epoch (the whole loop with its evaluation, as each library runs it), the test
+negative ELBO, and the test NLL by each library's own estimator with the same K (pythae's
+``get_nll``, which wants ``model.eval()`` and ``torch.no_grad()``, returns the mean log-likelihood,
+and uses ``batch_size`` samples when ``n_samples`` is smaller: both are given K). Results go to
+benchmarks/out/vae-DATE.json.
+
+pythae's environment: a virtual environment that sees .venv's packages (a .pth file) and adds
+pythae without its dependencies (``pip install --no-deps pythae==0.1.2``; its old ``dataclasses``
+backport is not needed) and the few it lacks (imageio, dill).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ENV = HERE / "out" / "pythae-env"
+LATENT = 16
+
+
+def setup() -> None:
+    """pythae 0.1.2 in its own virtual environment, layered on this one's packages."""
+    subprocess.run([sys.executable, "-m", "venv", str(ENV)], check=True)
+    python = ENV / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # (site.addsitedir also reads that folder's .pth files: aelab's editable install is one)
+    Path(site, "aelab-venv.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "--no-deps", "pythae==0.1.2"], check=True)
+    subprocess.run([*pip, "imageio", "dill"], check=True)
+    subprocess.run([str(python), "-c", "import pythae, torch; print('pythae', pythae.__version__ if hasattr(pythae, "
+                    "'__version__') else '0.1.2', 'with torch', torch.__version__)"], check=True)
+
+
+def mnist(test_images: int):
+    """aelab's MNIST split, binarised by x > 0.5, as float tensors [N, 1, 28, 28] in {0, 1}."""
+    from aelab.config import DataConfig
+    from aelab.data.sets import load_splits
+
+    splits = load_splits(DataConfig(binarize="threshold"))
+    return {name: split.images.float().div(255)[: test_images if name == "test" else None]
+            for name, split in splits.items()}
+
+
+def run_pythae(args) -> dict:
+    import torch
+    from torch import nn
+
+    from pythae.data.datasets import BaseDataset
+    from pythae.models import VAE, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+    from pythae.trainers import BaseTrainer, BaseTrainerConfig
+
+    from aelab.exporting import plain_model
+    from aelab.models.nets import Decoder, Encoder
+
+    torch.manual_seed(0)
+
+    class TwoHeads(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.net, self.log_variance = Encoder(LATENT, 1, 28), nn.Linear(128, LATENT)
+
+        def forward(self, x):
+            hidden = self.net.encoder_lin[:2](self.net.flatten(self.net.encoder_cnn(x)))
+            return ModelOutput(embedding=self.net.encoder_lin[2](hidden), log_covariance=self.log_variance(hidden))
+
+    class Tutorial(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = plain_model(Decoder(LATENT, 1, 28)).train()  # PyTorch's own transposed convolutions
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=self.net(z))
+
+    data = mnist(args.test_images)
+    model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=LATENT, reconstruction_loss="bce"),
+                encoder=TwoHeads(), decoder=Tutorial())
+    with tempfile.TemporaryDirectory() as folder:
+        config = BaseTrainerConfig(output_dir=folder, num_epochs=args.epochs, learning_rate=1e-3,
+                                   per_device_train_batch_size=256, per_device_eval_batch_size=256,
+                                   train_dataloader_num_workers=0, eval_dataloader_num_workers=0, no_cuda=True,
+                                   steps_saving=None, seed=0)
+        datasets = [BaseDataset(data[name], torch.zeros(len(data[name]))) for name in ("train", "val")]
+        trainer = BaseTrainer(model, *datasets, config)
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    model = trainer._best_model if getattr(trainer, "_best_model", None) is not None else model
+    model.eval()
+    with torch.no_grad():
+        test = data["test"]
+        nelbo = sum(float(model({"data": test[i: i + 1000]}).loss) * len(test[i: i + 1000])
+                    for i in range(0, len(test), 1000)) / len(test)
+        started = time.perf_counter()
+        nll = -float(model.get_nll(test, n_samples=args.nll_samples, batch_size=args.nll_samples))
+        nll_seconds = time.perf_counter() - started
+    return {"side": "pythae 0.1.2 VAE", "epochs": args.epochs, "seconds": seconds, "seconds_per_epoch": seconds / args.epochs,
+            "test_nelbo": nelbo, "test_nll": nll, "nll_samples": args.nll_samples, "nll_seconds": nll_seconds}
+
+
+def run_aelab(args, recipe: str, epochs: int) -> dict:
+    import torch
+
+    from aelab import RunConfig, train
+    from aelab.config import DataConfig, ModelConfig, train_config_for
+    from aelab.data.sets import load_splits
+    from aelab.likelihood import importance_nll
+
+    data = DataConfig(binarize="threshold")
+    splits = load_splits(data)
+    splits["test"] = splits["test"].subset(torch.arange(min(args.test_images, len(splits["test"]))))
+    config = RunConfig(data=data, model=ModelConfig(kind="vae", latent_dim=LATENT),
+                       train=train_config_for(recipe, epochs=epochs, loss="bce"))
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        result = train(config, Path(folder) / "run", report=False, data=splits)
+        seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    nll = float(importance_nll(result.model, splits["test"].images, args.nll_samples, seed=0).mean())
+    return {"side": f"aelab VAE ({recipe}, {epochs} epochs)", "epochs": epochs, "seconds": seconds,
+            "seconds_per_epoch": sum(row["seconds"] for row in result.metrics) / epochs,
+            "test_nelbo": result.evaluation["test_nelbo"], "test_nll": nll, "nll_samples": args.nll_samples,
+            "nll_seconds": time.perf_counter() - started}
+
+
+def side(args) -> None:
+    if args.side == "pythae":
+        found = run_pythae(args)
+    else:
+        recipe, epochs = args.side.split(":")
+        found = run_aelab(args, recipe, int(epochs))
+    print("RESULT " + json.dumps(found), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setup", action="store_true", help="make pythae's environment and stop")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--short", type=int, default=12, help="aelab's fast recipe on this budget of epochs too")
+    parser.add_argument("--nll-samples", type=int, default=200)
+    parser.add_argument("--test-images", type=int, default=10_000)
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.setup:
+        return setup()
+    if args.side:
+        return side(args)
+    if not (ENV / "bin" / "python").exists():
+        raise SystemExit(f"pythae's environment is missing: run {sys.argv[0]} --setup first")
+    common = ["--epochs", str(args.epochs), "--nll-samples", str(args.nll_samples), "--test-images", str(args.test_images)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))}
+    runs = [(str(ENV / "bin" / "python"), "pythae"), (sys.executable, f"tutorial:{args.epochs}"),
+            (sys.executable, f"fast:{args.epochs}"), (sys.executable, f"fast:{args.short}")]
+    results = []
+    for python, name in runs:
+        print(f"vae bench: {name} ...", file=sys.stderr, flush=True)
+        done = subprocess.run([python, __file__, "--side", name, *common], capture_output=True, text=True, env=env)
+        line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(line[7:]))
+    print(f"{'':34} {'s/epoch':>8} {'total s':>8} {'test NELBO':>11} {'test NLL':>9} (K = {args.nll_samples})")
+    for found in results:
+        print(f"{found['side']:34} {found['seconds_per_epoch']:8.2f} {found['seconds']:8.1f} {found['test_nelbo']:11.2f} "
+              f"{found['test_nll']:9.2f}")
+    pythae = results[0]
+    for found in results[1:]:
+        print(f"{found['side']}: {pythae['seconds_per_epoch'] / found['seconds_per_epoch']:.2f}x pythae's epoch speed, "
+              f"NLL {pythae['test_nll'] - found['test_nll']:+.2f} nats better, in "
+              f"{found['seconds'] / pythae['seconds']:.0%} of pythae's training time")
+    out = HERE / "out" / f"vae-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
