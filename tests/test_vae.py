@@ -135,7 +135,9 @@ def test_binarised_pixels_as_papers_use_them():
     assert set(static.unique().tolist()) <= {0, 255} and torch.equal(static, binarized(grey, DataConfig(binarize="static"), "test").images)
     assert not torch.equal(static, binarized(grey, DataConfig(binarize="static"), "val").images)  # each split its own draw
     assert torch.equal(binarized(grey, DataConfig(binarize="dynamic"), "test").images, static)  # evaluated once, seeded
-    assert binarized(grey, DataConfig(binarize="dynamic"), "train") is grey  # training draws every epoch
+    assert binarized(grey, DataConfig(binarize="dynamic"), "train", training=True) is grey  # drawn every epoch
+    assert torch.equal(binarized(grey, DataConfig(binarize="dynamic"), "train").images,  # the tools: drawn once
+                       binarized(grey, DataConfig(binarize="static"), "train").images)
     share = float((static > 0).float().mean())
     assert abs(share - float(grey.images.float().div(255).mean())) < 0.05  # a Bernoulli draw of each grey level
 

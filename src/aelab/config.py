@@ -19,13 +19,15 @@ from .data.catalog import ARRAY_SUFFIXES, DATASETS
 from .errors import AelabError
 
 LOSSES = ("mse", "bce")
-# the model families (aelab.models.registry builds them): kind -> (module, class)
-FAMILIES: dict[str, tuple[str, str]] = {
-    "ae": ("aelab.models.ae", "ConvAutoencoder"),  # the tutorial's convolutional autoencoder
-    "vae": ("aelab.models.vae", "VariationalAutoencoder"),  # the same network, two heads, the ELBO (beta-VAE)
-    "iwae": ("aelab.models.iwae", "ImportanceWeightedAutoencoder"),  # the VAE trained on the K-sample bound
-    "cvae": ("aelab.models.cvae", "ConditionalVariationalAutoencoder"),  # the VAE that also sees the label
+# the model families (aelab.models.registry builds them): kind -> (module, class, the settings of ModelConfig's
+# FAMILY_SETTINGS it takes; another family refuses them)
+FAMILIES: dict[str, tuple] = {
+    "ae": ("aelab.models.ae", "ConvAutoencoder", ()),  # the tutorial's convolutional autoencoder
+    "vae": ("aelab.models.vae", "VariationalAutoencoder", ("beta", "kl_warmup")),  # two heads, the ELBO (beta-VAE)
+    "iwae": ("aelab.models.iwae", "ImportanceWeightedAutoencoder", ("samples",)),  # the VAE on the K-sample bound
+    "cvae": ("aelab.models.cvae", "ConditionalVariationalAutoencoder", ("beta", "kl_warmup")),  # it sees the label
 }
+FAMILY_SETTINGS = {"beta": 1.0, "kl_warmup": 0.0, "samples": 1}  # ModelConfig's settings of some families: defaults
 SCHEDULES = ("onecycle", "constant")
 KEEP = ("best", "last")
 PRECISIONS = ("fp32", "bf16")
@@ -173,17 +175,13 @@ class ModelConfig:
                  "0 (none) or more epochs", "0")
         _require(self.samples >= 1, "model.samples", self.samples, "at least 1", "1")
         _require(self.n_classes >= 0, "model.n_classes", self.n_classes, "0 or more", "0 (it is set from the data)")
-        variational = {"beta": self.beta != 1.0, "kl_warmup": self.kl_warmup != 0.0, "samples": self.samples != 1}
-        allowed = {"ae": (), "vae": ("beta", "kl_warmup"), "cvae": ("beta", "kl_warmup"),
-                   "iwae": ("samples",)}.get(self.kind)
-        if allowed is not None:
-            for name, given in variational.items():
-                if given and name not in allowed:
-                    users = [kind for kind, names in (("vae", ("beta", "kl_warmup")), ("cvae", ("beta", "kl_warmup")),
-                                                      ("iwae", ("samples",))) if name in names]
-                    raise AelabError(f"`model.{name}` applies to the {' and '.join(users)} famil"
-                                     f"{'ies' if len(users) > 1 else 'y'}, not to {self.kind}; choose `model.kind` "
-                                     f"{users[0]} or leave `model.{name}` out")
+        takes = FAMILIES[self.kind][2] if len(FAMILIES[self.kind]) > 2 else ()
+        for name, default in FAMILY_SETTINGS.items():
+            if getattr(self, name) != default and name not in takes:
+                users = [kind for kind, entry in FAMILIES.items() if len(entry) > 2 and name in entry[2]]
+                raise AelabError(f"`model.{name}` applies to the {' and '.join(users)} famil"
+                                 f"{'ies' if len(users) > 1 else 'y'}, not to {self.kind}; choose `model.kind` "
+                                 f"{users[0]} or leave `model.{name}` out")
 
 
 @dataclass

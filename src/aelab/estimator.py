@@ -57,9 +57,11 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
         from .scores import check_contamination, fit_detector, save_detector
 
         check_contamination(self.contamination)
-        if self.model == "cvae":
-            raise AelabError("AutoencoderDetector trains unconditional models (ae, vae, iwae): its X has no labels; "
-                             "choose another `model`")
+        from .models.registry import family
+
+        if family(self.model).conditional:
+            raise AelabError(f"AutoencoderDetector trains models that need no labels (ae, vae, iwae): its X has none, "
+                             f"and {self.model} sees each image's label; choose another `model`")
         images = self._images(X, fitting=True)
         full = ImageSet.from_arrays(images)
         train_set, val_set = split_train_val(full, self.val_fraction, self.seed)

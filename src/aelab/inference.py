@@ -73,6 +73,8 @@ def infer(model: torch.nn.Module, images: torch.Tensor, *, terms: Sequence[str] 
     if unknown:
         raise AelabError(f"this model reports {', '.join(model.terms)} per image, not {', '.join(unknown)}; "
                          "ask for one of those")
+    if model.conditional:
+        model.check_labels(labels)  # (once, here: not inside the chunks)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

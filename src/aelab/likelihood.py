@@ -29,8 +29,8 @@ def is_variational(model: torch.nn.Module) -> bool:
 
 def _check(model: torch.nn.Module) -> None:
     if not is_variational(model):
-        raise AelabError("this measure needs a variational model (a posterior q(z|x)): train with `model.kind` vae "
-                         "or iwae")
+        raise AelabError("this measure needs a variational model (a posterior q(z|x)): train with `model.kind` vae, "
+                         "iwae or cvae")
 
 
 @dataclass
@@ -118,13 +118,13 @@ def bits_per_dimension(nats: float, image_shape: tuple[int, ...]) -> float:
 
 def measures(model: torch.nn.Module, images, nll_samples: int = 0, seed: int = 0,
              progress: Callable[[int, int], None] | None = None, labels: torch.Tensor | None = None) -> dict:
-    """What ``aelab evaluate`` reports of a variational model on uint8 ``images``: the negative ELBO
-    and its parts (nats per image, one seeded code per image), active units, the KL per dimension,
-    and with ``nll_samples`` K the importance-sampled negative log-likelihood (nats, and bits per
-    dimension)."""
+    """What ``aelab evaluate`` reports of a variational model on uint8 ``images``: its summary terms
+    (``model.summary_terms``: the negative ELBO and its parts, nats per image, one seeded code per
+    image), active units, the KL per dimension, and with ``nll_samples`` K the importance-sampled
+    negative log-likelihood (nats; and bits per dimension for a Bernoulli decoder)."""
     from .inference import infer
 
-    terms = tuple(term for term in ("nelbo", "recon", "kl", "iw_nelbo") if term in model.terms)
+    terms = model.summary_terms
     result = infer(model, images, terms=terms, seed=seed, labels=labels)
     found = {term: result.mean(term) for term in terms}
     posterior = posterior_summary(model, images, labels=labels)
@@ -132,5 +132,7 @@ def measures(model: torch.nn.Module, images, nll_samples: int = 0, seed: int = 0
                  kl_per_dimension=[round(float(value), 4) for value in posterior.kl_per_dimension])
     if nll_samples:
         nll = float(importance_nll(model, images, nll_samples, seed, progress=progress, labels=labels).mean())
-        found.update(nll=nll, nll_samples=nll_samples, bits_per_dim=bits_per_dimension(nll, tuple(images.shape[1:])))
+        found.update(nll=nll, nll_samples=nll_samples)
+        if getattr(model, "likelihood", None) == "bernoulli":  # (binary pixels; a density on continuous ones has none)
+            found["bits_per_dim"] = bits_per_dimension(nll, tuple(images.shape[1:]))
     return found

@@ -44,7 +44,7 @@ import torch
 
 from .errors import AelabError
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .inference import infer
+from .inference import chunk_size, infer
 
 INGREDIENTS = ("mse", "feature_error", "feature_distance", "density", "nelbo")  # (nelbo: variational models only)
 METHODS = ("combined", *INGREDIENTS)
@@ -85,9 +85,10 @@ class Detector:
         images, labels = with_labels(images)
         terms = tuple(term for term in ("mse", "nelbo") if term in model.terms)
         found: dict[str, list[np.ndarray]] = {name: [] for name in INGREDIENTS if name != "nelbo" or name in terms}
-        for start in range(0, len(images), CHUNK):
-            result = infer(model, images[start: start + CHUNK], terms=terms, codes=True, features=True, first=start,
-                           labels=None if labels is None else labels[start: start + CHUNK])
+        step = chunk_size(images.shape[1:]) * max(1, CHUNK // chunk_size(images.shape[1:]))  # whole chunks of infer:
+        for start in range(0, len(images), step):  # (its draws are seeded by their place: the same however cut)
+            result = infer(model, images[start: start + step], terms=terms, codes=True, features=True, first=start,
+                           labels=None if labels is None else labels[start: start + step])
             for term in terms:
                 found[term].append(result.terms[term])
             found["density"].append(-self._mixture().score_samples(result.codes.astype(np.float64)))
@@ -206,8 +207,8 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
     if method not in METHODS:
         raise AelabError(f"unknown score {method!r}; choose one of {', '.join(METHODS)}")
     if method == "nelbo" and "nelbo" not in model.terms:
-        raise AelabError("the nelbo score (the negative ELBO) needs a variational model (`model.kind` vae or iwae); "
-                         "choose another `method`")
+        raise AelabError("the nelbo score (the negative ELBO) needs a variational model (`model.kind` vae, iwae or "
+                         "cvae); choose another `method`")
     contamination = check_contamination(contamination)
     sample, sample_labels = _sample(train_images, seed)
     train = infer(model, sample, terms=(), codes=True, features=True, labels=sample_labels)

@@ -29,12 +29,17 @@ from .data.sets import ImageSet, close_sets, load_splits
 from .devices import resolve_device
 from .errors import AelabError
 from .evaluation import SplitMeans, psnr_from_mse
-from .models.registry import build_model
+from .models.registry import build_model, family
 from .optim import Schedule, make_optimizer, make_scheduler
 from .run import lock_existing_run, lock_new_run, remove_run_files, resumed_config
 from .steps import TrainStep, resolve_shards
 
 log = logging.getLogger("aelab")
+
+
+# the seeds of each epoch's generators: seed * 1_000_003 + the stream + the epoch (the input noise's stream is
+# 7, as ever); streams far apart, so that no epoch's draws repeat another stream's of another epoch
+DRAWS_STREAM, PIXELS_STREAM = 1 << 18, 2 << 18
 
 
 class TrainingInterrupted(AelabError):
@@ -109,6 +114,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg, self.device, redrawn)
         rank, world_size, _ = distributed.world()
         # under torchrun each rank reads and trains its slice of every batch
+        if self.model.conditional:
+            self.model.check_labels(splits["train"].labels)
         self.batches = Batches(splits["train"].images, cfg.batch_size, self.device, part=(rank, world_size),
                                labels=splits["train"].labels if self.model.conditional else None)
         self.train_step = TrainStep(self.model, self.optimizer, self.batches, cfg,
@@ -237,8 +244,9 @@ class Trainer:
         split = "test" if "test" in self.evaluated else "val"
         if cfg.noise_factor > 0:
             evaluation[f"{split}_denoising_mse"] = self.loss(split, "mse", noise_factor=cfg.noise_factor)
-        for term in self.model.summary_terms:  # (a variational model: its ELBO and parts, nats per image)
-            evaluation[f"{split}_{term}"] = self.loss(split, term)
+        if self.model.summary_terms:  # (a variational model: its ELBO and parts, nats per image, in one pass)
+            found = self.evaluated.means(self.model, split, self.model.summary_terms)
+            evaluation.update({f"{split}_{term}": value for term, value in found.items()})
         return TrainResult(self.run_dir, self.config, self.model, self.metrics, evaluation)
 
     def loss(self, split: str, term: str, noise_factor: float = 0.0) -> float:
@@ -282,13 +290,13 @@ class Trainer:
         """The generator of the training images' binary pixels in ``epoch`` (dynamic binarisation; else None)."""
         if self.config.data.binarize != "dynamic":
             return None
-        return noise_generator(self.config.train.seed * 1_000_003 + epoch + 13, self.device)
+        return noise_generator(self.config.train.seed * 1_000_003 + PIXELS_STREAM + epoch, self.device)
 
     def draws_for(self, epoch: int) -> torch.Generator | None:
         """The generator of the model's own draws in ``epoch`` (None for a model that draws nothing)."""
         if self.model.draw_shape is None:
             return None
-        return noise_generator(self.config.train.seed * 1_000_003 + epoch + 11, self.device)
+        return noise_generator(self.config.train.seed * 1_000_003 + DRAWS_STREAM + epoch, self.device)
 
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
@@ -330,7 +338,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
         config, checkpoint = RunConfig.from_dict(plan[1]).validate(), plan[2]
         error = None
         try:  # (each rank reads the data itself: one that cannot stops them all, with its message)
-            splits = data if data is not None else load_splits(config.data)
+            splits = data if data is not None else load_splits(config.data, training=True)
             owned = splits if data is None else None  # (sets given in `data` stay open: the caller's)
             if "test" not in splits and report:
                 raise AelabError("`data` has no test split; give one, or train with `report` False")
@@ -402,10 +410,11 @@ def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
     of shards that auto resolves to."""
     channels, height, width = splits["train"].image_shape
     train = splits["train"]
+    conditional = family(config.model.kind).conditional  # (a conditional family is sized for the classes)
     labelled = len(train.class_names) > 1 and bool((train.labels >= 0).all())
     config = replace(config, model=replace(config.model, in_channels=channels, image_size=height,
                                            image_width=None if width == height else width,
-                                           n_classes=len(train.class_names) if labelled else 0))
+                                           n_classes=len(train.class_names) if conditional and labelled else 0))
     source = splits["train"].source
     data = replace(config.data, channels=channels, image_size=f"{height}x{width}",
                    fingerprint=source.fingerprint if source is not None else None)

@@ -39,6 +39,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     mode = next(mode for mode, chosen in modes.items() if chosen)
     options_for(args, mode, OPTIONS, {**DEFAULTS, "steps": 9 if mode == "--traverse" else 10})
     run, data = run_and_split(args)
+    if args.label is not None and not run.model.conditional:
+        raise AelabError(f"--label draws a class of a conditional run (--model cvae); {run.path} is "
+                         f"{run.config.model.kind}: leave --label out")
     if args.interpolate is not None:
         picture = figures.interpolation_picture(run, data, *args.interpolate, steps=args.steps)
         name = f"interpolation-{args.interpolate[0]}-{args.interpolate[1]}.png"

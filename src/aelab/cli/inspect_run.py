@@ -22,7 +22,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Reconstruction MSE (mean over every pixel of every image, pixels in [0,1]) and PSNR of a saved
     run on a split, loaded only from the run folder. Each number says which input it measures: clean
     images, or noisy ones (--noise-factor, seeded) against the clean images, the denoising error; a
-    denoising run gives both, its own noise factor for the second. A variational run (vae, iwae) also
+    denoising run gives both, its own noise factor for the second. A variational run (vae, iwae, cvae) also
     gives its negative ELBO and its parts (nats per image), active units, the KL per latent dimension,
     and with --nll-samples K the importance-sampled negative log-likelihood. --generation measures
     generated images against the split's (see aelab.generation).
@@ -43,7 +43,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         with _bar(args, f"NLL, K = {args.nll_samples}") as progress:
             variational = measures(run.model, data.images, args.nll_samples or 0, args.seed or 0, progress, data.labels)
     elif args.nll_samples:
-        raise AelabError("--nll-samples needs a variational model (--model vae or iwae); this run is "
+        raise AelabError("--nll-samples needs a variational model (--model vae, iwae or cvae); this run is "
                          f"{run.config.model.kind}")
     generated = _generation(args, run, data) if args.generation else None
     if args.json:
@@ -95,8 +95,9 @@ def _print_variational(found: dict, split: str) -> None:
     print(f"{split}: negative ELBO {found['nelbo']:.2f} nats per image = reconstruction {found['recon']:.2f} + KL "
           f"{found['kl']:.2f}{bound} (one code drawn per image, seeded)")
     if "nll" in found:
-        print(f"{split}: negative log-likelihood {found['nll']:.2f} nats per image, {found['bits_per_dim']:.4f} bits per "
-              f"dimension (importance sampling, K = {found['nll_samples']})")
+        bits = f", {found['bits_per_dim']:.4f} bits per dimension" if "bits_per_dim" in found else ""
+        print(f"{split}: negative log-likelihood {found['nll']:.2f} nats per image{bits} (importance sampling, K = "
+              f"{found['nll_samples']})")
     print(f"active units: {found['active_units']} of {found['latent_dim']} (variance of the posterior mean over the "
           "images > 0.01)")
     print("KL per dimension (nats): " + " ".join(f"{value:.2f}" for value in found["kl_per_dimension"]))

@@ -104,12 +104,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--model", dest="kind", choices=sorted(FAMILIES), metavar="FAMILY",
                    help="ae: the tutorial's autoencoder; vae: the variational autoencoder (the same network with two "
                         "heads, the ELBO; --beta, --kl-warmup); iwae: the VAE trained on the importance-weighted "
-                        f"bound (--samples); with --loss bce a Bernoulli decoder, else a Gaussian one whose variance is "
-                        f"learned (default: {m.kind})")
-    p.add_argument("--beta", type=float, metavar="B", help=f"vae: the KL term's weight, beta-VAE (default: {m.beta:g}, "
-                   "the ELBO)")
-    p.add_argument("--kl-warmup", type=float, metavar="EPOCHS", help="vae: the KL term's weight rises linearly from 0 "
-                   f"over this many epochs (default: {m.kl_warmup:g}, none)")
+                        "bound (--samples); cvae: the VAE that also sees each image's label (labelled images); with "
+                        f"--loss bce a Bernoulli decoder, else a Gaussian one whose variance is learned (default: {m.kind})")
+    p.add_argument("--beta", type=float, metavar="B", help=f"vae, cvae: the KL term's weight, beta-VAE (default: "
+                   f"{m.beta:g}, the ELBO)")
+    p.add_argument("--kl-warmup", type=float, metavar="EPOCHS", help="vae, cvae: the KL term's weight rises linearly "
+                   f"from 0 over this many epochs (default: {m.kl_warmup:g}, none)")
     p.add_argument("--samples", type=int, metavar="K", help=f"iwae: codes drawn per image for the bound (default: "
                    f"{m.samples}; try 5)")
     p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim})")

@@ -168,8 +168,9 @@ def split_train_val(full: ImageSet, val_fraction: float, seed: int, sort: bool =
     return split_off(full, val_fraction, seed, sort=sort)
 
 
-def load_splits(data: DataConfig) -> dict[str, ImageSet]:
-    """All three splits.
+def load_splits(data: DataConfig, training: bool = False) -> dict[str, ImageSet]:
+    """All three splits (``training``: for training, with a dynamically binarised run's training
+    images left grey; see ``binarized``).
 
     - A named dataset: its training file split into train and val, its test file.
     - An array file: ``data.test_fraction`` of its images for test, then ``data.val_fraction`` of
@@ -185,7 +186,7 @@ def load_splits(data: DataConfig) -> dict[str, ImageSet]:
     if kind == "folder":
         parts = _folder_splits(data)
         try:
-            return _binarized_splits(_only_classes(parts, data), data)
+            return _binarized_splits(_only_classes(parts, data), data, training)
         except BaseException:
             close_sets(parts)
             raise
@@ -194,11 +195,11 @@ def load_splits(data: DataConfig) -> dict[str, ImageSet]:
     else:
         rest, test = load_file_set(data, train=True), load_file_set(data, train=False)
     train, val = split_train_val(rest, data.val_fraction, data.split_seed)
-    return _binarized_splits(_only_classes({"train": train, "val": val, "test": test}, data), data)
+    return _binarized_splits(_only_classes({"train": train, "val": val, "test": test}, data), data, training)
 
 
-def _binarized_splits(splits: dict[str, ImageSet], data: DataConfig) -> dict[str, ImageSet]:
-    return {name: binarized(part, data, name) for name, part in splits.items()}
+def _binarized_splits(splits: dict[str, ImageSet], data: DataConfig, training: bool) -> dict[str, ImageSet]:
+    return {name: binarized(part, data, name, training) for name, part in splits.items()}
 
 
 def class_labels(names: list[str], class_names: tuple[str, ...], what: str = "`data.classes`") -> list[int]:
@@ -219,13 +220,13 @@ def class_labels(names: list[str], class_names: tuple[str, ...], what: str = "`d
 BINARIZE_SEED = 91_2016  # the seed of every split drawn once (with data.split_seed), whatever the run's seed
 
 
-def binarized(part: ImageSet, data: DataConfig, split: str) -> ImageSet:
+def binarized(part: ImageSet, data: DataConfig, split: str, training: bool = False) -> ImageSet:
     """``part`` (the split ``split``) with its pixels 0 or 255 as ``data.binarize`` says: threshold,
-    pixel > 127 (x > 0.5); static, and dynamic for any split but train, one Bernoulli draw of each
-    pixel (its grey level the probability), seeded by ``data.split_seed`` and the split's name; a
-    dynamic run's training images stay grey (training draws them anew every epoch); None: as it is."""
+    pixel > 127 (x > 0.5); static and dynamic, one Bernoulli draw of each pixel (its grey level the
+    probability), seeded by ``data.split_seed`` and the split's name; but for ``training`` a dynamic
+    run's training images stay grey (training draws them anew every epoch); None: as it is."""
     mode = data.binarize
-    if mode is None or (mode == "dynamic" and split == "train"):
+    if mode is None or (mode == "dynamic" and split == "train" and training):
         return part
     if part.on_disk:
         raise AelabError(f"`data.binarize` {mode} needs the images in memory, and these are read from disk; raise "

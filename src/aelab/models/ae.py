@@ -82,6 +82,9 @@ class ConvAutoencoder(nn.Module):
         (codes -> images), as one module."""
         return {"autoencoder": self, "encoder": self.encoder, "decoder": self.decoder}[name]
 
+    def check_labels(self, labels) -> None:
+        """(It needs no labels.)"""
+
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(x)
 

@@ -20,24 +20,30 @@ class ConditionalVariationalAutoencoder(VariationalAutoencoder):
     """The VAE with the label joined to the encoder's features and to the code (see the module)."""
 
     part_outputs = {"encoder": ("means", "log_variances")}
+    conditional = True
 
     def __init__(self, config: ModelConfig, loss: str = "mse"):
         if config.n_classes < 2:
             raise AelabError("the cvae family needs labelled images of 2 classes or more (class subfolders, an .npz "
                              "with labels, a named dataset); choose `model.kind` vae for unlabelled images")
         super().__init__(config, loss)
-        self.conditional = True
         first, decoder_first = self.encoder.encoder_lin[0], self.decoder.decoder_lin[0]
         self.encoder.encoder_lin[0] = nn.Linear(first.in_features + config.n_classes, first.out_features)
         self.decoder.decoder_lin[0] = nn.Linear(decoder_first.in_features + config.n_classes, decoder_first.out_features)
 
-    def _joined(self, values: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def check_labels(self, labels: torch.Tensor | None) -> None:
+        """Refuse missing labels, or labels outside the run's classes (checked once, where the
+        labels are given: inside a step it would wait for the device)."""
         if labels is None:
             raise AelabError("a conditional model (cvae) needs each image's label; give labelled images (or a label "
                              "to draw, `label`)")
-        if labels.min() < 0 or labels.max() >= self.config.n_classes:
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.config.n_classes):
             raise AelabError(f"labels must be classes 0 to {self.config.n_classes - 1} of the run's data; the images "
                              "given have others (or none): give labelled images of the run's classes")
+
+    def _joined(self, values: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:
+            self.check_labels(labels)
         return torch.cat([values, F.one_hot(labels.long(), self.config.n_classes).to(values.dtype)], 1)
 
     part_inputs = {"encoder": ("images", "labels"), "decoder": ("codes", "labels"), "autoencoder": ("images", "labels")}
@@ -59,8 +65,7 @@ class _Conditional(nn.Module):
         model = self.model
         if self.part == "decoder":
             return torch.sigmoid(model.decoder.logits(torch.cat([x, one_hot], 1)))
-        hidden = model.encoder.encoder_lin[:2](torch.cat([model.encoder.flatten(model.encoder.encoder_cnn(x)), one_hot], 1))
-        mean, log_variance = model.encoder.encoder_lin[2](hidden), model.log_variance(hidden).clamp(-30.0, 20.0)
+        mean, log_variance = model.heads(torch.cat([model.encoder.flatten(model.encoder.encoder_cnn(x)), one_hot], 1))
         if self.part == "encoder":
             return mean, log_variance
         return torch.sigmoid(model.decoder.logits(torch.cat([mean, one_hot], 1)))

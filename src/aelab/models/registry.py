@@ -20,7 +20,7 @@ def family(kind: str) -> type:
     """The model class of the family ``kind``."""
     if kind not in FAMILIES:
         raise AelabError(f"unknown `model.kind` {kind!r}; choose {' or '.join(FAMILIES)}")
-    module, name = FAMILIES[kind]
+    module, name = FAMILIES[kind][:2]
     return getattr(importlib.import_module(module), name)
 
 

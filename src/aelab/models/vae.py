@@ -50,11 +50,10 @@ class PosteriorEncoder(nn.Module):
 
     def __init__(self, model: "VariationalAutoencoder"):
         super().__init__()
-        self.encoder, self.log_variance = model.encoder, model.log_variance
+        self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.encoder.encoder_lin[:2](self.encoder.flatten(self.encoder.encoder_cnn(x)))
-        return self.encoder.encoder_lin[2](hidden), self.log_variance(hidden).clamp(-30.0, 20.0)
+        return self.model.heads(self.model.encoder.flatten(self.model.encoder.encoder_cnn(x)))
 
 
 class VariationalAutoencoder(nn.Module):
@@ -79,7 +78,6 @@ class VariationalAutoencoder(nn.Module):
         self.terms = ("mse", "recon", "kl", "nelbo") + (("beta_nelbo",) if self.beta != 1.0 else ())
         self.objective = "nelbo" if self.beta == 1.0 else "beta_nelbo"
         self.summary_terms = ("nelbo", "recon", "kl")  # evaluated after training (evaluation.json), nats per image
-        self.conditional = False  # (a conditional model sees each image's label)
 
     @classmethod
     def from_config(cls, config: ModelConfig, loss: str = "mse") -> "VariationalAutoencoder":
@@ -96,12 +94,18 @@ class VariationalAutoencoder(nn.Module):
         """Mean and log-variance [B, d] of q(z|x), and the encoder's feature maps (``labels``: for a
         conditional model, which sees them too)."""
         maps = self.encoder.encoder_cnn(x)  # [B, 32, 3, 3] for MNIST
-        hidden = self.encoder.encoder_lin[:2](self._joined(self.encoder.flatten(maps), labels))  # [B, hidden]
-        return self.encoder.encoder_lin[2](hidden), self.log_variance(hidden).clamp(-30.0, 20.0), maps
+        return (*self.heads(self._joined(self.encoder.flatten(maps), labels)), maps)
+
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance [B, d] from the encoder's flattened features (a conditional model's
+        joined with the one-hot label), in float32 (under bf16 autocast too: sums of hundreds of nats)."""
+        hidden = self.encoder.encoder_lin[:2](features)  # [B, hidden]
+        return (self.encoder.encoder_lin[2](hidden).float(),
+                self.log_variance(hidden).float().clamp(-30.0, 20.0))
 
     def logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's output for codes ``z`` before the sigmoid (``labels``: for a conditional model)."""
-        return self.decoder.logits(self._joined(z, labels))
+        return self.decoder.logits(self._joined(z, labels)).float()
 
     def _joined(self, values: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """What a layer that sees the label gets (a conditional model's: ``values`` and the one-hot
@@ -110,6 +114,7 @@ class VariationalAutoencoder(nn.Module):
 
     def log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """log p(x|z) per image (nats), [B], from the decoder's ``logits`` for z."""
+        logits, x = logits.float(), x.float()  # (under bf16 autocast too: sums of hundreds of nats)
         if self.likelihood == "bernoulli":
             return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
         log_scale = soft_floor(self.log_scale, MIN_LOG_SCALE).view(1, -1, 1, 1)
@@ -172,6 +177,10 @@ class VariationalAutoencoder(nn.Module):
         return pooled(self.encoder.encoder_cnn(x))
 
     part_outputs = {"encoder": ("means", "log_variances")}  # (the exported encoder's two outputs, in order)
+    conditional = False  # (a conditional model sees each image's label)
+
+    def check_labels(self, labels) -> None:
+        """(It needs no labels.)"""
 
     def part(self, name: str) -> nn.Module:
         """``autoencoder`` (images -> reconstructions from the mean code), ``encoder`` (images -> mean
