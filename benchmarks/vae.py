@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/vae.py --setup      # once: pythae in its own environment (benchmarks/out/pythae-env)
     .venv/bin/python benchmarks/vae.py              # both sides, 30 epochs each, test NLL with K = 200 (about 15 minutes)
     .venv/bin/python benchmarks/vae.py --epochs 5 --test-images 1000   # a quick look
+    .venv/bin/python benchmarks/vae.py --part generation   # measures of generated images: ae, vae, beta-VAE, cvae
 
 The network is the tutorial's (aelab's ``Encoder``/``Decoder``) with two heads, latent size 16, as
 PyTorch's own layers on pythae's side; the data are aelab's MNIST split (48,000 training images,
@@ -148,13 +149,83 @@ def run_aelab(args, recipe: str, epochs: int) -> dict:
             "nll_seconds": time.perf_counter() - started}
 
 
+GENERATORS = {  # the rows of --part generation: (model settings, loss, sampler)
+    "ae + mixture": ({"kind": "ae"}, "mse", "gmm"),
+    "vae + prior": ({"kind": "vae"}, "bce", "prior"),
+    "vae + mixture": ({"kind": "vae"}, "bce", "gmm"),
+    "beta-VAE (beta 4) + prior": ({"kind": "vae", "beta": 4.0}, "bce", "prior"),
+    "cvae + prior (the classes in turn)": ({"kind": "cvae"}, "bce", "prior"),
+}
+
+
+def run_generation(args, name: str) -> dict:
+    """One row of aelab's generation measures: a run on grey MNIST (latent 16, fast, ``--epochs``),
+    10,000 images generated, measured against the test split in the reference classifier's features."""
+    import torch
+
+    from aelab import RunConfig, generation, latent, train
+    from aelab.config import DataConfig, ModelConfig, train_config_for
+    from aelab.data.sets import load_splits
+    from aelab.run import load_run
+
+    model, loss, sampler = GENERATORS[name]
+    splits = load_splits(DataConfig())
+    config = RunConfig(model=ModelConfig(latent_dim=LATENT, **model), train=train_config_for("fast", epochs=args.epochs,
+                                                                                           loss=loss))
+    with tempfile.TemporaryDirectory() as folder:
+        train(config, Path(folder) / "run", report=False, data=splits)
+        run = load_run(Path(folder) / "run")
+        if sampler == "prior":
+            images = latent.prior_images(run, args.generated, seed=0)
+        else:
+            codes = latent.encode(run.model, splits["train"].images, labels=splits["train"].labels)
+            images = latent.sample_images(run, codes, args.generated, seed=0)
+        found = generation.measure(run, splits["test"], images)
+        if run.model.conditional:  # the classifier's verdict on 200 samples of each digit
+            reference = generation.reference_classifier(DataConfig())
+            right = {}
+            for digit in range(10):
+                drawn = latent.prior_images(run, 200, seed=digit, label=digit)
+                with torch.no_grad():
+                    right[digit] = float((reference.model(drawn).argmax(1) == digit).float().mean())
+            found["recognised"] = right
+    return {"side": name, **found}
+
+
 def side(args) -> None:
     if args.side == "pythae":
         found = run_pythae(args)
+    elif args.side in GENERATORS:
+        found = run_generation(args, args.side)
     else:
         recipe, epochs = args.side.split(":")
         found = run_aelab(args, recipe, int(epochs))
     print("RESULT " + json.dumps(found), flush=True)
+
+
+def generation_part(args) -> None:
+    """--part generation: aelab's measures of generated images for each kind of model."""
+    results = []
+    for name in GENERATORS:
+        print(f"vae bench: {name} ...", file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, __file__, "--side", name, "--epochs", str(args.epochs),
+                               "--generated", str(args.generated)], capture_output=True, text=True)
+        line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(line[7:]))
+    print(f"{'':38} {'Fréchet':>8} {'KID':>8} {'precision':>9} {'recall':>7}  (reference classifier "
+          f"{results[0]['classifier_accuracy']:.2%})")
+    for found in results:
+        print(f"{found['side']:38} {found['frechet_distance']:8.2f} {found['kernel_distance']:8.3f} "
+              f"{found['precision']:9.3f} {found['recall']:7.3f}")
+        if "recognised" in found:
+            print("  the digit asked for, recognised in 200 samples each: "
+                  + " ".join(f"{digit}: {share:.0%}" for digit, share in found["recognised"].items()))
+    out = HERE / "out" / f"vae-generation-{datetime.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    print(f"results: {out}")
 
 
 def main() -> None:
@@ -164,12 +235,18 @@ def main() -> None:
     parser.add_argument("--short", type=int, default=12, help="aelab's fast recipe on this budget of epochs too")
     parser.add_argument("--nll-samples", type=int, default=200)
     parser.add_argument("--test-images", type=int, default=10_000)
+    parser.add_argument("--part", choices=("pythae", "generation"), default="pythae",
+                        help="pythae: the side-by-side run (default); generation: aelab's measures of generated images "
+                             "for ae + mixture, vae + prior, vae + mixture, beta-VAE and cvae (and its samples' digits)")
+    parser.add_argument("--generated", type=int, default=10_000)
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.setup:
         return setup()
     if args.side:
         return side(args)
+    if args.part == "generation":
+        return generation_part(args)
     if not (ENV / "bin" / "python").exists():
         raise SystemExit(f"pythae's environment is missing: run {sys.argv[0]} --setup first")
     common = ["--epochs", str(args.epochs), "--nll-samples", str(args.nll_samples), "--test-images", str(args.test_images)]

@@ -16,7 +16,7 @@ def colour_run(tmp_path_factory):
     grey, _ = synthetic_images(300, seed=2, size=24)
     images = np.stack([grey, grey // 2, 255 - grey], axis=-1)
     np.save(folder / "colour.npy", images)
-    assert main(["train", "--data", str(folder / "colour.npy"), "--epochs", "2", "--batch-size", "32",
+    assert main(["train", "--data", str(folder / "colour.npy"), "--epochs", "2", "--batch-size", "32", "--latent-dim", "4",
                  "--noise-factor", "0.2", "--out", str(folder / "run"), "--no-report", "--quiet"]) == 0
     return folder / "run"
 

@@ -100,5 +100,5 @@ def test_terms_are_asked_by_name_each_once(model_and_images):
     model, images = model_and_images
     assert infer(model, images, terms="mse").mse.shape == (64,)
     assert infer(model, images, terms=("mse", "mse", "bce")).mse.shape == (64,)
-    with pytest.raises(AelabError, match="reports mse, bce per image, not kl"):
+    with pytest.raises(AelabError, match="reports mse, bce, ssim per image, not kl"):
         infer(model, images, terms=("kl",))

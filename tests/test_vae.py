@@ -177,7 +177,8 @@ def vae_run(tmp_path_factory):
     np.savez(folder / "shapes.npz", images=images, labels=labels)
     run = folder / "run"
     assert main(["train", "--data", str(folder / "shapes.npz"), "--model", "vae", "--loss", "bce", "--binarize",
-                 "static", "--epochs", "3", "--batch-size", "32", "--lr", "3e-3", "--out", str(run), "--quiet"]) == 0
+                 "static", "--epochs", "3", "--batch-size", "32", "--lr", "3e-3", "--arch", "tutorial", "--out",
+                 str(run), "--quiet"]) == 0
     return run
 
 
@@ -273,7 +274,7 @@ def test_a_conditional_vae_draws_the_class_asked_for(tmp_path, capsys):
     np.savez(tmp_path / "shapes.npz", images=images, labels=labels)
     common = ["--data", str(tmp_path / "shapes.npz"), "--data-dir", str(tmp_path / "data")]
     assert main(["train", *common, "--model", "cvae", "--loss", "bce", "--epochs", "8", "--batch-size", "64",
-                 "--out", str(tmp_path / "run"), "--quiet"]) == 0
+                 "--arch", "tutorial", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     run = load_run(tmp_path / "run")
     assert run.config.model.n_classes == 4 and run.model.conditional
     means = torch.stack([torch.from_numpy(images[labels == label]).float().div(255).mean(0).flatten() for label in range(4)])

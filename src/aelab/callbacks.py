@@ -253,7 +253,9 @@ class Console(Callback):
         denoising = evaluation.get(f"{split}_denoising_mse")
         terms = [f"{term} {evaluation[f'{split}_{term}']:.2f}" for term in trainer.model.summary_terms
                  if f"{split}_{term}" in evaluation]
+        pca = evaluation.get(f"{split}_pca_mse")
         self._say(f"{split} MSE {evaluation[f'{split}_mse']:.5f} (PSNR {evaluation[f'{split}_psnr']:.2f} dB)"
+                  + (f" against {pca:.5f} for PCA with the same code size" if pca is not None else "")
                   + (f", denoising MSE {denoising:.5f}" if denoising is not None else "")
                   + (f"; {', '.join(terms)} (nats per image)" if terms else ""))
         if result.report is not None:

@@ -123,6 +123,7 @@ def trainer_state(trainer: Any) -> dict[str, Any]:
         "noise_rng": trainer.noise.get_state() if trainer.noise is not None else None,
         "draws_rng": trainer.draws.get_state() if trainer.draws is not None else None,
         "pixels_rng": trainer.pixels.get_state() if trainer.pixels is not None else None,
+        "changes_rng": trainer.changes.get_state() if trainer.changes is not None else None,
         "loss_sum": trainer.loss_sum.cpu(), "loss_count": trainer.loss_count,
         "metrics": trainer.metrics, "best_val": trainer.best_val, "best_epoch": trainer.best_epoch,
         "data_fingerprint": trainer.fingerprint, "elapsed": trainer.elapsed,
@@ -164,7 +165,7 @@ def restore(trainer: Any, saved: Checkpoint) -> None:
     if trainer.step > 0 and state["noise_rng"] is not None:
         trainer.noise = trainer.noise_for(trainer.epoch)
         trainer.noise.set_state(state["noise_rng"])
-    for name in ("draws", "pixels"):  # (states saved before a family drew or binarised have neither)
+    for name in ("draws", "pixels", "changes"):  # (a state saved before draws or augmentation existed has none)
         if trainer.step > 0 and state.get(f"{name}_rng") is not None:
             generator = getattr(trainer, f"{name}_for")(trainer.epoch)
             generator.set_state(state[f"{name}_rng"])

@@ -18,7 +18,7 @@ from typing import Any
 from .data.catalog import ARRAY_SUFFIXES, DATASETS
 from .errors import AelabError
 
-LOSSES = ("mse", "bce")
+LOSSES = ("mse", "bce", "ssim")
 # the model families (aelab.models.registry builds them): kind -> (module, class, the settings of ModelConfig's
 # FAMILY_SETTINGS it takes; another family refuses them)
 FAMILIES: dict[str, tuple] = {
@@ -55,6 +55,9 @@ class DataConfig:
     # image every epoch; validation and test drawn once, seeded), static (every split drawn once, seeded) or
     # threshold (pixel > 0.5); None: grey levels as they are
     binarize: str | None = None
+    # training images changed anew every epoch (a seeded draw), for small folders: "flip" (horizontal, half of
+    # them), "shift" (up to 1/16 of the size each way), or "flip,shift"; None: as they are (the named datasets)
+    augment: str | None = None
 
     def validate(self) -> None:
         if not self.dataset:
@@ -71,10 +74,16 @@ class DataConfig:
         if self.resize not in RESIZE_METHODS:
             raise AelabError(f"unknown `data.resize` {self.resize!r}; choose one of {', '.join(RESIZE_METHODS)}")
         memory_budget(self.memory_limit)
+        if self.augment is not None and (not self.augment_list() or set(self.augment_list()) - set(AUGMENTATIONS)):
+            raise AelabError(f"unknown `data.augment` {self.augment!r}; give flip, shift or flip,shift")
         if self.binarize not in (None, *BINARIZE):
             raise AelabError(f"unknown `data.binarize` {self.binarize!r}; choose one of {', '.join(BINARIZE)}")
         if self.classes is not None and not self.class_list():
             raise AelabError(f"`data.classes` {self.classes!r} names no class; give labels or class names like 3 or 0,6")
+
+    def augment_list(self) -> list[str]:
+        """``augment`` as a list of its names."""
+        return [part.strip() for part in str(self.augment or "").split(",") if part.strip()]
 
     def class_list(self) -> list[str]:
         """``classes`` as a list of names or label numbers (as written)."""
@@ -103,6 +112,8 @@ def _require(ok: bool, name: str, value: Any, what: str, fix: str) -> None:
 
 RESIZE_METHODS = ("stretch", "crop", "pad")
 BINARIZE = ("dynamic", "static", "threshold")
+ARCHITECTURES = ("auto", "tutorial", "deep")
+AUGMENTATIONS = ("flip", "shift")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
@@ -157,6 +168,12 @@ class ModelConfig:
     kl_warmup: float = 0.0
     samples: int = 1
     n_classes: int = 0  # the classes of the data (set from them; the cvae family sees each image's label)
+    # the network: tutorial (the tutorial's, layer for layer) or deep (stages down to a map of about 4x4, resize-
+    # then-convolve upsampling, optional residual blocks); auto: tutorial for the named datasets, deep for your own
+    # images, with the settings left at their defaults chosen from the data (aelab.defaults)
+    arch: str = "auto"
+    stages: int = 0  # deep: stride-2 stages (0: from the image size, down to a map of about 4x4)
+    residual: bool = False  # deep: a residual block in every stage
 
     def validate(self) -> None:
         if self.kind not in FAMILIES:
@@ -175,6 +192,9 @@ class ModelConfig:
                  "0 (none) or more epochs", "0")
         _require(self.samples >= 1, "model.samples", self.samples, "at least 1", "1")
         _require(self.n_classes >= 0, "model.n_classes", self.n_classes, "0 or more", "0 (it is set from the data)")
+        if self.arch not in ARCHITECTURES:
+            raise AelabError(f"unknown `model.arch` {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        _require(self.stages >= 0, "model.stages", self.stages, "0 (from the image size) or more", "0")
         takes = FAMILIES[self.kind][2] if len(FAMILIES[self.kind]) > 2 else ()
         for name, default in FAMILY_SETTINGS.items():
             if getattr(self, name) != default and name not in takes:
@@ -206,9 +226,11 @@ class TrainConfig:
     # CPU with 2 or more threads and batches of 128 or more, else 1 (the whole batch, one stream).
     # A run records the number it used. Ignored on GPUs.
     shards: int = 0
+    patience: int = 0  # stop when the validation loss has not improved for this many epochs (0: never)
 
     def validate(self) -> None:
         _require(self.epochs >= 1, "train.epochs", self.epochs, "at least 1", "30")
+        _require(self.patience >= 0, "train.patience", self.patience, "0 (never stop early) or more epochs", "10")
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "at least 1", "256")
         _require(self.lr > 0 and math.isfinite(self.lr), "train.lr", self.lr, "a positive number", "1e-3")
         _require(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "train.weight_decay", self.weight_decay,
@@ -216,7 +238,7 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise AelabError(f"unknown `train.schedule` {self.schedule!r}; choose {' or '.join(SCHEDULES)}")
         if self.loss not in LOSSES:
-            raise AelabError(f"unknown `train.loss` {self.loss!r}; choose {' or '.join(LOSSES)}")
+            raise AelabError(f"unknown `train.loss` {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if not (self.noise_factor >= 0 and math.isfinite(self.noise_factor)):
             raise AelabError(
                 f"`train.noise_factor` must be 0 (no noise) or more, got {self.noise_factor}; try 0.3"
@@ -282,6 +304,8 @@ class RunConfig:
                 section = {**section, "shards": 1}
             if name == "model" and "even_padding" not in section:  # written before: the third convolution unpadded
                 section = {**section, "even_padding": False}
+            if name == "model" and "arch" not in section:  # written before the deep network: the tutorial's
+                section = {**section, "arch": "tutorial"}
             unknown = set(section) - known
             if unknown:
                 raise AelabError(

@@ -67,7 +67,8 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
         train_set, val_set = split_train_val(full, self.val_fraction, self.seed)
         config = RunConfig(
             data=DataConfig(dataset="arrays given to AutoencoderDetector.fit", val_fraction=self.val_fraction),
-            model=ModelConfig(kind=self.model, latent_dim=self.latent_dim, width=self.width, hidden=self.hidden),
+            model=ModelConfig(kind=self.model, latent_dim=self.latent_dim, width=self.width, hidden=self.hidden,
+                              arch="tutorial"),  # (the network its recipe was measured with)
             train=train_config_for(self.recipe, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                    loss=self.loss, noise_factor=self.noise_factor, seed=self.seed, device=self.device),
         )

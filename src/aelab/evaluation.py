@@ -88,3 +88,28 @@ class SplitMeans:
         if distributed.active():
             return {term: distributed.mean_across(result.terms[term]) for term in terms}
         return {term: result.mean(term) for term in terms}
+
+
+PCA_VALUES = 50_000_000  # pixel values PCA is fitted on at most (a seeded sample of the training images)
+
+
+def pca_mse(train_images, test_images, components: int, seed: int = 0) -> float:
+    """The honest baseline of an autoencoder with a code of ``components`` numbers: the test MSE of
+    PCA with as many components, fitted on the training images (uint8 [N, C, H, W], in memory or on
+    disk; at most ``PCA_VALUES`` pixel values of them, a seeded sample), its reconstructions clipped
+    to [0, 1] as an autoencoder's outputs are. scikit-learn's randomized PCA."""
+    import numpy as np
+    from sklearn.decomposition import PCA
+
+    values = int(np.prod(train_images.shape[1:]))
+    count = min(len(train_images), max(components + 1, PCA_VALUES // values))
+    rows = np.sort(np.random.default_rng(seed).choice(len(train_images), count, replace=False))
+    train = train_images[torch.as_tensor(rows)].reshape(count, -1).float().div(255).numpy()
+    pca = PCA(n_components=min(components, count, values), svd_solver="randomized", random_state=seed).fit(train)
+    total, pixels = 0.0, 0
+    for start in range(0, len(test_images), 4096):
+        test = test_images[start: start + 4096].reshape(-1, values).float().div(255).numpy()
+        rebuilt = np.clip(pca.inverse_transform(pca.transform(test)), 0.0, 1.0)
+        total += float(np.square(rebuilt - test, dtype=np.float64).sum())
+        pixels += test.size
+    return total / pixels if pixels else float("nan")

@@ -229,6 +229,8 @@ def summary(run_dir: str | Path) -> dict[str, Any]:
     done, planned = len(metrics), config.train.epochs
     if evaluation and done >= planned:
         status = "finished"
+    elif evaluation.get("stopped_early"):
+        status = f"finished early after {done} of {planned} epochs (the validation loss stopped improving)"
     elif (path / "state" / "last.json").is_file():
         status = f"stopped after {done} of {planned} epochs (continue it with `resume`)"
     else:
@@ -365,6 +367,8 @@ RESUMABLE = ("train.epochs", "train.device", "train.keep", "data.data_dir", "dat
 # settings that training fills in from the data (or resolves from auto): a config that leaves them as they
 # start (None, 0, the model's defaults) asks for nothing
 FITTED = {"model.in_channels": 1, "model.image_size": 28, "model.image_width": None, "model.n_classes": 0,
+          # (what model.arch auto chooses from the data, when the config asks for nothing else)
+          "model.arch": "auto", "model.stages": 0, "model.width": 8, "model.hidden": 128, "model.latent_dim": 4,
           "data.channels": None,
           "data.image_size": None, "data.fingerprint": None, "train.shards": 0}
 

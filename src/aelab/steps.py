@@ -27,7 +27,7 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .data.batches import Batches, add_noise, binarize_draw, latent_draws
+from .data.batches import Batches, add_noise, augment_draw, binarize_draw, latent_draws
 
 log = logging.getLogger("aelab")
 
@@ -77,8 +77,9 @@ class TrainStep:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches,
-                 config: TrainConfig, shards: int = 1, redrawn: bool = False):
+                 config: TrainConfig, shards: int = 1, redrawn: bool = False, augment: list[str] | None = None):
         self.model, self.optimizer, self.batches, self.config = model, optimizer, batches, config
+        self.augment = augment or []  # (the training images' changes: data.augment)
         device = batches.device
         self.progress = torch.zeros((), dtype=torch.float32, device=device)  # epochs done, for the model's objective
         # under torchrun the batch's shards are the ranks, not threads
@@ -114,11 +115,11 @@ class TrainStep:
 
     def __call__(self, index: torch.Tensor, noise: torch.Generator | None = None,
                  draws: torch.Generator | None = None, progress: float = 0.0,
-                 pixels: torch.Generator | None = None) -> torch.Tensor:
+                 pixels: torch.Generator | None = None, changes: torch.Generator | None = None) -> torch.Tensor:
         """One step on the images at ``index``: ``noise`` draws a denoising run's input noise,
         ``draws`` the model's own random draws (``model.draw_shape``), ``pixels`` the binarised
-        images of dynamic binarisation; ``progress`` is the epochs done so far (fractional: what a
-        KL warm-up follows)."""
+        images of dynamic binarisation, ``changes`` the augmentation (``augment``: its names);
+        ``progress`` is the epochs done so far (fractional: what a KL warm-up follows)."""
         self.progress.fill_(progress)
         rows = self.batches.rows(len(index))  # (under torchrun: this rank's slice of the batch)
         latent = latent_draws(getattr(self.model, "draw_shape", None), len(index), draws, self.batches.device)
@@ -134,6 +135,9 @@ class TrainStep:
         # (under torchrun: this rank's rows of the whole batch's pixel draws, noise and draws)
         if pixels is not None:
             clean = binarize_draw(clean, pixels, (rows[0], len(index)))
+        if changes is not None:
+            clean = augment_draw(clean, changes, self.augment, (rows[0], len(index))).contiguous(
+                memory_format=torch.channels_last)
         inputs = add_noise(clean, self.config.noise_factor, noise, (rows[0], len(index))) if noise is not None else clean
         latent = latent[rows[0]: rows[1]] if latent is not None else None
         labels = self.batches.gather_labels(index)  # (a conditional model's; else None)

@@ -26,9 +26,10 @@ from .callbacks import Callback, CallbackList, Figures, Report, RunFolder
 from .config import RunConfig
 from .data.batches import Batches, noise_generator
 from .data.sets import ImageSet, close_sets, load_splits
+from .defaults import from_data
 from .devices import resolve_device
 from .errors import AelabError
-from .evaluation import SplitMeans, psnr_from_mse
+from .evaluation import SplitMeans, pca_mse, psnr_from_mse
 from .models.registry import build_model, family
 from .optim import Schedule, make_optimizer, make_scheduler
 from .run import lock_existing_run, lock_new_run, remove_run_files, resumed_config
@@ -39,7 +40,7 @@ log = logging.getLogger("aelab")
 
 # the seeds of each epoch's generators: seed * 1_000_003 + the stream + the epoch (the input noise's stream is
 # 7, as ever); streams far apart, so that no epoch's draws repeat another stream's of another epoch
-DRAWS_STREAM, PIXELS_STREAM = 1 << 18, 2 << 18
+DRAWS_STREAM, PIXELS_STREAM, CHANGES_STREAM = 1 << 18, 2 << 18, 3 << 18
 
 
 class TrainingInterrupted(AelabError):
@@ -110,7 +111,8 @@ class Trainer:
             model = build_model(config.model, cfg.loss)
         # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
         self.model = model.to(self.device, memory_format=torch.channels_last)
-        redrawn = config.data.binarize == "dynamic"  # (training images binarised anew every epoch)
+        # (training images binarised or changed anew every epoch: drawn outside a CUDA graph)
+        redrawn = config.data.binarize == "dynamic" or bool(config.data.augment)
         self.optimizer = make_optimizer(self.model, cfg, self.device, redrawn)
         rank, world_size, _ = distributed.world()
         # under torchrun each rank reads and trains its slice of every batch
@@ -119,7 +121,8 @@ class Trainer:
         self.batches = Batches(splits["train"].images, cfg.batch_size, self.device, part=(rank, world_size),
                                labels=splits["train"].labels if self.model.conditional else None)
         self.train_step = TrainStep(self.model, self.optimizer, self.batches, cfg,
-                                    resolve_shards(cfg.shards, self.device, cfg.batch_size), redrawn)
+                                    resolve_shards(cfg.shards, self.device, cfg.batch_size), redrawn,
+                                    config.data.augment_list())
         self.schedule = Schedule.planned(cfg.schedule, cfg.epochs * len(self.batches))
         self.scheduler = make_scheduler(self.optimizer, self.schedule)
         self.fingerprint = fingerprint or ckpt.data_fingerprint(splits)  # (train() computes it once, before)
@@ -127,6 +130,9 @@ class Trainer:
         # the validation and test losses (under torchrun: each rank measures its share)
         self.evaluated = SplitMeans({name: splits[name] for name in ("val", "test") if name in splits},
                                     self.device, cfg.seed)
+        # (rank 0: PCA's baseline of the same code size, fitted on the training images, on the split evaluated last)
+        self.baseline = splits["train"] if rank == 0 else None
+        self.baseline_split = splits.get("test", splits.get("val"))
         if rank != 0:  # only rank 0's callbacks (figures, report) use the whole validation and test splits
             splits = {"train": splits["train"]}
         self.splits = splits
@@ -139,6 +145,7 @@ class Trainer:
         self.noise: torch.Generator | None = None  # a denoising run's input noise
         self.draws: torch.Generator | None = None  # the model's own draws (model.draw_shape)
         self.pixels: torch.Generator | None = None  # dynamic binarisation's draws of the training images
+        self.changes: torch.Generator | None = None  # the augmentation's draws of the training images
         self.elapsed = 0.0
 
     # the loop --------------------------------------------------------------------------------------
@@ -159,6 +166,8 @@ class Trainer:
                     self.callbacks.on_epoch_end(self, row)
                     if stop.signum is not None:  # a signal during the validation pass
                         raise self._interrupted(stop.signum, f"after epoch {self.epoch}")
+                    if self.patience_spent():
+                        break
             result = self.finish()
             self.callbacks.on_train_end(self, result)
         except BaseException:
@@ -174,14 +183,14 @@ class Trainer:
     def train_epoch(self, stop: StopFlag) -> None:
         cfg = self.config.train
         if self.step == 0:
-            self.noise, self.draws, self.pixels = self.noise_for(self.epoch), self.draws_for(self.epoch), \
-                self.pixels_for(self.epoch)
+            self.noise, self.draws = self.noise_for(self.epoch), self.draws_for(self.epoch)
+            self.pixels, self.changes = self.pixels_for(self.epoch), self.changes_for(self.epoch)
             self.loss_sum.zero_()
             self.loss_count = 0
         pending: list[torch.Tensor] = []
         for index in self.batches.indices(cfg.seed, self.epoch, cfg.shuffle, start=self.step):
             loss = self.train_step(index, self.noise, self.draws, self.epoch + self.step / len(self.batches),
-                                   self.pixels)
+                                   self.pixels, self.changes)
             self.scheduler.step()
             pending.append(loss)
             self.loss_sum += loss.double() * len(index)
@@ -241,7 +250,12 @@ class Trainer:
             evaluation.update(val_psnr=psnr_from_mse(val_mse))
         evaluation.update(val_mse=val_mse, kept=cfg.keep, best_epoch=self.best_epoch,
                           train_seconds=round(self.elapsed, 3))
+        if self.epoch < cfg.epochs:  # (train.patience ran out)
+            evaluation["stopped_early"] = self.epoch
         split = "test" if "test" in self.evaluated else "val"
+        if self.baseline is not None:  # PCA with as many components as the code: the honest baseline
+            evaluation[f"{split}_pca_mse"] = pca_mse(self.baseline.images, self.baseline_split.images,
+                                                     self.config.model.latent_dim, self.config.train.seed)
         if cfg.noise_factor > 0:
             evaluation[f"{split}_denoising_mse"] = self.loss(split, "mse", noise_factor=cfg.noise_factor)
         if self.model.summary_terms:  # (a variational model: its ELBO and parts, nats per image, in one pass)
@@ -285,6 +299,18 @@ class Trainer:
         if self.config.train.noise_factor <= 0:
             return None
         return noise_generator(self.config.train.seed * 1_000_003 + epoch + 7, self.device)
+
+    def changes_for(self, epoch: int) -> torch.Generator | None:
+        """The generator of the training images' augmentation in ``epoch`` (``data.augment``; else None)."""
+        if not self.config.data.augment:
+            return None
+        return noise_generator(self.config.train.seed * 1_000_003 + CHANGES_STREAM + epoch, self.device)
+
+    def patience_spent(self) -> bool:
+        """Whether ``train.patience`` epochs have passed without a better validation loss (the best
+        weights are kept, as ever)."""
+        patience = self.config.train.patience
+        return bool(patience) and self.epoch - self.best_epoch >= patience and self.epoch < self.config.train.epochs
 
     def pixels_for(self, epoch: int) -> torch.Generator | None:
         """The generator of the training images' binary pixels in ``epoch`` (dynamic binarisation; else None)."""
@@ -342,7 +368,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
             owned = splits if data is None else None  # (sets given in `data` stay open: the caller's)
             if "test" not in splits and report:
                 raise AelabError("`data` has no test split; give one, or train with `report` False")
-            config = _fitted_to(config, splits)
+            config = _fitted_to(config, splits, explicit if checkpoint is None else None)
         except AelabError as raised:
             error = raised
         distributed.raise_together(error)  # (before the Trainer: building its DDP step is a collective)
@@ -404,10 +430,11 @@ def _same_data_on_every_rank(fingerprint: str) -> None:
                          "the same data")
 
 
-def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
-    """The config with the model sized for the data (its classes too), the images' channels, size and fingerprint (so
-    any tool prepares other images the same way), a file's or folder's absolute path, and the number
-    of shards that auto resolves to."""
+def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], explicit: set[str] | None = None) -> RunConfig:
+    """The config with the model sized for the data (its classes too), the images' channels, size and
+    fingerprint (so any tool prepares other images the same way), a file's or folder's absolute path,
+    what the user left out chosen from the data (``defaults.from_data``: ``explicit`` names what was
+    given), and the number of shards that auto resolves to."""
     channels, height, width = splits["train"].image_shape
     train = splits["train"]
     conditional = family(config.model.kind).conditional  # (a conditional family is sized for the classes)
@@ -420,7 +447,9 @@ def _fitted_to(config: RunConfig, splits: dict[str, ImageSet]) -> RunConfig:
                    fingerprint=source.fingerprint if source is not None else None)
     if data.kind() != "named" and Path(data.dataset).expanduser().exists():  # a file or folder: where it is
         data = replace(data, dataset=str(Path(data.dataset).expanduser().resolve()))
-    config = replace(config, data=data)
+    config, said = from_data(replace(config, data=data), (channels, height, width), len(train), explicit)
+    if said:
+        log.info(said)
     world_size = distributed.world()[1]
     if distributed.active():  # under torchrun the ranks are the shards: the run is the one --shards N computes
         if config.train.shards not in (0, world_size):

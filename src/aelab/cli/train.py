@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..callbacks import TRACKERS
-from ..config import BINARIZE, DATASETS, FAMILIES, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, ModelConfig, RunConfig, \
-    TrainConfig, train_config_for
+from ..config import ARCHITECTURES, BINARIZE, DATASETS, FAMILIES, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, \
+    ModelConfig, RunConfig, TrainConfig, train_config_for
 from ..errors import AelabError
 from .common import add_common, add_preparation, command
 
@@ -19,7 +19,8 @@ TRAIN_OPTIONS = {
     "binarize": ("data", "binarize"),
     "latent_dim": ("model", "latent_dim"), "width": ("model", "width"), "hidden": ("model", "hidden"),
     "kind": ("model", "kind"), "beta": ("model", "beta"), "kl_warmup": ("model", "kl_warmup"),
-    "samples": ("model", "samples"),
+    "samples": ("model", "samples"), "arch": ("model", "arch"), "stages": ("model", "stages"),
+    "residual": ("model", "residual"), "augment": ("data", "augment"), "patience": ("train", "patience"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "loss": ("train", "loss"), "noise_factor": ("train", "noise_factor"),
     "seed": ("train", "seed"), "device": ("train", "device"), "keep": ("train", "keep"),
@@ -112,17 +113,33 @@ def add_parsers(sub) -> None:
                    f"from 0 over this many epochs (default: {m.kl_warmup:g}, none)")
     p.add_argument("--samples", type=int, metavar="K", help=f"iwae: codes drawn per image for the bound (default: "
                    f"{m.samples}; try 5)")
-    p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim})")
-    p.add_argument("--width", type=int, metavar="N", help="channels of the first convolution, doubled at each of the "
-                   f"three stages; more for bigger images (default: {m.width}, the tutorial's)")
+    p.add_argument("--arch", choices=ARCHITECTURES, help="the network: tutorial (the tutorial's, layer for layer), "
+                   "deep (stride-2 stages down to a map of about 4x4, upsampling by resizing then convolving), or auto: "
+                   "tutorial for mnist and fashion-mnist, deep for your own images, with the settings you leave out "
+                   "chosen from the images and said when training starts (default: auto)")
+    p.add_argument("--stages", type=int, metavar="N", help="deep: stride-2 stages (default: from the image size)")
+    p.add_argument("--residual", action="store_const", const=True, help="deep: a residual block in every stage")
+    p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim}; "
+                   "your own images: from their size)")
+    p.add_argument("--width", type=int, metavar="N", help="channels of the first convolution, doubled at each stage "
+                   f"(default: {m.width}, the tutorial's; your own images: from their size)")
     p.add_argument("--hidden", type=int, metavar="N", help="width of the fully connected layers "
-                   f"(default: {m.hidden}, the tutorial's)")
-    p.add_argument("--epochs", type=int, metavar="N", help=f"default: {t.epochs}")
-    p.add_argument("--batch-size", type=int, metavar="N", help=f"default: {t.batch_size}")
+                   f"(default: {m.hidden}, the tutorial's; your own images: 512)")
+    p.add_argument("--epochs", type=int, metavar="N", help=f"default: {t.epochs}; your own images: enough for "
+                   "3,000 optimizer steps at least")
+    p.add_argument("--patience", type=int, metavar="N", help="stop when the validation loss has not improved for N "
+                   "epochs (the best weights are kept; default: 0, never)")
+    p.add_argument("--augment", metavar="NAMES", help="change each training image anew every epoch: flip (half of "
+                   "them mirrored), shift (moved up to 1/16 of their size), or flip,shift; for small folders of "
+                   "pictures, not for digits (default: none)")
+    p.add_argument("--batch-size", type=int, metavar="N", help=f"default: {t.batch_size}; your own images: 64 under "
+                   "20,000")
     p.add_argument("--lr", type=float, metavar="RATE",
                    help=f"learning rate; the peak of the one-cycle schedule in the fast recipe (default: {t.lr:g})")
     p.add_argument("--weight-decay", type=float, metavar="W", help=f"Adam's weight decay (default: {t.weight_decay:g})")
-    p.add_argument("--loss", choices=LOSSES, help=f"reconstruction loss (default: {t.loss})")
+    p.add_argument("--loss", choices=LOSSES, help="reconstruction loss: mse; bce; ssim, 0.84 (1 - SSIM) + 0.16 L1 "
+                   "(Zhao et al. 2017), for pictures: sharper edges and textures than MSE, which blurs what it cannot "
+                   f"place (the variational family: mse or bce, its likelihoods) (default: {t.loss})")
     p.add_argument("--noise-factor", type=float, metavar="F",
                    help="denoising: add Gaussian noise times F to the input, clipped to [0,1]; the target is "
                         f"the clean image (default: {t.noise_factor:g}, no noise; the tutorial uses 0.3)")

@@ -47,6 +47,30 @@ def binarize_draw(images: torch.Tensor, generator: torch.Generator, rows: tuple[
     return (uniform[first: first + len(images)] < images).to(images.dtype)
 
 
+def augment_draw(images: torch.Tensor, generator: torch.Generator, names: list[str],
+                 rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Images [B, C, H, W] in [0, 1] changed as ``names`` say: "flip", half of them mirrored left to
+    right; "shift", each moved by a whole number of pixels, up to 1/16 of its size each way (edges
+    reflected). ``rows`` (first, batch) as for ``add_noise``: the whole batch's draws are made, those
+    rows used."""
+    import torch.nn.functional as F
+
+    first, batch = rows if rows is not None else (0, len(images))
+    height, width = images.shape[-2:]
+    device = images.device
+    flips = torch.rand(batch, generator=generator, device=device)[first: first + len(images)] < 0.5
+    most = (max(1, height // 16), max(1, width // 16))
+    moves = torch.stack([torch.randint(-m, m + 1, (batch,), generator=generator, device=device) for m in most], 1)
+    moves = moves[first: first + len(images)].to(images.dtype)
+    theta = torch.zeros(len(images), 2, 3, device=device, dtype=images.dtype)
+    theta[:, 0, 0] = torch.where(flips, -1.0, 1.0) if "flip" in names else 1.0
+    theta[:, 1, 1] = 1.0
+    if "shift" in names:
+        theta[:, 0, 2], theta[:, 1, 2] = 2 * moves[:, 1] / width, 2 * moves[:, 0] / height
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+
+
 def latent_draws(shape: tuple[int, ...] | None, batch: int, generator: torch.Generator | None,
                  device: torch.device | str, rows: tuple[int, int] | None = None) -> torch.Tensor | None:
     """Standard normal draws a model takes per image (``model.draw_shape``: a variational model's

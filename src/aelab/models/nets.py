@@ -148,3 +148,121 @@ def pooled(maps: torch.Tensor) -> torch.Tensor:
     if height > side or width > side:
         maps = F.adaptive_avg_pool2d(maps, (min(height, side), min(width, side)))
     return maps.flatten(1)
+
+
+# --- the deeper networks for the user's own images ------------------------------------------------
+
+SMALLEST_MAP = 4  # the deep encoder halves the image until its map is about this size (64 -> 4 stages -> 4x4)
+MOST_CHANNELS = 256  # the widest stage
+
+
+def stage_count(height: int, width: int | None = None) -> int:
+    """How many stride-2 stages take an image down to a map of about ``SMALLEST_MAP``: 2 for 28
+    pixels (7x7), 3 for 32, 4 for 64, 5 for 128 (the shorter side decides)."""
+    side, stages = min(height, width or height), 0
+    while side / 2 >= SMALLEST_MAP:
+        side, stages = (side + 1) // 2, stages + 1
+    return max(1, stages)
+
+
+def stage_sizes(size: int, stages: int) -> list[int]:
+    """Size along one axis before and after each stage: [64, 32, 16, 8, 4] for 4 stages."""
+    sizes = [size]
+    for _ in range(stages):
+        sizes.append((sizes[-1] + 1) // 2)  # kernel 3, stride 2, padding 1
+    return sizes
+
+
+def stage_channels(width: int, stages: int) -> list[int]:
+    """Channels of each stage: ``width`` doubled at each, at most ``MOST_CHANNELS``."""
+    return [min(MOST_CHANNELS, width * 2 ** stage) for stage in range(stages)]
+
+
+class Residual(nn.Module):
+    """x + conv-BN-ReLU-conv-BN(x), then ReLU: a residual block of ``channels`` (He et al. 2016)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                                  nn.ReLU(True), nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class DeepEncoder(nn.Module):
+    """Image [B, C, H, W] -> code [B, latent_dim], for images of any size: ``stages`` stride-2 stages
+    (each a 3x3 convolution, BatchNorm, ReLU, and with ``residual`` a residual block), the first with
+    ``width`` channels and each next one twice as many, then the tutorial's two linear layers.
+    The attributes are the tutorial ``Encoder``'s (``encoder_cnn``, ``flatten``, ``encoder_lin``), so
+    every family uses it the same way."""
+
+    def __init__(self, latent_dim: int, in_channels: int, image_size: int, *, image_width: int | None = None,
+                 width: int = 32, hidden: int = 512, stages: int = 0, residual: bool = False):
+        super().__init__()
+        stages = stages or stage_count(image_size, image_width)
+        channels = stage_channels(width, stages)
+        layers: list[nn.Module] = []
+        before = in_channels
+        for count in channels:
+            layers += [nn.Conv2d(before, count, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(count), nn.ReLU(True)]
+            layers += [Residual(count)] if residual else []
+            before = count
+        self.encoder_cnn = nn.Sequential(*layers)
+        self.flatten = nn.Flatten(start_dim=1)
+        height, breadth = stage_sizes(image_size, stages)[-1], stage_sizes(image_width or image_size, stages)[-1]
+        self.encoder_lin = nn.Sequential(nn.Linear(channels[-1] * height * breadth, hidden), nn.ReLU(True),
+                                         nn.Linear(hidden, latent_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code(self.encoder_cnn(x))
+
+    def code(self, maps: torch.Tensor) -> torch.Tensor:
+        return self.encoder_lin(self.flatten(maps))
+
+
+class DeepDecoder(nn.Module):
+    """Code [B, latent_dim] -> image [B, C, H, W] in (0, 1): the deep encoder's mirror, each stage
+    upsampling by resizing (nearest) then a 3x3 convolution, so no stage leaves the checkerboard that
+    transposed convolutions do (Odena et al. 2016); the last one convolves to the image's channels. Its
+    attributes are the tutorial ``Decoder``'s (``decoder_lin``, ``unflatten``, ``decoder_conv``, ``logits``)."""
+
+    def __init__(self, latent_dim: int, in_channels: int, image_size: int, *, image_width: int | None = None,
+                 width: int = 32, hidden: int = 512, stages: int = 0, residual: bool = False):
+        super().__init__()
+        stages = stages or stage_count(image_size, image_width)
+        channels = stage_channels(width, stages)
+        heights, widths = stage_sizes(image_size, stages), stage_sizes(image_width or image_size, stages)
+        self.decoder_lin = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(True),
+                                         nn.Linear(hidden, channels[-1] * heights[-1] * widths[-1]), nn.ReLU(True))
+        self.unflatten = nn.Unflatten(dim=1, unflattened_size=(channels[-1], heights[-1], widths[-1]))
+        layers: list[nn.Module] = []
+        for stage in reversed(range(1, stages)):
+            after = channels[stage - 1]
+            layers += [nn.Upsample(size=(heights[stage], widths[stage]), mode="nearest"),
+                       nn.Conv2d(channels[stage], after, 3, padding=1, bias=False), nn.BatchNorm2d(after), nn.ReLU(True)]
+            layers += [Residual(after)] if residual else []
+        layers += [nn.Upsample(size=(heights[0], widths[0]), mode="nearest"),  # the last stage: to the image
+                   nn.Conv2d(channels[0], in_channels, 3, padding=1)]
+        self.decoder_conv = nn.Sequential(*layers)
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The output before the sigmoid."""
+        return self.decoder_conv(self.unflatten(self.decoder_lin(z)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(z))
+
+
+def networks(config) -> tuple[nn.Module, nn.Module]:
+    """The encoder and decoder a ``ModelConfig`` asks for: the tutorial's (``model.arch`` tutorial,
+    the MNIST default, layer for layer), or the deep ones (deep), sized for the images."""
+    common = {"image_width": config.image_width, "width": config.width, "hidden": config.hidden}
+    if config.arch == "deep":
+        deep = {**common, "stages": config.stages, "residual": config.residual}
+        return (DeepEncoder(config.latent_dim, config.in_channels, config.image_size, **deep),
+                DeepDecoder(config.latent_dim, config.in_channels, config.image_size, **deep))
+    tutorial = {**common, "even_padding": config.even_padding}
+    return (Encoder(config.latent_dim, config.in_channels, config.image_size, **tutorial),
+            Decoder(config.latent_dim, config.in_channels, config.image_size, **tutorial))

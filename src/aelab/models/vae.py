@@ -1,4 +1,5 @@
-"""The family "vae": the variational autoencoder (Kingma and Welling 2014) on the tutorial's network.
+"""The family "vae": the variational autoencoder (Kingma and Welling 2014) on the tutorial's network
+(or the deep one, ``model.arch``).
 
 The encoder is the tutorial's with two heads, the mean (its last layer) and the log-variance of a
 diagonal Gaussian posterior q(z|x); a code is drawn by the reparameterisation trick, z = mean +
@@ -26,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LOSSES, ModelConfig
+from ..config import ModelConfig
 from ..errors import AelabError
 from .base import Measured, per_image
-from .nets import Decoder, Encoder, pooled
+from .nets import networks, pooled
 
 LOG_2PI = math.log(2 * math.pi)
 MIN_LOG_SCALE = -6.0  # the learned standard deviation of the Gaussian decoder stays above exp(-6) (as sigma-VAE)
@@ -62,15 +63,13 @@ class VariationalAutoencoder(nn.Module):
     def __init__(self, config: ModelConfig, loss: str = "mse"):
         super().__init__()
         config.validate()
-        if loss not in LOSSES:
-            raise AelabError(f"unknown `train.loss` {loss!r}; choose {' or '.join(LOSSES)}")
+        if loss not in ("mse", "bce"):
+            raise AelabError(f"`train.loss` {loss!r} is not a likelihood of the variational family; choose mse (a "
+                             "Gaussian decoder whose variance is learned) or bce (a Bernoulli one)")
         self.config = config
         self.likelihood = "bernoulli" if loss == "bce" else "gaussian"
-        shape = {"image_width": config.image_width, "width": config.width, "hidden": config.hidden,
-                 "even_padding": config.even_padding}
-        self.encoder = Encoder(config.latent_dim, config.in_channels, config.image_size, **shape)  # its last layer: the mean
+        self.encoder, self.decoder = networks(config)  # the encoder's last layer: the mean
         self.log_variance = nn.Linear(config.hidden, config.latent_dim)  # the second head
-        self.decoder = Decoder(config.latent_dim, config.in_channels, config.image_size, **shape)
         if self.likelihood == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(config.in_channels))  # log sigma per channel, learned
         self.beta, self.kl_warmup = float(config.beta), float(config.kl_warmup)

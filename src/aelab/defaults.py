@@ -1,0 +1,81 @@
+"""Defaults from the data: what a user does not set is chosen from the images (``model.arch`` auto).
+
+The named datasets (MNIST, Fashion-MNIST) keep the tutorial's network and recipe exactly. The user's
+own images (a folder or a file) get the deep network (``aelab.models.nets.DeepEncoder``): as many
+stride-2 stages as take the image down to a map of about 4x4, a width and a latent size that grow
+with the image, and a training length counted in optimizer steps, with a floor, so that a folder of
+600 pictures (3 batches an epoch) trains as long as it needs. Every choice is recorded in
+config.json and said in one line when training starts; a setting the user gave is never changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import replace
+
+from .config import ModelConfig, RunConfig, TrainConfig
+from .models.nets import stage_count
+
+MIN_STEPS = 3000  # optimizer steps a run on the user's own images trains at least (unless `train.epochs` is given)
+SMALL_FOLDER = 2000  # training images under which the start line suggests augmentation
+
+
+def latent_size(channels: int, height: int, width: int) -> int:
+    """The deep network's latent size: 16 for images up to 32x32, 32 up to 64x64, 64 above."""
+    side = max(height, width)
+    return 16 if side <= 32 else 32 if side <= 64 else 64
+
+
+def network_width(height: int, width: int) -> int:
+    """The deep network's first stage's channels: 32 up to 64x64 (doubled at each stage, at most
+    256), 16 above (bigger maps cost more per channel)."""
+    return 32 if max(height, width) <= 64 else 16
+
+
+def _given(explicit: set[str] | None, config: RunConfig, name: str) -> bool:
+    """Whether the user set ``name`` ("model.latent_dim"): named in ``explicit`` (the command line's
+    options), or without it a value other than the default."""
+    if explicit is not None:
+        return name in explicit
+    section, key = name.split(".")
+    kind = {"model": ModelConfig, "train": TrainConfig}[section]
+    default = next(f.default for f in dataclasses.fields(kind) if f.name == key)
+    return getattr(getattr(config, section), key) != default
+
+
+def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int,
+              explicit: set[str] | None = None) -> tuple[RunConfig, str]:
+    """``config`` with ``model.arch`` auto resolved and, for the deep network, the settings the user
+    left out chosen from the images (their shape and the number of training images); and a line that
+    says what was chosen ("" when nothing was)."""
+    if config.model.arch != "auto":
+        return config, ""
+    if config.data.kind() == "named":  # the tutorial's network and numbers, as ever
+        return replace(config, model=replace(config.model, arch="tutorial")), ""
+    channels, height, width = image_shape
+    model, train = config.model, config.train
+    chosen: dict[str, object] = {}
+
+    def choose(name: str, value) -> None:
+        if not _given(explicit, config, name):
+            chosen[name] = value
+
+    choose("model.width", network_width(height, width))
+    choose("model.hidden", 512)
+    choose("model.latent_dim", latent_size(channels, height, width))
+    choose("train.batch_size", 64 if n_train < 20_000 else 256)
+    choose("train.lr", 3e-3)
+    batch = int(chosen.get("train.batch_size", train.batch_size))
+    steps_per_epoch = max(1, math.ceil(n_train / batch))
+    choose("train.epochs", max(train.epochs, math.ceil(MIN_STEPS / steps_per_epoch)))
+    model = replace(model, arch="deep", stages=model.stages or stage_count(height, width),
+                    **{key.split(".")[1]: value for key, value in chosen.items() if key.startswith("model.")})
+    train = replace(train, **{key.split(".")[1]: value for key, value in chosen.items() if key.startswith("train.")})
+    epochs = train.epochs
+    line = (f"chosen from the data ({n_train} training images of {channels} x {height} x {width}): the deep network "
+            f"with {model.stages} stages, width {model.width}, hidden {model.hidden}, latent size {model.latent_dim}; "
+            f"batch {train.batch_size}, peak rate {train.lr:g}, {epochs} epochs ({epochs * steps_per_epoch} steps)")
+    if n_train < SMALL_FOLDER and not config.data.augment:
+        line += f"; a small folder: --augment flip,shift often helps"
+    return replace(config, model=model, train=train), line

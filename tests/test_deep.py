@@ -1,0 +1,180 @@
+"""Your own images: the deep network, defaults from the data, augmentation, early stopping, the PCA
+baseline and the SSIM loss."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aelab import AelabError, Callback, RunConfig, TrainingInterrupted, load_run, train
+from aelab.config import DataConfig, ModelConfig, train_config_for
+from aelab.data.sets import ImageSet
+from aelab.defaults import MIN_STEPS, from_data
+from aelab.evaluation import pca_mse
+from aelab.models.ae import ConvAutoencoder
+from aelab.models.nets import DeepDecoder, DeepEncoder, stage_count
+
+
+@pytest.mark.parametrize("size, width, stages", [(16, None, 2), (28, None, 2), (32, None, 3), (64, None, 4),
+                                                 (128, None, 5), (40, 64, 3), (48, 20, 2)])
+def test_the_deep_network_fits_any_image_and_ends_near_4x4(size, width, stages):
+    assert stage_count(size, width) == stages
+    encoder = DeepEncoder(8, 3, size, image_width=width, width=4, hidden=16)
+    decoder = DeepDecoder(8, 3, size, image_width=width, width=4, hidden=16)
+    x = torch.rand(2, 3, size, width or size)
+    maps = encoder.encoder_cnn(x)
+    assert 2 <= min(maps.shape[-2:]) <= 7 and maps.shape[1] == 4 * 2 ** (stages - 1)
+    assert encoder(x).shape == (2, 8) and decoder(encoder(x)).shape == x.shape
+    assert not any(isinstance(layer, torch.nn.ConvTranspose2d) for layer in decoder.modules())  # resize, then convolve
+
+
+def test_a_residual_deep_autoencoder_trains_and_reloads(tmp_path):
+    rng = np.random.default_rng(0)
+    images = (rng.random((96, 3, 24, 40)) * 255).astype(np.uint8)
+    splits = {name: ImageSet.from_arrays(images[a:b], np.zeros(b - a, int)) for name, (a, b) in
+              {"train": (0, 64), "val": (64, 80), "test": (80, 96)}.items()}
+    config = RunConfig(model=ModelConfig(arch="deep", residual=True, width=4, hidden=16, latent_dim=6),
+                       train=train_config_for("fast", epochs=2, batch_size=16, lr=3e-3))
+    result = train(config, tmp_path / "run", report=False, data=splits)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert (saved["arch"], saved["residual"], saved["image_size"], saved["image_width"]) == ("deep", True, 24, 40)
+    run = load_run(tmp_path / "run")
+    x = splits["test"].images.float().div(255)
+    with torch.no_grad():
+        assert torch.equal(run.model(x), result.model.eval()(x))
+
+
+def test_old_run_folders_load_with_the_tutorials_network(tmp_path):
+    """config.json without `model.arch` (before the deep network): the tutorial's."""
+    from aelab.config import RunConfig as Config
+
+    values = Config().to_dict()
+    del values["model"]["arch"]
+    assert Config.from_dict(values).model.arch == "tutorial"
+
+
+def test_defaults_from_the_data_keep_what_the_user_gave_and_say_what_they_chose():
+    folder = RunConfig(data=DataConfig(dataset="/pictures"))
+    chosen, said = from_data(folder, (3, 64, 64), 570, explicit=set())
+    assert (chosen.model.arch, chosen.model.stages, chosen.model.width, chosen.model.latent_dim) == ("deep", 4, 32, 32)
+    assert chosen.train.epochs * -(-570 // chosen.train.batch_size) >= MIN_STEPS  # counted in steps, with a floor
+    assert "chosen from the data (570 training images of 3 x 64 x 64)" in said and "--augment" in said
+    given, _ = from_data(folder, (3, 64, 64), 570, explicit={"model.latent_dim", "train.epochs"})
+    assert given.model.latent_dim == 4 and given.train.epochs == 30  # what the user gave stays
+    mnist, said = from_data(RunConfig(), (1, 28, 28), 48_000, explicit=set())
+    assert mnist.model.arch == "tutorial" and mnist.model == RunConfig(model=ModelConfig(arch="tutorial")).model
+    assert said == "" and mnist.train == RunConfig().train  # the tutorial's network and recipe, as ever
+    chosen_arch, _ = from_data(RunConfig(data=DataConfig(dataset="/pictures"), model=ModelConfig(arch="tutorial")),
+                               (3, 64, 64), 570)
+    assert chosen_arch.model.arch == "tutorial" and chosen_arch.model.latent_dim == 4  # a chosen network: as given
+
+
+def folder_of_pictures(root, n=120, size=32):
+    """Coloured blobs on a dark background, as PNG files."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:size, 0:size]
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        cy, cx, r = rng.uniform(8, size - 8, 2).tolist() + [rng.uniform(3, 8)]
+        picture = np.zeros((size, size, 3), np.uint8)
+        picture[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(60, 255, 3)
+        Image.fromarray(picture).save(root / f"{i:03d}.png")
+
+
+def test_a_folder_trains_the_deep_network_chosen_from_it_and_beside_pca(tmp_path, capsys):
+    from aelab.cli import main
+
+    folder_of_pictures(tmp_path / "pictures")
+    assert main(["train", "--data", str(tmp_path / "pictures"), "--data-dir", str(tmp_path / "cache"), "--epochs", "3",
+                 "--out", str(tmp_path / "run"), "--no-report"]) == 0
+    err = capsys.readouterr().err
+    assert "chosen from the data (86 training images of 3 x 32 x 32): the deep network with 3 stages" in err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model"]["arch"] == "deep" and saved["model"]["latent_dim"] == 16 and saved["train"]["epochs"] == 3
+    evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+    assert 0 < evaluation["test_pca_mse"] < 0.2
+
+
+def test_pca_baseline_is_the_error_of_pca_with_as_many_components():
+    rng = np.random.default_rng(0)
+    basis = rng.random((3, 64))
+    codes = rng.random((300, 3))
+    images = torch.from_numpy((codes @ basis / 3 * 255).clip(0, 255).astype(np.uint8).reshape(300, 1, 8, 8))
+    assert pca_mse(images[:200], images[200:], 3) < 1e-4  # three components rebuild three-dimensional data
+    assert pca_mse(images[:200], images[200:], 1) > 10 * pca_mse(images[:200], images[200:], 3)
+
+
+def test_augmentation_changes_training_images_seeded_and_resumes_exactly(tmp_path):
+    from aelab.data.batches import augment_draw, noise_generator
+
+    x = torch.rand(4, 3, 32, 32)
+    flipped = augment_draw(x, noise_generator(0, "cpu"), ["flip"])
+    assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(x, flipped))
+    assert not torch.equal(flipped, x) and torch.equal(flipped, augment_draw(x, noise_generator(0, "cpu"), ["flip"]))
+    rows = augment_draw(x[1:3], noise_generator(5, "cpu"), ["flip", "shift"], (1, 4))
+    assert torch.equal(rows, augment_draw(x, noise_generator(5, "cpu"), ["flip", "shift"])[1:3])
+    rng = np.random.default_rng(0)
+    images = (rng.random((96, 1, 28, 28)) * 255).astype(np.uint8)
+    splits = {name: ImageSet.from_arrays(images[a:b], np.zeros(b - a, int)) for name, (a, b) in
+              {"train": (0, 64), "val": (64, 80), "test": (80, 96)}.items()}
+    config = RunConfig(data=DataConfig(augment="flip,shift"), train=train_config_for("fast", epochs=2, batch_size=16,
+                                                                                      shards=2))
+    straight = train(config, tmp_path / "straight", report=False, data=splits)
+
+    class Interrupt(Callback):
+        def on_step_end(self, trainer):
+            if trainer.epoch == 1 and trainer.step == 2:
+                import os
+                import signal
+                os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train(config, tmp_path / "split", report=False, data=splits, callbacks=[Interrupt()])
+    resumed = train(None, tmp_path / "split", resume=True, report=False, data=splits)
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()))
+
+
+def test_patience_stops_when_validation_stops_improving_and_keeps_the_best(tmp_path):
+    from aelab.run import summary
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((96, 1, 28, 28)) * 255).astype(np.uint8)  # noise: nothing to learn, validation soon stalls
+    splits = {name: ImageSet.from_arrays(images[a:b], np.zeros(b - a, int)) for name, (a, b) in
+              {"train": (0, 64), "val": (64, 80), "test": (80, 96)}.items()}
+    config = RunConfig(train=train_config_for("fast", epochs=60, batch_size=16, lr=1e-2, patience=2))
+    result = train(config, tmp_path / "run", report=False, data=splits)
+    epochs = len(result.metrics)
+    assert epochs < 60 and result.evaluation["stopped_early"] == epochs
+    assert epochs - result.evaluation["best_epoch"] == 2
+    assert "finished early" in summary(tmp_path / "run")["status"]
+
+
+def test_the_ssim_loss_trains_and_is_reported_per_image(tmp_path):
+    model = ConvAutoencoder(4, 3, 32, arch="deep", width=4, hidden=16, loss="ssim")
+    x = torch.rand(6, 3, 32, 32)
+    loss = model.training_loss(x, x)
+    loss.backward()
+    assert 0 < float(loss.detach()) < 1 and model.encoder.encoder_lin[0].weight.grad is not None
+    measured = model.measure(x, x, ("mse", "ssim"))
+    assert measured.terms["ssim"].shape == (6,) and float(measured.terms["ssim"].mean()) == pytest.approx(float(loss.detach()),
+                                                                                                           rel=1e-5)
+    with pytest.raises(AelabError, match="not a likelihood of the variational family"):
+        from aelab.models.registry import build_model
+
+        build_model(ModelConfig(kind="vae"), "ssim")
+
+
+@pytest.mark.parametrize("kind", ["vae", "cvae"])
+def test_every_family_takes_the_deep_network(tmp_path, kind):
+    rng = np.random.default_rng(0)
+    images = (rng.random((64, 3, 32, 32)) * 255).astype(np.uint8)
+    labels = np.arange(64) % 2
+    splits = {name: ImageSet.from_arrays(images[a:b], labels[a:b], ("a", "b")) for name, (a, b) in
+              {"train": (0, 40), "val": (40, 52), "test": (52, 64)}.items()}
+    config = RunConfig(model=ModelConfig(kind=kind, arch="deep", width=4, hidden=16, latent_dim=3),
+                       train=train_config_for("fast", epochs=1, batch_size=8, loss="bce"))
+    result = train(config, tmp_path / "run", report=False, data=splits)
+    assert result.evaluation["test_nelbo"] > 0 and isinstance(result.model.encoder, DeepEncoder)
