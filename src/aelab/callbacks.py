@@ -12,6 +12,7 @@ always, last, ``on_close`` (also after an error). Callbacks read the trainer; th
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -211,7 +212,7 @@ class ProgressBar(Callback):
 
     def on_step_end(self, trainer):
         self.bar.update(1)
-        if trainer.running_loss != self.shown:
+        if trainer.running_loss != self.shown and not math.isnan(trainer.running_loss):  # nan: none measured yet
             self.shown = trainer.running_loss
             self.bar.set_postfix_str(f"loss {trainer.running_loss:.5f}", refresh=False)
 
