@@ -2,6 +2,7 @@
 baseline and the SSIM loss."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -57,9 +58,15 @@ def test_old_run_folders_load_with_the_tutorials_network(tmp_path):
 def test_defaults_from_the_data_keep_what_the_user_gave_and_say_what_they_chose():
     folder = RunConfig(data=DataConfig(dataset="/pictures"))
     chosen, said = from_data(folder, (3, 64, 64), 570, explicit=set())
-    assert (chosen.model.arch, chosen.model.stages, chosen.model.width, chosen.model.latent_dim) == ("deep", 4, 32, 32)
+    assert (chosen.model.arch, chosen.model.stages, chosen.model.width, chosen.model.latent_dim) == ("deep", 4, 16, 32)
     assert chosen.train.epochs * -(-570 // chosen.train.batch_size) >= MIN_STEPS  # counted in steps, with a floor
-    assert "chosen from the data (570 training images of 3 x 64 x 64)" in said and "--augment" in said
+    assert "chosen from the data (570 training images of 3 x 64 x 64)" in said and "--augment none" in said
+    assert chosen.data.augment == "flip,shift" and chosen.data.augment_list() == ["flip", "shift"]  # a small folder
+    plain, said = from_data(replace(folder, data=replace(folder.data, augment="none")), (3, 64, 64), 570,
+                            explicit={"data.augment"})
+    assert plain.data.augment_list() == [] and "flipped" not in said  # --augment none: as they are
+    large, _ = from_data(folder, (3, 64, 64), 50_000, explicit=set())
+    assert large.data.augment is None and large.train.batch_size == 256
     given, _ = from_data(folder, (3, 64, 64), 570, explicit={"model.latent_dim", "train.epochs"})
     assert given.model.latent_dim == 4 and given.train.epochs == 30  # what the user gave stays
     mnist, said = from_data(RunConfig(), (1, 28, 28), 48_000, explicit=set())
@@ -94,8 +101,14 @@ def test_a_folder_trains_the_deep_network_chosen_from_it_and_beside_pca(tmp_path
     assert "chosen from the data (86 training images of 3 x 32 x 32): the deep network with 3 stages" in err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["arch"] == "deep" and saved["model"]["latent_dim"] == 16 and saved["train"]["epochs"] == 3
+    assert saved["data"]["augment"] == "flip,shift"  # a small folder
     evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert 0 < evaluation["test_pca_mse"] < 0.2
+    assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0  # the same baseline, from the run folder
+    found = json.loads(capsys.readouterr().out)
+    assert found["pca_mse"] == pytest.approx(evaluation["test_pca_mse"], rel=1e-6)
+    assert main(["evaluate", str(tmp_path / "run")]) == 0
+    assert "test: PCA with 16 components (the same code size, fitted on the training split): MSE" in capsys.readouterr().out
 
 
 def test_pca_baseline_is_the_error_of_pca_with_as_many_components():
@@ -158,7 +171,8 @@ def test_the_ssim_loss_trains_and_is_reported_per_image(tmp_path):
     loss = model.training_loss(x, x)
     loss.backward()
     assert 0 < float(loss.detach()) < 1 and model.encoder.encoder_lin[0].weight.grad is not None
-    measured = model.measure(x, x, ("mse", "ssim"))
+    with torch.no_grad():
+        measured = model.measure(x, x, ("mse", "ssim"))
     assert measured.terms["ssim"].shape == (6,) and float(measured.terms["ssim"].mean()) == pytest.approx(float(loss.detach()),
                                                                                                            rel=1e-5)
     with pytest.raises(AelabError, match="not a likelihood of the variational family"):

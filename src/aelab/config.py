@@ -56,7 +56,8 @@ class DataConfig:
     # threshold (pixel > 0.5); None: grey levels as they are
     binarize: str | None = None
     # training images changed anew every epoch (a seeded draw), for small folders: "flip" (horizontal, half of
-    # them), "shift" (up to 1/16 of the size each way), or "flip,shift"; None: as they are (the named datasets)
+    # them), "shift" (up to 1/16 of the size each way), or "flip,shift"; "none" or None: as they are. None for your
+    # own images lets aelab.defaults choose (flip,shift for a small folder); the named datasets are never changed
     augment: str | None = None
 
     def validate(self) -> None:
@@ -74,16 +75,16 @@ class DataConfig:
         if self.resize not in RESIZE_METHODS:
             raise AelabError(f"unknown `data.resize` {self.resize!r}; choose one of {', '.join(RESIZE_METHODS)}")
         memory_budget(self.memory_limit)
-        if self.augment is not None and (not self.augment_list() or set(self.augment_list()) - set(AUGMENTATIONS)):
-            raise AelabError(f"unknown `data.augment` {self.augment!r}; give flip, shift or flip,shift")
+        if self.augment not in (None, "none") and (not self.augment_list() or set(self.augment_list()) - set(AUGMENTATIONS)):
+            raise AelabError(f"unknown `data.augment` {self.augment!r}; give flip, shift, flip,shift or none")
         if self.binarize not in (None, *BINARIZE):
             raise AelabError(f"unknown `data.binarize` {self.binarize!r}; choose one of {', '.join(BINARIZE)}")
         if self.classes is not None and not self.class_list():
             raise AelabError(f"`data.classes` {self.classes!r} names no class; give labels or class names like 3 or 0,6")
 
     def augment_list(self) -> list[str]:
-        """``augment`` as a list of its names."""
-        return [part.strip() for part in str(self.augment or "").split(",") if part.strip()]
+        """``augment`` as a list of its names ([] for none)."""
+        return [part.strip() for part in str(self.augment or "").split(",") if part.strip() and part.strip() != "none"]
 
     def class_list(self) -> list[str]:
         """``classes`` as a list of names or label numbers (as written)."""

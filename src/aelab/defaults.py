@@ -3,8 +3,9 @@
 The named datasets (MNIST, Fashion-MNIST) keep the tutorial's network and recipe exactly. The user's
 own images (a folder or a file) get the deep network (``aelab.models.nets.DeepEncoder``): as many
 stride-2 stages as take the image down to a map of about 4x4, a width and a latent size that grow
-with the image, and a training length counted in optimizer steps, with a floor, so that a folder of
-600 pictures (3 batches an epoch) trains as long as it needs. Every choice is recorded in
+with the image, a training length counted in optimizer steps, with a floor, so that a folder of 600
+pictures (3 batches an epoch) trains as long as it needs, and for a small folder each training image
+flipped and shifted anew every epoch. Every choice is recorded in
 config.json and said in one line when training starts; a setting the user gave is never changed.
 """
 
@@ -14,11 +15,11 @@ import dataclasses
 import math
 from dataclasses import replace
 
-from .config import ModelConfig, RunConfig, TrainConfig
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .models.nets import stage_count
 
 MIN_STEPS = 3000  # optimizer steps a run on the user's own images trains at least (unless `train.epochs` is given)
-SMALL_FOLDER = 2000  # training images under which the start line suggests augmentation
+SMALL_FOLDER = 2000  # training images under which the training images are augmented (flip,shift) unless told
 
 
 def latent_size(channels: int, height: int, width: int) -> int:
@@ -28,9 +29,11 @@ def latent_size(channels: int, height: int, width: int) -> int:
 
 
 def network_width(height: int, width: int) -> int:
-    """The deep network's first stage's channels: 32 up to 64x64 (doubled at each stage, at most
-    256), 16 above (bigger maps cost more per channel)."""
-    return 32 if max(height, width) <= 64 else 16
+    """The deep network's first stage's channels (doubled at each stage, at most 256): 32 up to
+    32x32, 16 up to 64x64, 8 above: bigger maps cost more per channel (at 64x64, width 32 costs 2.7x
+    width 16 a step; width 16 trains 3,000 steps in about 5 minutes on 2 cores, benchmarks/RESULTS.md)."""
+    side = max(height, width)
+    return 32 if side <= 32 else 16 if side <= 64 else 8
 
 
 def _given(explicit: set[str] | None, config: RunConfig, name: str) -> bool:
@@ -39,7 +42,7 @@ def _given(explicit: set[str] | None, config: RunConfig, name: str) -> bool:
     if explicit is not None:
         return name in explicit
     section, key = name.split(".")
-    kind = {"model": ModelConfig, "train": TrainConfig}[section]
+    kind = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[section]
     default = next(f.default for f in dataclasses.fields(kind) if f.name == key)
     return getattr(getattr(config, section), key) != default
 
@@ -69,13 +72,16 @@ def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int
     batch = int(chosen.get("train.batch_size", train.batch_size))
     steps_per_epoch = max(1, math.ceil(n_train / batch))
     choose("train.epochs", max(train.epochs, math.ceil(MIN_STEPS / steps_per_epoch)))
+    if n_train < SMALL_FOLDER:  # a small folder: each image changed anew every epoch (measured: benchmarks/RESULTS.md)
+        choose("data.augment", "flip,shift")
     model = replace(model, arch="deep", stages=model.stages or stage_count(height, width),
                     **{key.split(".")[1]: value for key, value in chosen.items() if key.startswith("model.")})
     train = replace(train, **{key.split(".")[1]: value for key, value in chosen.items() if key.startswith("train.")})
+    data = replace(config.data, **{key.split(".")[1]: value for key, value in chosen.items() if key.startswith("data.")})
     epochs = train.epochs
     line = (f"chosen from the data ({n_train} training images of {channels} x {height} x {width}): the deep network "
             f"with {model.stages} stages, width {model.width}, hidden {model.hidden}, latent size {model.latent_dim}; "
             f"batch {train.batch_size}, peak rate {train.lr:g}, {epochs} epochs ({epochs * steps_per_epoch} steps)")
-    if n_train < SMALL_FOLDER and not config.data.augment:
-        line += f"; a small folder: --augment flip,shift often helps"
-    return replace(config, model=model, train=train), line
+    if "data.augment" in chosen:
+        line += "; a small folder: each training image flipped and shifted anew every epoch (--augment none: not)"
+    return replace(config, data=data, model=model, train=train), line

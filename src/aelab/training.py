@@ -112,7 +112,7 @@ class Trainer:
         # channels-last runs the small convolutions on oneDNN's faster kernels (benchmarks/RESULTS.md)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         # (training images binarised or changed anew every epoch: drawn outside a CUDA graph)
-        redrawn = config.data.binarize == "dynamic" or bool(config.data.augment)
+        redrawn = config.data.binarize == "dynamic" or bool(config.data.augment_list())
         self.optimizer = make_optimizer(self.model, cfg, self.device, redrawn)
         rank, world_size, _ = distributed.world()
         # under torchrun each rank reads and trains its slice of every batch
@@ -302,7 +302,7 @@ class Trainer:
 
     def changes_for(self, epoch: int) -> torch.Generator | None:
         """The generator of the training images' augmentation in ``epoch`` (``data.augment``; else None)."""
-        if not self.config.data.augment:
+        if not self.config.data.augment_list():
             return None
         return noise_generator(self.config.train.seed * 1_000_003 + CHANGES_STREAM + epoch, self.device)
 

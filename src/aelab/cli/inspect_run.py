@@ -22,10 +22,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Reconstruction MSE (mean over every pixel of every image, pixels in [0,1]) and PSNR of a saved
     run on a split, loaded only from the run folder. Each number says which input it measures: clean
     images, or noisy ones (--noise-factor, seeded) against the clean images, the denoising error; a
-    denoising run gives both, its own noise factor for the second. A variational run (vae, iwae, cvae) also
-    gives its negative ELBO and its parts (nats per image), active units, the KL per latent dimension,
-    and with --nll-samples K the importance-sampled negative log-likelihood. --generation measures
-    generated images against the split's (see aelab.generation).
+    denoising run gives both, its own noise factor for the second. Beside them, the honest baseline:
+    PCA with as many components as the code, fitted on the training split. A variational run (vae,
+    iwae, cvae) also gives its negative ELBO and its parts (nats per image), active units, the KL per
+    latent dimension, and with --nll-samples K the importance-sampled negative log-likelihood.
+    --generation measures generated images against the split's (see aelab.generation).
     """
     from ..evaluation import evaluate
     from ..likelihood import is_variational, measures
@@ -38,6 +39,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         factors.append(run.config.train.noise_factor)
     results = [evaluate(run.model, data, split=args.split, noise_factor=factor, seed=args.seed or 0).to_dict()
                for factor in factors]
+    baseline = _pca_baseline(args, run, data)
     variational = None
     if is_variational(run.model):
         with _bar(args, f"NLL, K = {args.nll_samples}") as progress:
@@ -48,7 +50,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     generated = _generation(args, run, data) if args.generation else None
     if args.json:
         found = results[0] if len(results) == 1 else {**results[0], "denoising": results[1]}
-        print(json.dumps({**found, **(variational or {}), **({"generation": generated} if generated else {})}))
+        print(json.dumps({**found, "pca_mse": baseline, **(variational or {}),
+                          **({"generation": generated} if generated else {})}))
         return 0
     for result in results:
         if result["noise_factor"]:
@@ -58,6 +61,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             said = "clean inputs"
         print(f"{args.split}: MSE {result['mse']:.6f}  PSNR {result['psnr']:.2f} dB  ({result['n_images']} images, "
               f"{said})")
+    latent_dim, clean = run.config.model.latent_dim, results[0]["mse"]
+    print(f"{args.split}: PCA with {latent_dim} components (the same code size, fitted on the training split): MSE "
+          f"{baseline:.6f}; the autoencoder's clean-input MSE is {clean / baseline:.2f}x PCA's "
+          f"({'better' if clean < baseline else 'not better'})")
     if variational is not None:
         _print_variational(variational, args.split)
     if generated is not None:
@@ -68,6 +75,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{generated['kernel_distance']:.4f}, precision {generated['precision']:.3f}, recall "
               f"{generated['recall']:.3f} (k = 3)")
     return 0
+
+
+def _pca_baseline(args: argparse.Namespace, run, data) -> float:
+    """The honest baseline: the MSE on ``data`` of PCA with as many components as the run's code,
+    fitted on the run's training split (``evaluation.pca_mse``)."""
+    from ..data.sets import load_run_split
+    from ..evaluation import pca_mse
+
+    train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
+    return pca_mse(train.images, data.images, run.config.model.latent_dim, run.config.train.seed)
 
 
 def _generation(args: argparse.Namespace, run, data) -> dict:

@@ -130,12 +130,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--patience", type=int, metavar="N", help="stop when the validation loss has not improved for N "
                    "epochs (the best weights are kept; default: 0, never)")
     p.add_argument("--augment", metavar="NAMES", help="change each training image anew every epoch: flip (half of "
-                   "them mirrored), shift (moved up to 1/16 of their size), or flip,shift; for small folders of "
-                   "pictures, not for digits (default: none)")
+                   "them mirrored), shift (moved up to 1/16 of their size), flip,shift, or none (default: flip,shift for "
+                   "your own images when fewer than 2,000 train, else none; none for the named datasets)")
     p.add_argument("--batch-size", type=int, metavar="N", help=f"default: {t.batch_size}; your own images: 64 under "
                    "20,000")
     p.add_argument("--lr", type=float, metavar="RATE",
-                   help=f"learning rate; the peak of the one-cycle schedule in the fast recipe (default: {t.lr:g})")
+                   help=f"learning rate; the peak of the one-cycle schedule in the fast recipe (default: {t.lr:g}; "
+                        "your own images: 0.003)")
     p.add_argument("--weight-decay", type=float, metavar="W", help=f"Adam's weight decay (default: {t.weight_decay:g})")
     p.add_argument("--loss", choices=LOSSES, help="reconstruction loss: mse; bce; ssim, 0.84 (1 - SSIM) + 0.16 L1 "
                    "(Zhao et al. 2017), for pictures: sharper edges and textures than MSE, which blurs what it cannot "
