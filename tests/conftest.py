@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -172,3 +174,26 @@ def _library_logger_as_found():
     handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
     yield
     logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+
+
+# --- a browser for the pages' tests ------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    profile = tempfile.mkdtemp(prefix="aelab-chromium-")
+    try:
+        return subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def need_chromium() -> None:
+    if CHROMIUM is None:
+        if os.environ.get("AELAB_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is required here (AELAB_REQUIRE_BROWSER) but not installed: apt-get install chromium")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")

@@ -1,20 +1,16 @@
 import json
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_images
+from conftest import chromium, need_chromium, synthetic_images
 
 from aelab.cli import main
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 @pytest.fixture
@@ -29,7 +25,7 @@ def test_train_writes_a_self_contained_report(cli_run):
     page = (cli_run / "report.html").read_text()
     assert "<script src=" not in page and "https://" not in re.sub(r"<script>.*?</script>", "", page, flags=re.S)
     for words in ("test MSE", "Reconstructions across epochs", "The latent space", "Generated images", "Denoising",
-                  "Configuration", 'id="map-tsne"'):
+                  "Configuration", 'id="map-tsne"', "test MSE of PCA-4 (the baseline)"):
         assert words in page
     for name in ("latent_grid.png", "samples.png", "interpolation.png", "denoising.png"):
         assert (cli_run / "figures" / name).exists()
@@ -72,24 +68,6 @@ def test_umap_without_umap_learn_says_how_to_install(cli_run, capsys):
         pass
     assert main(["plot", str(cli_run), "umap", "--quiet"]) == 2
     assert "aelab[umap]" in capsys.readouterr().err
-
-
-def chromium(*args: str) -> subprocess.CompletedProcess:
-    profile = tempfile.mkdtemp(prefix="aelab-chromium-")
-    try:
-        return subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}", *args],
-            capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def need_chromium() -> None:
-    if CHROMIUM is None:
-        if os.environ.get("AELAB_REQUIRE_BROWSER"):
-            pytest.fail("Chromium is required here (AELAB_REQUIRE_BROWSER) but not installed: apt-get install chromium")
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
 
 
 @pytest.mark.browser
@@ -205,7 +183,9 @@ def test_hostile_names_and_paths_are_escaped_in_the_report(hostile_run):
     page = (hostile_run / "report.html").read_text(encoding="utf-8").replace(get_plotlyjs(), "")
     for hostile in (*HOSTILE_CLASSES, HOSTILE_RUN, "b>&<!--", HOSTILE_DATA, HOSTILE_EPOCH, HOSTILE_METHOD):
         assert hostile not in page
-    assert "<!--" not in page and "\u2028" not in page and page.count("<script") == 3
+    # (the scripts: errors, the explorer's data and code, plotly, the page's own)
+    assert "<!--" not in page and "\u2028" not in page and page.count("<script") == 5
+    assert HOSTILE_CLASSES[0] in json.loads(re.search(r"const AELAB_EXPLORER = (.*?);</script>", page).group(1))["class_names"]
 
 
 class _Page(HTMLParser):
@@ -250,7 +230,7 @@ def test_hostile_names_and_paths_are_text_in_the_rendered_report(hostile_run):
     assert 'data-rendered="ok"' in body and 'data-errors="[]"' in body, body
     assert 'data-maps="2"' in body and 'data-broken-images="0"' in body and "injected" not in body, body
     page = _Page(dom)
-    assert page.tags["script"] == 3 and page.tags["b"] == page.tags["i"] == 0, page.tags
+    assert page.tags["script"] == 5 and page.tags["b"] == page.tags["i"] == 0, page.tags
     assert page.sources and all(source.startswith("data:image/") for source in page.sources)
     assert page.legends == [*HOSTILE_CLASSES] * 2  # the scatter's and the t-SNE's
     text = "".join(page.texts)
@@ -304,7 +284,8 @@ def test_every_command_writes_into_outputs_and_never_over_the_runs_files(cli_run
 def test_a_denoising_run_says_which_input_each_number_measures_and_the_report_splits_its_settings(cli_run, capsys):
     assert main(["evaluate", str(cli_run), "--quiet"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and "clean inputs" in lines[0] and "noisy inputs (noise factor 0.2" in lines[1]
+    assert len(lines) == 3 and "clean inputs" in lines[0] and "noisy inputs (noise factor 0.2" in lines[1]
+    assert "PCA with 4 components" in lines[2] and "clean-input MSE" in lines[2]  # the baseline, for the clean inputs
     assert main(["evaluate", str(cli_run), "--json", "--quiet"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["input"] == "clean" and found["denoising"]["input"] == "noisy" and found["denoising"]["noise_factor"] == 0.2

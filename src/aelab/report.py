@@ -3,8 +3,8 @@
 It holds the configuration, the metrics and loss curves, the reconstructions across epochs
 (a slider), the validation and test MSE, interactive latent maps (scatter and t-SNE, with the
 image under the pointer), a decoded grid, samples, an interpolation, denoising examples for a
-denoising run, and the most anomalous test images with their error maps (``aelab score``'s default
-score). The pictures are also saved as PNGs in the run's figures/ folder. Pictures are shrunk (or
+denoising run, the most anomalous test images with their error maps (``aelab score``'s default
+score), and "Decode any point": the run's decoder in the page's JavaScript (``aelab.explorer``). The pictures are also saved as PNGs in the run's figures/ folder. Pictures are shrunk (or
 made JPEG) and hover previews made thumbnails beyond a byte budget, so the page stays under 10 MB
 for any image size.
 """
@@ -22,7 +22,7 @@ import markupsafe
 import numpy as np
 import torch
 
-from . import figures, latent, plots
+from . import explorer, figures, latent, plots
 from .data.sets import ImageSet, close_sets, data_for_run, load_run_splits
 from .errors import AelabError
 from .likelihood import ACTIVE, is_variational, posterior_summary
@@ -63,6 +63,10 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     scale = plots.display_scale(config.model.image_size, config.model.image_width or config.model.image_size, 2)
     out["grid"] = figures.grid_figure(run, plane, GRID_N, figures_dir / "latent_grid.png")
     out["grid_plane"] = plane
+    log.info("report: the decoder for the page (decode any point) ...")
+    test_codes = latent.encode(run.model, test.images, labels=test.labels)
+    found = explorer.explorer_data(run, test_codes, test.labels, test.class_names, plane, train_codes, config.train.seed)
+    out["explorer"] = found if len(found["decoder"]["weights"]) <= explorer.PAGE_WEIGHTS else None  # (the page budget)
     sampler = latent.default_sampler(run.model)
     samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4,
                                       sampler=sampler)
@@ -239,6 +243,8 @@ def render(run: Run, parts: dict[str, Any]) -> str:
         ("training time", f"{evaluation.get('train_seconds', sum(r['seconds'] for r in metrics)):.1f} s"),
         ("latent size", str(config.model.latent_dim)),
     ]
+    if "test_pca_mse" in evaluation:  # the honest baseline, beside the autoencoder's error
+        cards.insert(1, (f"test MSE of PCA-{config.model.latent_dim} (the baseline)", _fmt(evaluation["test_pca_mse"])))
     if "test_denoising_mse" in evaluation:
         cards.insert(1, ("test denoising MSE", _fmt(evaluation["test_denoising_mse"])))
     rows = [(f"{section}.{key}", "default" if value is None else value) for section in ("data", "model", "train")
@@ -272,7 +278,7 @@ def render(run: Run, parts: dict[str, Any]) -> str:
         n_map_points=parts["n_map_points"], grid_n=GRID_N, grid_plane=parts["grid_plane"].description,
         grid=_uri(parts["grid"]),
         samples=_uri(parts["samples"]), sampler=parts["sampler"], interpolation=_uri(parts["interpolation"]),
-        variational=_variational(parts, evaluation),
+        variational=_variational(parts, evaluation), explorer=parts["explorer"], explorer_js=safe(explorer.script()),
         interpolation_pair=parts["interpolation_pair"], chosen_rows=chosen, detail_rows=details,
         map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT), plotly_js=safe(get_plotlyjs()),
         maps_js=safe(plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()},

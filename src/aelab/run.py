@@ -257,6 +257,42 @@ def summary(run_dir: str | Path) -> dict[str, Any]:
     return found
 
 
+def summary_lines(found: dict) -> list[tuple[str, str]]:
+    """``summary`` as (heading, text) lines (``aelab info``)."""
+    data, model, recipe, evaluation = found["data"], found["model"], found["train"], found["evaluation"]
+    lines = [("run", f"{found['run']}: {found['status']}"),
+             ("data", f"{data['source']}, {data['channels']} x {data['image_size']}"
+                      + (f", classes {data['classes']}" if data["classes"] else "")),
+             ("model", f"latent size {model['latent_dim']}, width {model['width']}, hidden {model['hidden']}"),
+             ("recipe", f"{recipe['recipe']}: {recipe['epochs']} epochs ({found['epochs_done']} done), batch "
+                        f"{recipe['batch_size']}, lr {recipe['lr']:g} {recipe['schedule']}, loss {recipe['loss']}"
+                        + (f", noise {recipe['noise_factor']:g}" if recipe["noise_factor"] else "")
+                        + f", seed {recipe['seed']}, shards {recipe['shards']}")]
+    if found["best_val_loss"] is not None:
+        best = f"epoch {found['best_epoch']}, " if found["best_epoch"] else ""
+        lines.append(("best", f"{best}validation loss {found['best_val_loss']:.5f} (model.safetensors holds the "
+                              f"{recipe['keep']} epoch's weights)"))
+    for split in ("test", "val"):
+        if f"{split}_mse" in evaluation:
+            psnr = evaluation.get(f"{split}_psnr")
+            lines.append((split, f"MSE {evaluation[f'{split}_mse']:.5f}" + (f", PSNR {psnr:.2f} dB" if psnr else "")
+                          + (f", denoising MSE {evaluation[f'{split}_denoising_mse']:.5f}"
+                             if f"{split}_denoising_mse" in evaluation else "")
+                          + (f"; PCA with as many components: MSE {evaluation[f'{split}_pca_mse']:.5f}"
+                             if f"{split}_pca_mse" in evaluation else "")))
+    detector = found["detector"]
+    if detector:
+        said = [f"{detector['method'] or 'unnamed'} score"]
+        said += [f"{key} {detector[key]:{form}}" for key, form in (("contamination", "g"), ("threshold", ".3f"))
+                 if isinstance(detector[key], (int, float))]  # (a detector file from elsewhere may lack them)
+        said.append("fitted on these weights" if detector["fitted_on_these_weights"] else
+                    "fitted on other weights (fitted anew when used)")
+        lines.append(("detector", ", ".join(said)))
+    else:
+        lines.append(("detector", "none yet (`aelab score` fits one)"))
+    lines.append(("versions", ", ".join(f"{name} {version}" for name, version in found["versions"].items())))
+    return lines
+
 def split_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
     """The per-split image metrics of an evaluation.json (``test_mse``, ``val_psnr``,
     ``test_denoising_mse``, a variational run's ``test_nelbo``, ...), without its other entries
