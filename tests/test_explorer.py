@@ -102,6 +102,22 @@ def test_export_web_writes_the_explorer_alone(tmp_path, capsys):
     assert "aelabDecoder" in text and "Decode any point" in text and "https://" not in text and "<script src" not in text
     assert main(["export", str(run), "--format", "web", "--part", "encoder"]) == 2
     assert "exports the decoder" in capsys.readouterr().err
+    assert main(["export", str(run), "--format", "onnx", "--data", str(source)]) == 2
+    assert "are for --format web" in capsys.readouterr().err
+
+
+def test_a_decoder_beyond_the_page_budget_gets_a_page_of_its_own(tmp_path, monkeypatch):
+    from aelab import report
+
+    source = picture_file(tmp_path / "pictures.npz", n=120)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(source), "--data-dir", str(tmp_path / "cache"), "--epochs", "1",
+                 "--out", str(run), "--no-report", "--quiet", "--arch", "tutorial"]) == 0
+    page = report.write_report(run, data_dir=str(tmp_path / "cache")).read_text()
+    assert "AELAB_EXPLORER" in page and len(page.encode()) < report.PAGE_BYTES
+    monkeypatch.setattr(report, "PAGE_BYTES", len(page.encode()) - 1)
+    page = report.write_report(run, data_dir=str(tmp_path / "cache")).read_text()
+    assert "AELAB_EXPLORER" not in page and f"aelab export --format web {run}" in page
 
 
 PROBE = """<script>(function () {
@@ -131,10 +147,14 @@ PROBE = """<script>(function () {
       window.dispatchEvent(new PointerEvent("pointerup", {bubbles: true}));
       result.clicked = Array.from(all.slice(alone * d, alone * d + d)); result.loaded = window.aelabExplorerCode();
     }
+    try { window.aelabDecode([1]); result.short = "accepted"; } catch (e) { result.short = e.name + ": " + e.message; }
     result.before = window.aelabExplorerCode();
     pad.dispatchEvent(new KeyboardEvent("keydown", {key: "ArrowRight", bubbles: true}));
     result.after = window.aelabExplorerCode();
-    result.plane = plane;
+    result.plane = plane; result.dtype = data.decoder.dtype;
+    result.page_codes = Array.from(all.slice(0, Math.min(n, 20) * d)); result.latent_dim = d;
+    result.page_pixels = [];
+    for (let j = 0; j < Math.min(n, 20); j++) result.page_pixels.push(Array.from(window.aelabDecode(all.slice(j * d, j * d + d), 0)));
   } catch (e) { result.error = String(e && e.stack || e); }
   document.body.setAttribute("data-probe", JSON.stringify(result));
 })();</script>"""
@@ -150,18 +170,24 @@ def probe(page, codes: torch.Tensor, tmp_path) -> dict:
     return found
 
 
-def check_page(page, run_dir, tmp_path) -> None:
+def check_page(page, run_dir, tmp_path, dtype: str = "float16") -> None:
+    """20 seeded codes and 20 of the page's own test codes decode in the page as in PyTorch (within
+    1e-3 with float16 weights, 1e-5 with float32); a click loads a test image's code; ArrowRight
+    moves along the pad; a code of the wrong length is refused."""
     run = load_run(run_dir)
     codes = torch.randn(20, run.config.model.latent_dim, generator=torch.Generator().manual_seed(1))
-    labels = torch.zeros(20, dtype=torch.long) if run.model.conditional else None
     found = probe(page, codes, tmp_path)
-    pixels = torch.tensor(found["pixels"])
-    expected = decode(run.model, codes, labels=labels)
-    assert pixels.shape == (20, expected[0].numel())  # channels x height x width, as PyTorch's
-    dtype = pack_decoder(run.model)["dtype"]
-    assert float((pixels - expected.reshape(20, -1)).abs().max()) <= (1e-3 if dtype == "float16" else 1e-5)
-    if "clicked" in found:  # clicking a test image's point loads its code
-        np.testing.assert_allclose(found["loaded"], found["clicked"], atol=1e-6)
+    assert found["dtype"] == dtype
+    tolerance = 1e-3 if dtype == "float16" else 1e-5
+    page_codes = torch.tensor(found["page_codes"]).reshape(-1, found["latent_dim"])
+    for asked, pixels in ((codes, found["pixels"]), (page_codes, found["page_pixels"])):
+        labels = torch.zeros(len(asked), dtype=torch.long) if run.model.conditional else None
+        expected = decode(run.model, asked, labels=labels).reshape(len(asked), -1)  # channels x height x width
+        assert torch.tensor(pixels).shape == expected.shape
+        assert float((torch.tensor(pixels) - expected).abs().max()) <= tolerance
+    assert found["short"].startswith("RangeError: aelabDecode: a code is")
+    assert "clicked" in found  # clicking a test image's point loads its code
+    np.testing.assert_allclose(found["loaded"], found["clicked"], atol=1e-6)
     moved = np.subtract(found["after"], found["before"])  # ArrowRight: 1/50 of the pad along its first axis
     plane = found["plane"]
     np.testing.assert_allclose(moved, (plane["range_a"][1] - plane["range_a"][0]) / 50 * np.array(plane["a"]), atol=1e-4)
@@ -179,14 +205,18 @@ def test_the_report_decodes_as_pytorch_does(fake_mnist, tmp_path):
 
 @pytest.mark.browser
 @pytest.mark.parametrize("kind", ["colour non-square", "vae", "cvae"])
-def test_the_exported_page_decodes_as_pytorch_does(kind, tmp_path):
+def test_the_exported_page_decodes_as_pytorch_does(kind, tmp_path, monkeypatch):
     need_chromium()
-    if kind == "colour non-square":
-        source, options = picture_file(tmp_path / "p.npz", channels=3, height=24, width=40), ["--residual"]
+    if kind == "colour non-square":  # (25 x 37: 4 x 5 maps resized to 7 x 10, not doubled)
+        source, options = picture_file(tmp_path / "p.npz", channels=3, height=25, width=37), ["--residual"]
     else:
         source, options = picture_file(tmp_path / "p.npz"), ["--model", kind, "--arch", "tutorial", "--latent-dim", "3"]
     run = tmp_path / "run"
     assert main(["train", "--data", str(source), "--data-dir", str(tmp_path / "cache"), "--epochs", "1",
                  "--out", str(run), "--no-report", "--quiet", *options]) == 0
+    if kind == "vae":  # the float32 path: no error allowed of float16
+        from aelab import explorer
+
+        monkeypatch.setattr(explorer, "FLOAT16_ERROR", 0.0)
     assert main(["export", str(run), "--format", "web", "--data-dir", str(tmp_path / "cache"), "--quiet"]) == 0
-    check_page(run / "outputs" / "explorer.html", run, tmp_path)
+    check_page(run / "outputs" / "explorer.html", run, tmp_path, "float32" if kind == "vae" else "float16")

@@ -29,7 +29,6 @@ from .errors import AelabError
 
 FLOAT16_ERROR = 1e-3  # largest pixel difference (pixels in [0, 1]) for which the weights travel as float16
 MAX_SLIDERS = 32  # one slider per latent dimension up to this; above, one per principal direction of the codes
-PAGE_WEIGHTS = 6_000_000  # base64 characters of decoder weights the report carries at most (its 10 MB budget)
 MAX_POINTS = 1000  # test codes drawn behind the pad (a sample stratified by label)
 
 
@@ -153,26 +152,34 @@ def decoder_inputs(model: nn.Module, codes: torch.Tensor, labels: torch.Tensor |
     return torch.cat([codes.float(), F.one_hot(labels, model.config.n_classes).float()], 1)
 
 
-def pack_decoder(model: nn.Module, seed: int = 0) -> dict[str, Any]:
-    """The decoder for the page: its layers, its weights (base64, float16 where the pixels of 64
-    seeded codes stay within ``FLOAT16_ERROR`` of float32's, else float32), its input and image
-    sizes, and the largest pixel difference of the weights chosen."""
+def pack_decoder(model: nn.Module, seed: int = 0, codes: np.ndarray | None = None) -> dict[str, Any]:
+    """The decoder for the page: its layers, its weights (base64, float16 where the pixels stay
+    within half of ``FLOAT16_ERROR`` of PyTorch's for the ``codes`` the page can reach (the test
+    codes, the pad's corners, the sliders' ends) and 64 seeded normal codes, else float32), its
+    input and image sizes, and the largest pixel difference of the weights chosen. The model is
+    copied to the CPU in float32 first (a run trained on a GPU packs the same)."""
+    import copy
+
     from .latent import decode
 
-    model = model.eval()
+    model = copy.deepcopy(model).cpu().float().eval()
     layers, weights = decoder_spec(model)
     config = model.config
-    codes = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(seed))
-    labels = torch.arange(64) % config.n_classes if getattr(model, "conditional", False) else None
-    expected = decode(model, codes, labels=labels)
-    inputs = decoder_inputs(model, codes, labels)
+    checked = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(seed))
+    if codes is not None:
+        checked = torch.cat([checked, torch.as_tensor(np.asarray(codes, dtype=np.float32))])
+    labels = torch.arange(len(checked)) % config.n_classes if getattr(model, "conditional", False) else None
+    expected = decode(model, checked, labels=labels)
+    inputs = decoder_inputs(model, checked, labels)
     half = weights.astype(np.float16)
     error = float((run_layers(layers, half.astype(np.float32), inputs) - expected).abs().max())
-    if error <= FLOAT16_ERROR and np.isfinite(half).all():
+    if error <= FLOAT16_ERROR / 2 and np.isfinite(half).all():  # (half the promise: a margin for points between)
         dtype, data = "float16", half
     else:
         dtype, data = "float32", weights
         error = float((run_layers(layers, weights, inputs) - expected).abs().max())
+    if inputs.shape[1] < 1 or config.in_channels < 1:
+        raise AelabError("the web explorer needs a decoder with inputs and image channels")
     return {"layers": layers, "dtype": dtype, "weights": base64.b64encode(data.tobytes()).decode("ascii"),
             "inputs": int(inputs.shape[1]), "latent_dim": config.latent_dim,
             "image": [config.in_channels, config.image_size, config.image_width or config.image_size],
@@ -211,8 +218,14 @@ def explorer_data(run, codes: np.ndarray, labels: np.ndarray, class_names: list[
         low, high = low - margin, high + margin
     margin_a = 0.15 * (plane.range_a[1] - plane.range_a[0])
     margin_b = 0.15 * (plane.range_b[1] - plane.range_b[0])
+    corners = [plane.origin + a * plane.axis_a + b * plane.axis_b
+               for a in (plane.range_a[0] - margin_a, plane.range_a[1] + margin_a)
+               for b in (plane.range_b[0] - margin_b, plane.range_b[1] + margin_b)]
+    centre = reference.mean(axis=0) if d > MAX_SLIDERS else np.zeros(d)
+    ends = [centre + value * basis[k] for k in range(len(basis)) for value in (low[k], high[k])]
+    reachable = np.concatenate([codes[shown], np.asarray(corners, np.float32), np.asarray(ends, np.float32)])
     return {
-        "decoder": pack_decoder(model, seed),
+        "decoder": pack_decoder(model, seed, reachable),
         "codes": base64.b64encode(np.ascontiguousarray(codes[shown], dtype=np.float32).tobytes()).decode("ascii"),
         "labels": [int(v) for v in np.asarray(labels)[shown]], "class_names": [str(c) for c in class_names],
         "plane": {"origin": _floats(plane.origin), "a": _floats(plane.axis_a), "b": _floats(plane.axis_b),
@@ -247,7 +260,8 @@ def run_explorer_data(run, data, seed: int = 0) -> dict[str, Any]:
         train_codes = encode(run.model, train.images, labels=train.labels)
         codes = encode(run.model, test.images, labels=test.labels)
         if codes.shape[1] < 2:
-            raise AelabError("the web explorer needs at least 2 latent dimensions; this run has 1")
+            raise AelabError("the web explorer needs at least 2 latent dimensions; this run has 1: train with "
+                             "--latent-dim 2 or more")
         return explorer_data(run, codes, test.labels, test.class_names, latent_plane(train_codes), train_codes, seed)
     finally:
         train.close()
@@ -267,7 +281,9 @@ def write_page(run, out: Path, data: dict[str, Any]) -> Path:
     page = environment.get_template("explorer_page.html.j2").render(
         title=f"aelab run {run.path.name}: decode any point", explorer=data,
         explorer_js=markupsafe.Markup(script()))
+    from .fsutil import atomic_write_text
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    atomic_write_text(out, page)
     return out

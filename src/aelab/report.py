@@ -33,6 +33,7 @@ log = logging.getLogger("aelab")
 
 REPORT_LIBRARIES = (("plotly", "plotly"), ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn"))
 FIGURE_BYTES = 250_000  # each picture on the page at most (shrunk or JPEG beyond); the page stays under 10 MB
+PAGE_BYTES = 10_000_000  # the page at most: beyond, the explorer's decoder is left out (aelab export --format web)
 SLIDER_BYTES = 1_000_000  # the reconstructions across epochs, all together (fewer epochs shown beyond)
 # the settings a person chooses (the command line's options, the recipe's values): the report's
 # "What you chose"; the others (filled in from the data and the machine, or internal) are its details
@@ -66,7 +67,7 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     log.info("report: the decoder for the page (decode any point) ...")
     test_codes = latent.encode(run.model, test.images, labels=test.labels)
     found = explorer.explorer_data(run, test_codes, test.labels, test.class_names, plane, train_codes, config.train.seed)
-    out["explorer"] = found if len(found["decoder"]["weights"]) <= explorer.PAGE_WEIGHTS else None  # (the page budget)
+    out["explorer"] = found
     sampler = latent.default_sampler(run.model)
     samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4,
                                       sampler=sampler)
@@ -181,7 +182,12 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
     if splits is None:
         owned = splits = load_run_splits(run.config, data_for_run(run.config, data, data_dir))
     try:
-        page = render(run, build_figures(run, splits["test"], splits["train"], splits.get("val")))
+        parts = build_figures(run, splits["test"], splits["train"], splits.get("val"))
+        page = render(run, parts)
+        if len(page.encode("utf-8")) > PAGE_BYTES:  # the decoder does not fit: the explorer gets a page of its own
+            log.info("the run's decoder does not fit in the report's %d MB; aelab export --format web %s writes "
+                     "its explorer", PAGE_BYTES // 1_000_000, run.path)
+            page = render(run, {**parts, "explorer": None})
     finally:
         close_sets(owned)
     path = run.path / "report.html"

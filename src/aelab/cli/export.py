@@ -1,4 +1,5 @@
-"""``aelab export``: a run's model as an ONNX or TorchScript file, for other programs."""
+"""``aelab export``: a run's model as an ONNX or TorchScript file for other programs, or its decoder
+with the latent explorer as one web page."""
 
 from __future__ import annotations
 
@@ -22,13 +23,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     """
     from ..exporting import export
 
+    if args.format == "web" and args.part not in (None, "decoder"):
+        raise AelabError(f"--format web exports the decoder (with its explorer), not the {args.part}; leave --part out")
+    if args.format != "web" and (args.data is not None or args.data_dir is not None):
+        raise AelabError("--data and --data-dir are for --format web (its explorer shows the test codes); leave them out")
     run = run_from_args(args)
     if args.format == "web":
         from ..explorer import run_explorer_data, write_page
         from ..run import output_path
 
-        if args.part not in (None, "decoder"):
-            raise AelabError(f"--format web exports the decoder (with its explorer), not the {args.part}; leave --part out")
         print(write_page(run, output_path(run.path, "explorer.html", args.out),
                          run_explorer_data(run, data_config(run.config, args), run.config.train.seed)))
         return 0
@@ -37,7 +40,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = command(sub, "export", "the model as an ONNX or TorchScript file, for other programs", cmd_export)
+    p = command(sub, "export", "the model as an ONNX or TorchScript file for other programs, or a web page that "
+                "decodes any point", cmd_export)
     add_run_folder(p)
     p.add_argument("--format", choices=("onnx", "torchscript", "web"), default="onnx",
                    help="web: the decoder and its explorer, one HTML page (default: onnx)")

@@ -159,6 +159,16 @@ function aelabDecoder(spec) {
   /* code: numbers [latent_dim]; label: a conditional model's class. Returns the image's pixels in [0, 1],
      channels x height x width. */
   return function decode(code, label) {
+    if (!code || code.length !== spec.latent_dim) {
+      throw new RangeError("aelabDecode: a code is " + spec.latent_dim + " numbers, got " + (code ? code.length : code));
+    }
+    for (let i = 0; i < spec.latent_dim; i++) {
+      if (!isFinite(code[i])) throw new RangeError("aelabDecode: the code's number " + i + " is " + code[i] + ", not a finite number");
+    }
+    if (spec.classes && (label !== undefined && label !== null)
+        && !(Number.isInteger(label) && label >= 0 && label < spec.classes)) {
+      throw new RangeError("aelabDecode: the label is a class from 0 to " + (spec.classes - 1) + ", got " + label);
+    }
     const input = new Float32Array(spec.inputs);
     for (let i = 0; i < spec.latent_dim; i++) input[i] = code[i];
     if (spec.classes) input[spec.latent_dim + (label || 0)] = 1;
@@ -212,10 +222,14 @@ function aelabExplorer(root, data) {
   }
 
   const image = view.getContext("2d"), pixels = image.createImageData(Wd, H);
+  let pending = false;
+  function update() {  /* at most one decode a frame, however many pointer events arrive */
+    if (!pending) { pending = true; window.requestAnimationFrame(function () { pending = false; show(); }); }
+  }
   function show() {
     const out = decode(code, currentLabel()), plane2 = H * Wd;
     for (let p = 0; p < plane2; p++) {
-      for (let c = 0; c < 3; c++) pixels.data[4 * p + c] = Math.round(255 * out[(C === 1 ? 0 : c) * plane2 + p]);
+      for (let c = 0; c < 3; c++) pixels.data[4 * p + c] = Math.round(255 * out[(C === 3 ? c : 0) * plane2 + p]);  /* (not 3: the first, grey) */
       pixels.data[4 * p + 3] = 255;
     }
     image.putImageData(pixels, 0, 0);
@@ -248,7 +262,7 @@ function aelabExplorer(root, data) {
     input.type = "range"; input.min = String(S.low[k]); input.max = String(S.high[k]);
     input.step = String((S.high[k] - S.low[k]) / 200);
     row.textContent = name + " "; row.appendChild(input); row.appendChild(value);
-    input.addEventListener("input", function () { setAlong(k, Number(input.value)); show(); });
+    input.addEventListener("input", function () { setAlong(k, Number(input.value)); update(); });
     sliders.appendChild(row); inputs.push(input); labels.push(value);
   });
   if (picker) {
@@ -279,11 +293,15 @@ function aelabExplorer(root, data) {
       if (picker && spec.classes && data.labels[best] >= 0) picker.value = String(data.labels[best]);
     } else moveTo.apply(null, fromPad(x, y));
     dragging = true; pad.focus(); show();
+    if (pad.setPointerCapture && event.pointerId !== undefined) {
+      try { pad.setPointerCapture(event.pointerId); } catch (e) { /* a synthetic event has no pointer to capture */ }
+    }
   });
   const follow = root.querySelector(".follow");  /* checked: the point follows the pointer without a click */
   pad.addEventListener("pointermove", function (event) {
     if (!dragging && !(follow && follow.checked && event.pointerType === "mouse")) return;
-    moveTo.apply(null, fromPad.apply(null, pointer(event))); show();
+    const [x, y] = pointer(event);
+    moveTo.apply(null, fromPad(Math.min(size, Math.max(0, x)), Math.min(size, Math.max(0, y)))); update();
   });
   window.addEventListener("pointerup", function () { dragging = false; });
   pad.addEventListener("keydown", function (event) {
