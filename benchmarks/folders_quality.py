@@ -65,18 +65,18 @@ def ssim_of(run, test) -> float:
 
 
 def pca_side(splits, components: int) -> tuple[float, float, object]:
+    """PCA as aelab measures it beside a run (``aelab.evaluation.pca_mse``, seed 0), its SSIM and its
+    reconstructions of the test images."""
     import torch
     from pytorch_msssim import ssim
-    from sklearn.decomposition import PCA
+
+    from aelab.evaluation import pca_fit, pca_mse, pca_rebuilt
 
     train, test = splits["train"], splits["test"]
-    x = train.images.reshape(len(train), -1).float().div(255).numpy()
-    pca = PCA(n_components=min(components, len(x)), svd_solver="randomized", random_state=0).fit(x)
-    y = test.images.reshape(len(test), -1).float().div(255).numpy()
-    rebuilt = np.clip(pca.inverse_transform(pca.transform(y)), 0, 1)
-    pictures = torch.from_numpy(rebuilt.reshape(test.images.shape)).float()
-    return (float(np.mean((rebuilt - y) ** 2)), float(ssim(pictures, test.images.float().div(255), data_range=1.0)),
-            pictures)
+    pictures = torch.from_numpy(pca_rebuilt(pca_fit(train.images, components), test.images)
+                                .reshape(test.images.shape)).float()
+    return (pca_mse(train.images, test.images, components),
+            float(ssim(pictures, test.images.float().div(255), data_range=1.0)), pictures)
 
 
 def aelab_side(folder: Path, size: int, args, how: str, latent: int | None = None) -> dict:

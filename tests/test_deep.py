@@ -67,6 +67,14 @@ def test_defaults_from_the_data_keep_what_the_user_gave_and_say_what_they_chose(
     assert plain.data.augment_list() == [] and "flipped" not in said  # --augment none: as they are
     large, _ = from_data(folder, (3, 64, 64), 50_000, explicit=set())
     assert large.data.augment is None and large.train.batch_size == 256
+    tutorial, _ = from_data(replace(folder, train=train_config_for("tutorial")), (3, 64, 64), 570, {"train.recipe"})
+    assert tutorial.model.arch == "tutorial" and tutorial.train == train_config_for("tutorial")  # --recipe tutorial
+    quick, said = from_data(replace(folder, train=train_config_for("quick")), (3, 64, 64), 570, {"train.recipe"})
+    assert quick.model.arch == "deep" and quick.train == train_config_for("quick") and "recipe quick" in said
+    deep, _ = from_data(replace(folder, model=ModelConfig(arch="deep")), (3, 64, 64), 570, {"model.arch"})
+    assert (deep.model.width, deep.model.latent_dim, deep.data.augment) == (16, 32, "flip,shift")  # --arch deep too
+    named, _ = from_data(RunConfig(model=ModelConfig(arch="deep")), (1, 28, 28), 570, {"model.arch"})
+    assert named.model.arch == "deep" and named.data.augment is None  # never for the named datasets by default
     given, _ = from_data(folder, (3, 64, 64), 570, explicit={"model.latent_dim", "train.epochs"})
     assert given.model.latent_dim == 4 and given.train.epochs == 30  # what the user gave stays
     mnist, said = from_data(RunConfig(), (1, 28, 28), 48_000, explicit=set())
@@ -89,6 +97,23 @@ def folder_of_pictures(root, n=120, size=32):
         picture = np.zeros((size, size, 3), np.uint8)
         picture[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(60, 255, 3)
         Image.fromarray(picture).save(root / f"{i:03d}.png")
+
+
+def test_a_folder_run_resumes_from_python_with_the_config_that_started_it(tmp_path):
+    """What was chosen from the data is not a difference: the same config extends the run, with
+    its chosen batch, rate and augmentation kept."""
+    from aelab.config import TrainConfig
+
+    folder_of_pictures(tmp_path / "pictures", n=60)
+    config = RunConfig(data=DataConfig(dataset=str(tmp_path / "pictures"), data_dir=str(tmp_path / "cache")),
+                       train=TrainConfig(epochs=1))
+    first = train(config, tmp_path / "run", report=False)
+    assert first.config.train.batch_size == 64 and first.config.data.augment == "flip,shift"
+    extended = train(replace(config, train=TrainConfig(epochs=2)), tmp_path / "run", resume=True, report=False)
+    assert len(extended.metrics) == 2 and extended.config.train == replace(first.config.train, epochs=2)
+    assert extended.config.data.augment == "flip,shift" and extended.config.model == first.config.model
+    with pytest.raises(AelabError, match="model.latent_dim"):  # what the user sets is still compared
+        train(replace(config, model=ModelConfig(latent_dim=5)), tmp_path / "run", resume=True, report=False)
 
 
 def test_a_folder_trains_the_deep_network_chosen_from_it_and_beside_pca(tmp_path, capsys):
@@ -148,6 +173,8 @@ def test_augmentation_changes_training_images_seeded_and_resumes_exactly(tmp_pat
         train(config, tmp_path / "split", report=False, data=splits, callbacks=[Interrupt()])
     resumed = train(None, tmp_path / "split", resume=True, report=False, data=splits)
     assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()))
+    plain = train(replace(config, data=DataConfig(augment="none")), tmp_path / "plain", report=False, data=splits)
+    assert straight.metrics[0]["train_loss"] != plain.metrics[0]["train_loss"]  # the training images were changed
 
 
 def test_patience_stops_when_validation_stops_improving_and_keeps_the_best(tmp_path):

@@ -57,7 +57,7 @@ class DataConfig:
     binarize: str | None = None
     # training images changed anew every epoch (a seeded draw), for small folders: "flip" (horizontal, half of
     # them), "shift" (up to 1/16 of the size each way), or "flip,shift"; "none" or None: as they are. None for your
-    # own images lets aelab.defaults choose (flip,shift for a small folder); the named datasets are never changed
+    # own images lets aelab.defaults choose (flip,shift for a small folder); the named datasets: none unless given
     augment: str | None = None
 
     def validate(self) -> None:
@@ -216,7 +216,7 @@ class TrainConfig:
     weight_decay: float = 1e-5  # Adam's L2 penalty, as in the tutorial
     schedule: str = "onecycle"  # onecycle | constant
     shuffle: bool = True  # reshuffle the training images every epoch (the tutorial does not)
-    loss: str = "mse"  # mse | bce
+    loss: str = "mse"  # mse | bce | ssim
     noise_factor: float = 0.0  # > 0: denoising; Gaussian noise * factor added to the input, clipped
     seed: int = 0  # weights, data order and noise
     device: str = "auto"  # auto (cuda, then mps, else cpu) | cpu | cuda | cuda:N | mps

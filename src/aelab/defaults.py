@@ -42,7 +42,8 @@ def _given(explicit: set[str] | None, config: RunConfig, name: str) -> bool:
     if explicit is not None:
         return name in explicit
     section, key = name.split(".")
-    kind = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[section]
+    kind = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[section]  # (a value equal to the
+    # default counts as not given: ModelConfig(latent_dim=4) on your own images is chosen from them)
     default = next(f.default for f in dataclasses.fields(kind) if f.name == key)
     return getattr(getattr(config, section), key) != default
 
@@ -51,17 +52,20 @@ def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int
               explicit: set[str] | None = None) -> tuple[RunConfig, str]:
     """``config`` with ``model.arch`` auto resolved and, for the deep network, the settings the user
     left out chosen from the images (their shape and the number of training images); and a line that
-    says what was chosen ("" when nothing was)."""
-    if config.model.arch != "auto":
+    says what was chosen ("" when nothing was). auto is the tutorial's network for the named datasets
+    and with ``--recipe tutorial``; a recipe the user named keeps its training settings (only the
+    network and the augmentation are chosen then)."""
+    recipe = _given(explicit, config, "train.recipe")
+    if config.model.arch == "tutorial":
         return config, ""
-    if config.data.kind() == "named":  # the tutorial's network and numbers, as ever
-        return replace(config, model=replace(config.model, arch="tutorial")), ""
+    if config.model.arch == "auto" and (config.data.kind() == "named" or (recipe and config.train.recipe == "tutorial")):
+        return replace(config, model=replace(config.model, arch="tutorial")), ""  # the tutorial's network, as ever
     channels, height, width = image_shape
     model, train = config.model, config.train
     chosen: dict[str, object] = {}
 
     def choose(name: str, value) -> None:
-        if not _given(explicit, config, name):
+        if not _given(explicit, config, name) and not (recipe and name.startswith("train.")):
             chosen[name] = value
 
     choose("model.width", network_width(height, width))
@@ -72,7 +76,7 @@ def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int
     batch = int(chosen.get("train.batch_size", train.batch_size))
     steps_per_epoch = max(1, math.ceil(n_train / batch))
     choose("train.epochs", max(train.epochs, math.ceil(MIN_STEPS / steps_per_epoch)))
-    if n_train < SMALL_FOLDER:  # a small folder: each image changed anew every epoch (measured: benchmarks/RESULTS.md)
+    if n_train < SMALL_FOLDER and config.data.kind() != "named":  # a small folder: each image changed anew every epoch (measured: benchmarks/RESULTS.md)
         choose("data.augment", "flip,shift")
     model = replace(model, arch="deep", stages=model.stages or stage_count(height, width),
                     **{key.split(".")[1]: value for key, value in chosen.items() if key.startswith("model.")})
@@ -81,7 +85,9 @@ def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int
     epochs = train.epochs
     line = (f"chosen from the data ({n_train} training images of {channels} x {height} x {width}): the deep network "
             f"with {model.stages} stages, width {model.width}, hidden {model.hidden}, latent size {model.latent_dim}; "
-            f"batch {train.batch_size}, peak rate {train.lr:g}, {epochs} epochs ({epochs * steps_per_epoch} steps)")
+            f"{f'recipe {train.recipe}: ' if recipe else ''}batch {train.batch_size}, "
+            f"{'peak rate' if train.schedule == 'onecycle' else 'rate'} {train.lr:g}, {epochs} epochs "
+            f"({epochs * steps_per_epoch} steps)")
     if "data.augment" in chosen:
-        line += "; a small folder: each training image flipped and shifted anew every epoch (--augment none: not)"
+        line += "; a small folder: each training image flipped and shifted anew every epoch (--augment none turns this off)"
     return replace(config, data=data, model=model, train=train), line

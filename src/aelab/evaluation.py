@@ -93,11 +93,10 @@ class SplitMeans:
 PCA_VALUES = 50_000_000  # pixel values PCA is fitted on at most (a seeded sample of the training images)
 
 
-def pca_mse(train_images, test_images, components: int, seed: int = 0) -> float:
-    """The honest baseline of an autoencoder with a code of ``components`` numbers: the test MSE of
-    PCA with as many components, fitted on the training images (uint8 [N, C, H, W], in memory or on
-    disk; at most ``PCA_VALUES`` pixel values of them, a seeded sample), its reconstructions clipped
-    to [0, 1] as an autoencoder's outputs are. scikit-learn's randomized PCA."""
+def pca_fit(train_images, components: int, seed: int = 0):
+    """scikit-learn's randomized PCA with ``components`` components, fitted on the training images
+    (uint8 [N, C, H, W], in memory or on disk; at most ``PCA_VALUES`` pixel values of them, a
+    seeded sample of whole images)."""
     import numpy as np
     from sklearn.decomposition import PCA
 
@@ -105,11 +104,31 @@ def pca_mse(train_images, test_images, components: int, seed: int = 0) -> float:
     count = min(len(train_images), max(components + 1, PCA_VALUES // values))
     rows = np.sort(np.random.default_rng(seed).choice(len(train_images), count, replace=False))
     train = train_images[torch.as_tensor(rows)].reshape(count, -1).float().div(255).numpy()
-    pca = PCA(n_components=min(components, count, values), svd_solver="randomized", random_state=seed).fit(train)
+    return PCA(n_components=min(components, count, values), svd_solver="randomized", random_state=seed).fit(train)
+
+
+def pca_rebuilt(pca, images) -> "np.ndarray":
+    """``images`` (uint8 [N, C, H, W]) rebuilt by ``pca``: floats [N, C*H*W], clipped to [0, 1] as an
+    autoencoder's outputs are."""
+    import numpy as np
+
+    flat = images.reshape(len(images), -1).float().div(255).numpy()
+    return np.clip(pca.inverse_transform(pca.transform(flat)), 0.0, 1.0)
+
+
+def pca_mse(train_images, test_images, components: int, seed: int = 0) -> float:
+    """The honest baseline of an autoencoder with a code of ``components`` numbers: the test MSE of
+    PCA with as many components, fitted on the training images (``pca_fit``), its reconstructions
+    clipped to [0, 1]. The test images are read in chunks of about 4 million pixel values."""
+    import numpy as np
+
+    pca = pca_fit(train_images, components, seed)
+    values = int(np.prod(test_images.shape[1:]))
+    chunk = max(1, 4_000_000 // values)
     total, pixels = 0.0, 0
-    for start in range(0, len(test_images), 4096):
-        test = test_images[start: start + 4096].reshape(-1, values).float().div(255).numpy()
-        rebuilt = np.clip(pca.inverse_transform(pca.transform(test)), 0.0, 1.0)
-        total += float(np.square(rebuilt - test, dtype=np.float64).sum())
-        pixels += test.size
+    for start in range(0, len(test_images), chunk):
+        test = test_images[start: start + chunk]
+        rebuilt = pca_rebuilt(pca, test)
+        total += float(np.square(rebuilt - test.reshape(len(test), -1).float().div(255).numpy(), dtype=np.float64).sum())
+        pixels += rebuilt.size
     return total / pixels if pixels else float("nan")

@@ -403,10 +403,12 @@ RESUMABLE = ("train.epochs", "train.device", "train.keep", "data.data_dir", "dat
 # settings that training fills in from the data (or resolves from auto): a config that leaves them as they
 # start (None, 0, the model's defaults) asks for nothing
 FITTED = {"model.in_channels": 1, "model.image_size": 28, "model.image_width": None, "model.n_classes": 0,
-          # (what model.arch auto chooses from the data, when the config asks for nothing else)
-          "model.arch": "auto", "model.stages": 0, "model.width": 8, "model.hidden": 128, "model.latent_dim": 4,
-          "data.channels": None,
+          "model.arch": "auto", "model.stages": 0, "data.channels": None,
           "data.image_size": None, "data.fingerprint": None, "train.shards": 0}
+# what aelab.defaults chooses from the data for the deep network (the settings' defaults): a config that
+# leaves them so asks for nothing when the saved run has the deep network
+FROM_DATA = {"model.width": 8, "model.hidden": 128, "model.latent_dim": 4, "train.batch_size": 256, "train.lr": 1e-2,
+             "train.epochs": 30, "data.augment": None}
 
 
 def _setting(config: RunConfig, name: str) -> Any:
@@ -416,10 +418,12 @@ def _setting(config: RunConfig, name: str) -> Any:
 
 def config_differences(requested: RunConfig, saved: RunConfig) -> set[str]:
     """The settings (``"train.lr"``) where ``requested`` asks for something else than ``saved`` has;
-    a setting that training fills in (``FITTED``) counts only when ``requested`` sets it."""
+    a setting that training fills in (``FITTED``), or chooses from the data for a saved deep network
+    (``FROM_DATA``), counts only when ``requested`` sets it."""
     names = {f"{section}.{key}" for section, values in requested.to_dict().items() for key in values}
+    left = {**FITTED, **(FROM_DATA if saved.model.arch == "deep" and requested.model.arch in ("auto", "deep") else {})}
     return {name for name in names if _setting(requested, name) != _setting(saved, name)
-            and not (name in FITTED and _setting(requested, name) == FITTED[name])}
+            and not (name in left and _setting(requested, name) == left[name])}
 
 
 def resumed_config(run_dir: Path, requested: RunConfig | None, explicit: set[str] | None = None) -> RunConfig:

@@ -63,8 +63,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{said})")
     latent_dim, clean = run.config.model.latent_dim, results[0]["mse"]
     print(f"{args.split}: PCA with {latent_dim} components (the same code size, fitted on the training split): MSE "
-          f"{baseline:.6f}; the autoencoder's clean-input MSE is {clean / baseline:.2f}x PCA's "
-          f"({'better' if clean < baseline else 'not better'})")
+          f"{baseline:.6f}; the autoencoder's clean-input MSE is "
+          + (f"{clean / baseline:.2f}x PCA's ({'better' if clean < baseline else 'not better'})" if baseline > 0 else
+             "above PCA's 0 (the images lie in a space of the code's size: PCA rebuilds them exactly)"))
     if variational is not None:
         _print_variational(variational, args.split)
     if generated is not None:

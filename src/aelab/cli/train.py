@@ -45,9 +45,11 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the tutorial's convolutional autoencoder and write a run folder (config.json,
-    model.safetensors, state/, metrics.csv, figures/, report.html). Defaults are the fast recipe;
-    --recipe tutorial reproduces the tutorial's settings. Under torchrun (torchrun --nproc-per-node
+    """Train a convolutional autoencoder (--model: the plain one, or the variational family) and write a
+    run folder (config.json, model.safetensors, state/, metrics.csv, figures/, report.html). MNIST and
+    Fashion-MNIST get the tutorial's network and the fast recipe; --recipe tutorial reproduces the
+    tutorial's settings. Your own images get the deep network, with what you leave out chosen from
+    them and said in one line (docs/training.md). Under torchrun (torchrun --nproc-per-node
     N -m aelab train ...) the processes train one run with DistributedDataParallel; --batch-size
     stays the global batch.
     """
@@ -128,7 +130,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--epochs", type=int, metavar="N", help=f"default: {t.epochs}; your own images: enough for "
                    "3,000 optimizer steps at least")
     p.add_argument("--patience", type=int, metavar="N", help="stop when the validation loss has not improved for N "
-                   "epochs (the best weights are kept; default: 0, never)")
+                   "epochs (with --keep best, the default, the best epoch's weights are kept; default: 0, never)")
     p.add_argument("--augment", metavar="NAMES", help="change each training image anew every epoch: flip (half of "
                    "them mirrored), shift (moved up to 1/16 of their size), flip,shift, or none (default: flip,shift for "
                    "your own images when fewer than 2,000 train, else none; none for the named datasets)")
