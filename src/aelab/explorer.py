@@ -152,12 +152,34 @@ def decoder_inputs(model: nn.Module, codes: torch.Tensor, labels: torch.Tensor |
     return torch.cat([codes.float(), F.one_hot(labels, model.config.n_classes).float()], 1)
 
 
+def _arrays(layers: list[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """(start, length, "w" or "b") of every array of ``layers`` in the flat weights."""
+    found = []
+    for layer in layers:
+        if layer["op"] == "residual":
+            found += _arrays(layer["body"])
+        if "w" in layer:
+            shape = ((layer["out"], layer["in"]) if layer["op"] == "linear" else (layer["cout"], layer["cin"], layer["k"], layer["k"]))
+            found += [(layer["w"], math.prod(shape), "w"), (layer["b"], shape[0], "b")]
+    return found
+
+
+def _with_float32(weights: np.ndarray, kept: list[tuple[int, int]]) -> np.ndarray:
+    """``weights`` rounded to float16, but for the ``kept`` (start, length) segments."""
+    values = weights.astype(np.float16).astype(np.float32)
+    for start, length in kept:
+        values[start: start + length] = weights[start: start + length]
+    return values
+
+
 def pack_decoder(model: nn.Module, seed: int = 0, codes: np.ndarray | None = None) -> dict[str, Any]:
-    """The decoder for the page: its layers, its weights (base64, float16 where the pixels stay
-    within half of ``FLOAT16_ERROR`` of PyTorch's for the ``codes`` the page can reach (the test
-    codes, the pad's corners, the sliders' ends) and 64 seeded normal codes, else float32), its
-    input and image sizes, and the largest pixel difference of the weights chosen. The model is
-    copied to the CPU in float32 first (a run trained on a GPU packs the same)."""
+    """The decoder for the page: its layers, its weights (base64) and how they travel: float16 where
+    the pixels stay within half of ``FLOAT16_ERROR`` of PyTorch's for the ``codes`` the page can reach
+    (the test codes, the pad's corners, the sliders' ends; at most 256 of them, seeded) and 64 seeded
+    normal codes; else "mixed": the biases and the weights that move the pixels most kept in float32
+    (``float32``, ``segments``), added from the most sensitive until the pixels are within it; else
+    float32 (also where mixed would be larger). Its input and image sizes, and the largest pixel difference of the weights chosen. The
+    model is copied to the CPU in float32 first (a run trained on a GPU packs the same)."""
     import copy
 
     from .latent import decode
@@ -165,25 +187,50 @@ def pack_decoder(model: nn.Module, seed: int = 0, codes: np.ndarray | None = Non
     model = copy.deepcopy(model).cpu().float().eval()
     layers, weights = decoder_spec(model)
     config = model.config
-    checked = torch.randn(64, config.latent_dim, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    checked = torch.randn(64, config.latent_dim, generator=generator)
     if codes is not None:
-        checked = torch.cat([checked, torch.as_tensor(np.asarray(codes, dtype=np.float32))])
+        reachable = torch.as_tensor(np.asarray(codes, dtype=np.float32))
+        if len(reachable) > 256:
+            reachable = reachable[torch.randperm(len(reachable), generator=generator)[:256]]
+        checked = torch.cat([checked, reachable])
     labels = torch.arange(len(checked)) % config.n_classes if getattr(model, "conditional", False) else None
     expected = decode(model, checked, labels=labels)
     inputs = decoder_inputs(model, checked, labels)
-    half = weights.astype(np.float16)
-    error = float((run_layers(layers, half.astype(np.float32), inputs) - expected).abs().max())
-    if error <= FLOAT16_ERROR / 2 and np.isfinite(half).all():  # (half the promise: a margin for points between)
-        dtype, data = "float16", half
-    else:
-        dtype, data = "float32", weights
-        error = float((run_layers(layers, weights, inputs) - expected).abs().max())
+    limit = FLOAT16_ERROR / 2  # (half the promise: a margin for the points between those checked)
+
+    def error_of(values: np.ndarray) -> float:
+        found = float((run_layers(layers, values, inputs) - expected).abs().max())
+        return found if math.isfinite(found) else math.inf
+
+    finite = bool(np.isfinite(weights.astype(np.float16)).all())
+    packed: dict[str, Any] = {"dtype": "float16", "error": error_of(_with_float32(weights, [])) if finite else math.inf}
+    if packed["error"] > limit:
+        arrays = _arrays(layers)
+        kept = [(start, length) for start, length, kind in arrays if kind == "b"]
+        weights_only = [(start, length) for start, length, kind in arrays if kind == "w"]
+        alone = {part: error_of(_with_float32(weights, [other for other in weights_only if other != part] + kept))
+                 for part in weights_only}  # each weight array alone in float16
+        half = []
+        for part in sorted(weights_only, key=lambda part: alone[part]):  # the least sensitive first
+            trial = error_of(_with_float32(weights, [other for other in weights_only if other not in half + [part]] + kept))
+            if trial <= limit:
+                half.append(part)
+        kept += [part for part in weights_only if part not in half]
+        if half and (weights.size * 2 + sum(n for _, n in kept) * 4) < weights.size * 4:  # (smaller than float32)
+            packed = {"dtype": "mixed", "error": error_of(_with_float32(weights, kept)),
+                      "segments": sorted(kept),
+                      "float32": base64.b64encode(np.concatenate([weights[s: s + n] for s, n in sorted(kept)])
+                                                  .astype(np.float32).tobytes()).decode("ascii")}
+        else:
+            packed = {"dtype": "float32", "error": error_of(weights)}
+    data = weights if packed["dtype"] == "float32" else weights.astype(np.float16)
     if inputs.shape[1] < 1 or config.in_channels < 1:
         raise AelabError("the web explorer needs a decoder with inputs and image channels")
-    return {"layers": layers, "dtype": dtype, "weights": base64.b64encode(data.tobytes()).decode("ascii"),
+    return {"layers": layers, "weights": base64.b64encode(data.tobytes()).decode("ascii"),
             "inputs": int(inputs.shape[1]), "latent_dim": config.latent_dim,
             "image": [config.in_channels, config.image_size, config.image_width or config.image_size],
-            "classes": config.n_classes if getattr(model, "conditional", False) else 0, "error": error}
+            "classes": config.n_classes if getattr(model, "conditional", False) else 0, **packed}
 
 
 def explorer_data(run, codes: np.ndarray, labels: np.ndarray, class_names: list[str], plane,

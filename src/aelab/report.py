@@ -140,12 +140,12 @@ def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | N
     return section
 
 
-def slider_pictures(paths: list[Path]) -> tuple[list[str], list[int]]:
+def slider_pictures(paths: list[Path], budget: int = SLIDER_BYTES) -> tuple[list[str], list[int]]:
     """The reconstruction pictures of the epochs as data URIs, and their epoch numbers: every epoch
-    while they fit ``SLIDER_BYTES``, else evenly spaced epochs (the first and the last among them)."""
+    while they fit ``budget`` bytes, else evenly spaced epochs (the first and the last among them)."""
     uris = [plots.picture_uri(path, FIGURE_BYTES) for path in paths]
     largest = max((len(uri) for uri in uris), default=1)
-    keep = max(2, SLIDER_BYTES * 4 // 3 // largest)
+    keep = max(2, budget * 4 // 3 // largest)
     chosen = sorted(set(np.linspace(0, len(paths) - 1, keep).round().astype(int))) if keep < len(paths) else range(len(paths))
     return [uris[i] for i in chosen], [_epoch_number(paths[i]) for i in chosen]
 
@@ -184,7 +184,9 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
     try:
         parts = build_figures(run, splits["test"], splits["train"], splits.get("val"))
         page = render(run, parts)
-        if len(page.encode("utf-8")) > PAGE_BYTES:  # the decoder does not fit: the explorer gets a page of its own
+        if len(page.encode("utf-8")) > PAGE_BYTES:  # the decoder does not fit: fewer epochs on the slider first,
+            page = render(run, parts, SLIDER_BYTES // 4)
+        if len(page.encode("utf-8")) > PAGE_BYTES:  # then the explorer gets a page of its own
             log.info("the run's decoder does not fit in the report's %d MB; aelab export --format web %s writes "
                      "its explorer", PAGE_BYTES // 1_000_000, run.path)
             page = render(run, {**parts, "explorer": None})
@@ -231,7 +233,7 @@ def _variational(parts: dict[str, Any], evaluation: dict[str, Any]) -> dict[str,
             "kl_picture": _uri(found["kl"]), "traversal": _uri(found["traversal"])}
 
 
-def render(run: Run, parts: dict[str, Any]) -> str:
+def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) -> str:
     """The page, from the run folder's files and ``parts`` (what ``build_figures`` computed): the
     values are gathered here; the template lays them out."""
     from plotly.offline import get_plotlyjs
@@ -240,7 +242,7 @@ def render(run: Run, parts: dict[str, Any]) -> str:
     evaluation = read_json(run.path / "evaluation.json")
     saved = read_json(run.path / "config.json")
     recon = sorted((run.path / "figures" / "reconstructions").glob("epoch-*.png"), key=_epoch_number)
-    slider = slider_pictures(recon)
+    slider = slider_pictures(recon, slider_bytes)
     cards = [
         ("test MSE", _fmt(evaluation.get("test_mse", float("nan")))),
         ("test PSNR", f"{evaluation.get('test_psnr', float('nan')):.2f} dB"),

@@ -16,9 +16,18 @@ function aelabFloat16(bits) {  /* Uint16Array of IEEE half floats -> Float32Arra
 }
 
 function aelabDecoder(spec) {
-  const raw = atob(spec.weights), bytes = new Uint8Array(raw.length);
-  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
-  const W = spec.dtype === "float16" ? aelabFloat16(new Uint16Array(bytes.buffer)) : new Float32Array(bytes.buffer);
+  function bytesOf(text) {
+    const raw = atob(text), bytes = new Uint8Array(raw.length);
+    for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+    return bytes.buffer;
+  }
+  /* float32, float16, or mixed: float16 with the segments [start, length] of spec.float32 written over it */
+  const W = spec.dtype === "float32" ? new Float32Array(bytesOf(spec.weights)) : aelabFloat16(new Uint16Array(bytesOf(spec.weights)));
+  if (spec.dtype === "mixed") {
+    const kept = new Float32Array(bytesOf(spec.float32));
+    let at = 0;
+    for (const [start, length] of spec.segments) { W.set(kept.subarray(at, at + length), start); at += length; }
+  }
 
   function linear(x, L) {
     const out = new Float32Array(L.out), n = L.in;
