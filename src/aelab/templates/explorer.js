@@ -66,54 +66,38 @@ function aelabDecoder(spec) {
     return {data: out, c: L.cout, h: H, w: Wd};
   }
 
-  function conv(t, L) {  /* [C, H, W] -> [cout, OH, OW], stride s, padding p, kernel k */
-    if (L.k === 3 && L.stride[0] === 1 && L.stride[1] === 1 && L.pad[0] === 1 && L.pad[1] === 1) return conv3x3(t, L);
-    const k = L.k, sy = L.stride[0], sx = L.stride[1], py = L.pad[0], px = L.pad[1];
-    const H = t.h, Wd = t.w, OH = Math.floor((H + 2 * py - k) / sy) + 1, OW = Math.floor((Wd + 2 * px - k) / sx) + 1;
-    const x = t.data, out = new Float32Array(L.cout * OH * OW);
-    for (let co = 0; co < L.cout; co++) {
-      const plane = co * OH * OW, bias = W[L.b + co];
-      for (let i = 0; i < OH * OW; i++) out[plane + i] = bias;
-      for (let ci = 0; ci < L.cin; ci++) {
-        for (let ky = 0; ky < k; ky++) {
-          for (let kx = 0; kx < k; kx++) {
-            const wv = W[L.w + ((co * L.cin + ci) * k + ky) * k + kx];
-            if (wv === 0) continue;
-            /* output columns whose input column ox * sx - px + kx lies inside */
-            const first = Math.max(0, Math.ceil((px - kx) / sx)), last = Math.min(OW - 1, Math.floor((Wd - 1 + px - kx) / sx));
-            for (let oy = 0; oy < OH; oy++) {
-              const iy = oy * sy - py + ky;
-              if (iy < 0 || iy >= H) continue;
-              const o = plane + oy * OW, r = (ci * H + iy) * Wd - px + kx;
-              if (sx === 1) { for (let ox = first; ox <= last; ox++) out[o + ox] += wv * x[r + ox]; }
-              else { for (let ox = first; ox <= last; ox++) out[o + ox] += wv * x[r + ox * sx]; }
-            }
-          }
-        }
-      }
+  /* a convolution [C, H, W] -> [cout, OH, OW] (output pixel oy reads input oy * s - p + ky) or a transposed one
+     (input pixel iy writes output iy * s - p + ky): one loop over the side that is read or written row by row */
+  function convolve(t, L, transposed) {
+    if (!transposed && L.k === 3 && L.stride[0] === 1 && L.stride[1] === 1 && L.pad[0] === 1 && L.pad[1] === 1) {
+      return conv3x3(t, L);
     }
-    return {data: out, c: L.cout, h: OH, w: OW};
-  }
-
-  function convT(t, L) {  /* transposed: input pixel iy lands on oy = iy * s - p + ky */
-    const k = L.k, sy = L.stride[0], sx = L.stride[1], py = L.pad[0], px = L.pad[1];
-    const H = t.h, Wd = t.w;
-    const OH = (H - 1) * sy - 2 * py + k + L.outpad[0], OW = (Wd - 1) * sx - 2 * px + k + L.outpad[1];
+    const k = L.k, sy = L.stride[0], sx = L.stride[1], py = L.pad[0], px = L.pad[1], H = t.h, Wd = t.w;
+    const OH = transposed ? (H - 1) * sy - 2 * py + k + L.outpad[0] : Math.floor((H + 2 * py - k) / sy) + 1;
+    const OW = transposed ? (Wd - 1) * sx - 2 * px + k + L.outpad[1] : Math.floor((Wd + 2 * px - k) / sx) + 1;
     const x = t.data, out = new Float32Array(L.cout * OH * OW);
+    const rows = transposed ? H : OH, cols = transposed ? Wd : OW, otherRows = transposed ? OH : H, otherCols = transposed ? OW : Wd;
     for (let co = 0; co < L.cout; co++) {
       const plane = co * OH * OW, bias = W[L.b + co];
       for (let i = 0; i < OH * OW; i++) out[plane + i] = bias;
       for (let ci = 0; ci < L.cin; ci++) {
+        const taps = L.w + (transposed ? ci * L.cout + co : co * L.cin + ci) * k * k;
         for (let ky = 0; ky < k; ky++) {
           for (let kx = 0; kx < k; kx++) {
-            const wv = W[L.w + ((ci * L.cout + co) * k + ky) * k + kx];
+            const wv = W[taps + ky * k + kx];
             if (wv === 0) continue;
-            const first = Math.max(0, Math.ceil((px - kx) / sx)), last = Math.min(Wd - 1, Math.floor((OW - 1 + px - kx) / sx));
-            for (let iy = 0; iy < H; iy++) {
-              const oy = iy * sy - py + ky;
-              if (oy < 0 || oy >= OH) continue;
-              const o = plane + oy * OW - px + kx, r = (ci * H + iy) * Wd;
-              for (let ix = first; ix <= last; ix++) out[o + ix * sx] += wv * x[r + ix];
+            /* the columns a whose other side a * sx - px + kx lies inside */
+            const first = Math.max(0, Math.ceil((px - kx) / sx)), last = Math.min(cols - 1, Math.floor((otherCols - 1 + px - kx) / sx));
+            for (let a = 0; a < rows; a++) {
+              const b = a * sy - py + ky;
+              if (b < 0 || b >= otherRows) continue;
+              if (transposed) {
+                const o = plane + b * OW - px + kx, r = (ci * H + a) * Wd;
+                for (let ix = first; ix <= last; ix++) out[o + ix * sx] += wv * x[r + ix];
+              } else {
+                const o = plane + a * OW, r = (ci * H + b) * Wd - px + kx;
+                for (let ox = first; ox <= last; ox++) out[o + ox] += wv * x[r + ox * sx];
+              }
             }
           }
         }
@@ -153,8 +137,8 @@ function aelabDecoder(spec) {
       if (L.op === "linear") t = linear(t, L);
       else if (L.op === "relu") t = relu(t);
       else if (L.op === "reshape") t = {data: t, c: L.shape[0], h: L.shape[1], w: L.shape[2]};
-      else if (L.op === "conv") t = conv(t, L);
-      else if (L.op === "convT") t = convT(t, L);
+      else if (L.op === "conv") t = convolve(t, L, false);
+      else if (L.op === "convT") t = convolve(t, L, true);
       else if (L.op === "resize") t = resize(t, L);
       else if (L.op === "residual") {
         const body = run(t, L.body), out = new Float32Array(body.data.length);
