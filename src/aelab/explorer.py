@@ -255,8 +255,11 @@ def explorer_data(run, codes: np.ndarray, labels: np.ndarray, class_names: list[
         centered = reference - reference.mean(axis=0)
         basis = np.linalg.svd(centered, full_matrices=False)[2][:MAX_SLIDERS].astype(np.float32)
         names = [f"PC{i + 1}" for i in range(MAX_SLIDERS)]
-    along = (reference - (0 if d <= MAX_SLIDERS else reference.mean(axis=0))) @ basis.T
-    if variational and d <= MAX_SLIDERS:  # the prior's standard deviations, from -3 to 3 (wider where codes lie)
+    # the sliders measure the code from the prior's mean (0) for a variational model, in its standard deviations
+    # along any unit direction (the prior is N(0, I)); else from 0 along a dimension, from the mean code along a PC
+    centre = reference.mean(axis=0) if d > MAX_SLIDERS and not variational else np.zeros(d, dtype=np.float32)
+    along = (reference - centre) @ basis.T
+    if variational:  # from -3 to 3 standard deviations (wider where codes lie)
         low = np.minimum(-3.0, np.percentile(along, 0.5, axis=0))
         high = np.maximum(3.0, np.percentile(along, 99.5, axis=0))
     else:
@@ -268,7 +271,6 @@ def explorer_data(run, codes: np.ndarray, labels: np.ndarray, class_names: list[
     corners = [plane.origin + a * plane.axis_a + b * plane.axis_b
                for a in (plane.range_a[0] - margin_a, plane.range_a[1] + margin_a)
                for b in (plane.range_b[0] - margin_b, plane.range_b[1] + margin_b)]
-    centre = reference.mean(axis=0) if d > MAX_SLIDERS else np.zeros(d)
     ends = [centre + value * basis[k] for k in range(len(basis)) for value in (low[k], high[k])]
     reachable = np.concatenate([codes[shown], np.asarray(corners, np.float32), np.asarray(ends, np.float32)])
     return {
@@ -280,8 +282,8 @@ def explorer_data(run, codes: np.ndarray, labels: np.ndarray, class_names: list[
                   "range_b": [plane.range_b[0] - margin_b, plane.range_b[1] + margin_b],
                   "names": list(plane.names), "words": plane.description},
         "sliders": {"basis": [_floats(row) for row in basis], "names": names, "low": _floats(low),
-                    "high": _floats(high), "centre": _floats(reference.mean(axis=0)) if d > MAX_SLIDERS else None,
-                    "unit": "σ" if variational and d <= MAX_SLIDERS else ""},
+                    "high": _floats(high), "centre": _floats(centre) if d > MAX_SLIDERS else None,
+                    "unit": "σ" if variational else ""},
         "start": _floats(codes[shown[0]]), "variational": bool(variational),  # (a real image's code to start from)
     }
 
