@@ -27,7 +27,7 @@ FAMILIES: dict[str, tuple] = {
     "iwae": ("aelab.models.iwae", "ImportanceWeightedAutoencoder", ("samples",)),  # the VAE on the K-sample bound
     "cvae": ("aelab.models.cvae", "ConditionalVariationalAutoencoder", ("beta", "kl_warmup")),  # it sees the label
 }
-FAMILY_SETTINGS = {"beta": 1.0, "kl_warmup": 0.0, "samples": 1}  # ModelConfig's settings of some families: defaults
+FAMILY_SETTINGS = ("beta", "kl_warmup", "samples")  # ModelConfig's settings of some families
 SCHEDULES = ("onecycle", "constant")
 KEEP = ("best", "last")
 PRECISIONS = ("fp32", "bf16")
@@ -196,10 +196,10 @@ class ModelConfig:
         if self.arch not in ARCHITECTURES:
             raise AelabError(f"unknown `model.arch` {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         _require(self.stages >= 0, "model.stages", self.stages, "0 (from the image size) or more", "0")
-        takes = FAMILIES[self.kind][2] if len(FAMILIES[self.kind]) > 2 else ()
-        for name, default in FAMILY_SETTINGS.items():
-            if getattr(self, name) != default and name not in takes:
-                users = [kind for kind, entry in FAMILIES.items() if len(entry) > 2 and name in entry[2]]
+        takes, defaults = FAMILIES[self.kind][2], {field.name: field.default for field in dataclasses.fields(self)}
+        for name in FAMILY_SETTINGS:
+            if getattr(self, name) != defaults[name] and name not in takes:
+                users = [kind for kind, entry in FAMILIES.items() if name in entry[2]]
                 raise AelabError(f"`model.{name}` applies to the {' and '.join(users)} famil"
                                  f"{'ies' if len(users) > 1 else 'y'}, not to {self.kind}; choose `model.kind` "
                                  f"{users[0]} or leave `model.{name}` out")
@@ -337,3 +337,9 @@ class RunConfig:
         if not isinstance(values, dict):
             raise AelabError(f"{path} is not an aelab config (expected a JSON object)")
         return cls.from_dict(values, source=str(path)).validate()
+
+
+def default_setting(name: str) -> Any:
+    """The default of the setting ``name`` ("model.latent_dim"), as ``RunConfig()`` has it."""
+    section, key = name.split(".")
+    return getattr(getattr(RunConfig(), section), key)

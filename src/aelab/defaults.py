@@ -11,11 +11,10 @@ config.json and said in one line when training starts; a setting the user gave i
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import replace
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import RunConfig, default_setting
 from .models.nets import stage_count
 
 MIN_STEPS = 3000  # optimizer steps a run on the user's own images trains at least (unless `train.epochs` is given)
@@ -41,11 +40,8 @@ def _given(explicit: set[str] | None, config: RunConfig, name: str) -> bool:
     options), or without it a value other than the default."""
     if explicit is not None:
         return name in explicit
-    section, key = name.split(".")
-    kind = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}[section]  # (a value equal to the
-    # default counts as not given: ModelConfig(latent_dim=4) on your own images is chosen from them)
-    default = next(f.default for f in dataclasses.fields(kind) if f.name == key)
-    return getattr(getattr(config, section), key) != default
+    section, key = name.split(".")  # (a value equal to the default counts as not given: ModelConfig(latent_dim=4)
+    return getattr(getattr(config, section), key) != default_setting(name)  # on your own images is chosen from them
 
 
 def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int,

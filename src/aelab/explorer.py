@@ -182,7 +182,7 @@ def pack_decoder(model: nn.Module, seed: int = 0, codes: np.ndarray | None = Non
     model is copied to the CPU in float32 first (a run trained on a GPU packs the same)."""
     import copy
 
-    from .latent import decode
+    from .latent import conditions, decode
 
     model = copy.deepcopy(model).cpu().float().eval()
     layers, weights = decoder_spec(model)
@@ -194,7 +194,7 @@ def pack_decoder(model: nn.Module, seed: int = 0, codes: np.ndarray | None = Non
         if len(reachable) > 256:
             reachable = reachable[torch.randperm(len(reachable), generator=generator)[:256]]
         checked = torch.cat([checked, reachable])
-    labels = torch.arange(len(checked)) % config.n_classes if getattr(model, "conditional", False) else None
+    labels = conditions(model, len(checked), None)  # (a conditional model: the classes in turn)
     expected = decode(model, checked, labels=labels)
     inputs = decoder_inputs(model, checked, labels)
     limit = FLOAT16_ERROR / 2  # (half the promise: a margin for the points between those checked)
@@ -225,8 +225,6 @@ def pack_decoder(model: nn.Module, seed: int = 0, codes: np.ndarray | None = Non
         else:
             packed = {"dtype": "float32", "error": error_of(weights)}
     data = weights if packed["dtype"] == "float32" else weights.astype(np.float16)
-    if inputs.shape[1] < 1 or config.in_channels < 1:
-        raise AelabError("the web explorer needs a decoder with inputs and image channels")
     return {"layers": layers, "weights": base64.b64encode(data.tobytes()).decode("ascii"),
             "inputs": int(inputs.shape[1]), "latent_dim": config.latent_dim,
             "image": [config.in_channels, config.image_size, config.image_width or config.image_size],
@@ -300,11 +298,10 @@ def script() -> str:
 def run_explorer_data(run, data, seed: int = 0) -> dict[str, Any]:
     """``explorer_data`` for a saved run and its data (a DataConfig, ``data.sets.data_for_run``): its
     training codes give the plane, its test codes the points."""
-    from .data.sets import load_run_split
+    from .data.sets import close_sets, load_run_split
     from .latent import encode, latent_plane
 
-    train = load_run_split(run.config, data, "train")
-    test = load_run_split(run.config, data, "test")
+    train, test = load_run_split(run.config, data, "train"), load_run_split(run.config, data, "test")
     try:
         train_codes = encode(run.model, train.images, labels=train.labels)
         codes = encode(run.model, test.images, labels=test.labels)
@@ -313,25 +310,18 @@ def run_explorer_data(run, data, seed: int = 0) -> dict[str, Any]:
                              "--latent-dim 2 or more")
         return explorer_data(run, codes, test.labels, test.class_names, latent_plane(train_codes), train_codes, seed)
     finally:
-        train.close()
-        test.close()
+        close_sets(train, test)
 
 
 def write_page(run, out: Path, data: dict[str, Any]) -> Path:
     """The explorer alone (decoder and pad) as one self-contained HTML file."""
-    import jinja2
     import markupsafe
 
-    from . import plots
-
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("aelab", "templates"), autoescape=True,
-                                     undefined=jinja2.StrictUndefined)
-    environment.filters["script_json"] = lambda value: markupsafe.Markup(plots.script_json(value))
-    page = environment.get_template("explorer_page.html.j2").render(
-        title=f"aelab run {run.path.name}: decode any point", explorer=data,
-        explorer_js=markupsafe.Markup(script()))
     from .fsutil import atomic_write_text
+    from .pages import template
 
+    page = template("explorer_page.html.j2").render(title=f"aelab run {run.path.name}: decode any point",
+                                                    explorer=data, explorer_js=markupsafe.Markup(script()))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, page)

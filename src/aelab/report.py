@@ -4,9 +4,10 @@ It holds the configuration, the metrics and loss curves, the reconstructions acr
 (a slider), the validation and test MSE, interactive latent maps (scatter and t-SNE, with the
 image under the pointer), a decoded grid, samples, an interpolation, denoising examples for a
 denoising run, the most anomalous test images with their error maps (``aelab score``'s default
-score), and "Decode any point": the run's decoder in the page's JavaScript (``aelab.explorer``). The pictures are also saved as PNGs in the run's figures/ folder. Pictures are shrunk (or
-made JPEG) and hover previews made thumbnails beyond a byte budget, so the page stays under 10 MB
-for any image size.
+score), and "Decode any point": the run's decoder in the page's JavaScript (``aelab.explorer``).
+The pictures are also saved as PNGs in the run's figures/ folder. Pictures are shrunk (or made
+JPEG) and hover previews made thumbnails beyond a byte budget, so the page stays under 10 MB for
+any image size (the explorer's decoder is left out where it would not fit).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import markupsafe
 import numpy as np
 import torch
 
-from . import explorer, figures, latent, plots
+from . import explorer, figures, latent, pages, plots
 from .data.sets import ImageSet, close_sets, data_for_run, load_run_splits
 from .errors import AelabError
 from .likelihood import ACTIVE, is_variational, posterior_summary
@@ -65,9 +66,9 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     out["grid"] = figures.grid_figure(run, plane, GRID_N, figures_dir / "latent_grid.png")
     out["grid_plane"] = plane
     log.info("report: the decoder for the page (decode any point) ...")
-    test_codes = latent.encode(run.model, test.images, labels=test.labels)
-    found = explorer.explorer_data(run, test_codes, test.labels, test.class_names, plane, train_codes, config.train.seed)
-    out["explorer"] = found
+    embedding = latent.embed(run, test)  # (the test codes: the explorer's points, and the latent maps' below)
+    out["explorer"] = explorer.explorer_data(run, embedding.codes, test.labels, test.class_names, plane, train_codes,
+                                             config.train.seed)
     sampler = latent.default_sampler(run.model)
     samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4,
                                       sampler=sampler)
@@ -91,7 +92,6 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
         out["denoising"] = plots.reconstruction_figure(clean, denoised, figures_dir / "denoising.png",
                                                        title=f"noise factor {config.train.noise_factor:g}", noisy=noisy)
     log.info("report: latent maps (scatter, t-SNE) ...")
-    embedding = latent.embed(run, test)
     subset = latent.stratified_subset(embedding.label, figures.map_points(test.image_shape), seed=0)
     shown = embedding.subset(subset)
     perplexity = latent.suggested_perplexity(len(shown))
@@ -208,18 +208,6 @@ def _fmt(value: Any, digits: int = 5) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _template():
-    """The page's Jinja2 template (aelab/templates/report.html.j2), autoescaping on: every value is
-    HTML-escaped unless marked safe here (code and CSS aelab wrote), JSON in scripts goes through
-    the one filter ``script_json`` (plots.script_json)."""
-    import jinja2
-
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("aelab", "templates"), autoescape=True,
-                                     undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    environment.filters["script_json"] = lambda value: markupsafe.Markup(plots.script_json(value))
-    return environment.get_template("report.html.j2")
-
-
 def _variational(parts: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any] | None:
     """The report's section of a variational model: its ELBO and parts, active units, KL per
     dimension and traversals."""
@@ -271,7 +259,7 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
                           "average_precision": f"{found['average_precision']:.4f}", "f1": f"{found['f1']:.4f}"}
     safe = markupsafe.Markup  # aelab's own code: plotly.js, the maps' script and style, and the maps' data
     # (plots.maps_script writes its figures and sprite through plots.script_json, the template's filter)
-    return _template().render(
+    return pages.template().render(
         title=f"aelab run {run.path.name}", dataset=config.data.dataset, latent_dim=config.model.latent_dim,
         recipe=config.train.recipe, loss=config.train.loss,
         noise_factor=format(config.train.noise_factor, "g") if config.train.noise_factor else None,

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig
+from .config import RunConfig, default_setting
 from .errors import AelabError
 from .fsutil import ProcessLock, atomic_write_bytes, atomic_write_text
 from .models.registry import build_model
@@ -407,8 +407,8 @@ FITTED = {"model.in_channels": 1, "model.image_size": 28, "model.image_width": N
           "data.image_size": None, "data.fingerprint": None, "train.shards": 0}
 # what aelab.defaults chooses from the data for the deep network (the settings' defaults): a config that
 # leaves them so asks for nothing when the saved run has the deep network
-FROM_DATA = {"model.width": 8, "model.hidden": 128, "model.latent_dim": 4, "train.batch_size": 256, "train.lr": 1e-2,
-             "train.epochs": 30, "data.augment": None}
+FROM_DATA = {name: default_setting(name) for name in ("model.width", "model.hidden", "model.latent_dim",
+                                                     "train.batch_size", "train.lr", "train.epochs", "data.augment")}
 
 
 def _setting(config: RunConfig, name: str) -> Any:

@@ -28,7 +28,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     latent dimension, and with --nll-samples K the importance-sampled negative log-likelihood.
     --generation measures generated images against the split's (see aelab.generation).
     """
-    from ..evaluation import evaluate
+    from ..data.sets import load_run_split
+    from ..evaluation import evaluate, pca_mse
     from ..likelihood import is_variational, measures
 
     if args.seed is not None and not args.noise_factor:
@@ -39,7 +40,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         factors.append(run.config.train.noise_factor)
     results = [evaluate(run.model, data, split=args.split, noise_factor=factor, seed=args.seed or 0).to_dict()
                for factor in factors]
-    baseline = _pca_baseline(args, run, data)
+    train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
+    # the honest baseline: PCA with as many components as the code, fitted on the training split
+    baseline = pca_mse(train.images, data.images, run.config.model.latent_dim, run.config.train.seed)
     variational = None
     if is_variational(run.model):
         with _bar(args, f"NLL, K = {args.nll_samples}") as progress:
@@ -47,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif args.nll_samples:
         raise AelabError("--nll-samples needs a variational model (--model vae, iwae or cvae); this run is "
                          f"{run.config.model.kind}")
-    generated = _generation(args, run, data) if args.generation else None
+    generated = _generation(args, run, data, train) if args.generation else None
     if args.json:
         found = results[0] if len(results) == 1 else {**results[0], "denoising": results[1]}
         print(json.dumps({**found, "pca_mse": baseline, **(variational or {}),
@@ -78,18 +81,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pca_baseline(args: argparse.Namespace, run, data) -> float:
-    """The honest baseline: the MSE on ``data`` of PCA with as many components as the run's code,
-    fitted on the run's training split (``evaluation.pca_mse``)."""
-    from ..data.sets import load_run_split
-    from ..evaluation import pca_mse
-
-    train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
-    return pca_mse(train.images, data.images, run.config.model.latent_dim, run.config.train.seed)
-
-
-def _generation(args: argparse.Namespace, run, data) -> dict:
-    """The measure of generated images (``generation.measure``) of ``args.generated`` new images."""
+def _generation(args: argparse.Namespace, run, data, train) -> dict:
+    """The measure of generated images (``generation.measure``) of ``args.generated`` new images
+    (``train``: the training split, whose codes a mixture sampler is fitted to)."""
     from .. import generation, latent
     from ..data.sets import load_run_split
 
@@ -97,7 +91,6 @@ def _generation(args: argparse.Namespace, run, data) -> dict:
     if sampler == "prior":
         images = latent.prior_images(run, args.generated, seed=args.seed or 0)
     else:
-        train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
         codes = latent.encode(run.model, train.images, labels=train.labels)
         images = latent.sample_images(run, codes, args.generated, seed=args.seed or 0)
     if run.config.data.binarize:  # (the generated images are pixel means: compared with grey test images)
