@@ -196,10 +196,13 @@ class ModelConfig:
         if self.arch not in ARCHITECTURES:
             raise AelabError(f"unknown `model.arch` {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         _require(self.stages >= 0, "model.stages", self.stages, "0 (from the image size) or more", "0")
-        takes, defaults = FAMILIES[self.kind][2], {field.name: field.default for field in dataclasses.fields(self)}
+        def takes(entry: tuple) -> tuple:  # (a family registered as (module, class) alone takes none of them)
+            return entry[2] if len(entry) > 2 else ()
+
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
         for name in FAMILY_SETTINGS:
-            if getattr(self, name) != defaults[name] and name not in takes:
-                users = [kind for kind, entry in FAMILIES.items() if name in entry[2]]
+            if getattr(self, name) != defaults[name] and name not in takes(FAMILIES[self.kind]):
+                users = [kind for kind, entry in FAMILIES.items() if name in takes(entry)]
                 raise AelabError(f"`model.{name}` applies to the {' and '.join(users)} famil"
                                  f"{'ies' if len(users) > 1 else 'y'}, not to {self.kind}; choose `model.kind` "
                                  f"{users[0]} or leave `model.{name}` out")
