@@ -262,6 +262,44 @@ def test_evaluate_measures_generated_images(vae_run, capsys):
     assert "not comparable to published FIDs" in capsys.readouterr().out
 
 
+def test_the_usual_fid_from_an_inception_weights_file(vae_run, tmp_path, capsys, monkeypatch):
+    """--inception-weights FILE: torch-fidelity's Inception network with its weights read from the file
+    (here seeded random weights of the same layout, saved as the real file is), never downloaded;
+    a missing or foreign file is refused with what to give."""
+    pytest.importorskip("torch_fidelity")
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from aelab import generation
+    from aelab.cli import main
+
+    weights = tmp_path / "pt_inception.pth"
+    torch.save({}, weights)
+    with monkeypatch.context() as patch:  # (only to build the network before its file exists)
+        patch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        torch.manual_seed(0)
+        blank = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights))
+    for module in blank.modules():  # (BatchNorm statistics as a trained network has them: not all 0 and 1)
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 2.0)
+    torch.save(blank.state_dict(), weights)
+    network = generation.inception_network(weights)
+    images = torch.from_numpy(np.load(vae_run.parent / "shapes.npz")["images"][:24]).unsqueeze(1)
+    same = generation.inception_features(network, images)
+    assert same.shape == (24, 2048)
+    assert np.allclose(same, generation.inception_features(network, images.float() / 255, floats=True))
+    assert generation.frechet_distance(same, same) == pytest.approx(0, abs=1e-6)
+
+    assert main(["evaluate", str(vae_run), "--inception-weights", str(weights), "--generated", "24", "--json",
+                 "--quiet"]) == 0
+    found = json.loads(capsys.readouterr().out)["generation"]
+    assert found["fid"] > 0 and found["inception_weights"] == str(weights) and found["n_generated"] == 24
+    with pytest.raises(AelabError, match="does not exist; give the FID Inception weights"):
+        generation.inception_network(tmp_path / "missing.pth")
+    torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    assert main(["evaluate", str(vae_run), "--inception-weights", str(tmp_path / "other.pth"), "--generated", "24"]) == 2
+    assert "other.pth is not the FID Inception weights (Error(s) in loading state_dict" in capsys.readouterr().err
+
+
 def test_a_conditional_vae_draws_the_class_asked_for(tmp_path, capsys):
     """cvae: the encoder and decoder see the label; samples of each class lie nearest that class's
     mean image (the shapes are told apart by where their pixels are), and files without labels are

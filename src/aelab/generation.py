@@ -16,6 +16,11 @@ The arithmetic is written here (about forty lines of numpy and scipy) rather tha
 torchmetrics or torch-fidelity: torchmetrics would add two packages for FID and KID only (it has no
 precision and recall), and torch-fidelity fetches Inception's weights from the internet on first
 use, which aelab never does at run time.
+
+The usual FID, where a user has the Inception weights file (``inception_features``): torch-fidelity's
+Inception network (the TensorFlow-exact port papers' FIDs come from; ``pip install 'aelab[fid]'``)
+with its weights read from that file, never downloaded; the same Fréchet arithmetic on its 2,048
+pool features.
 """
 
 from __future__ import annotations
@@ -166,9 +171,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     mean_a, mean_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     offset = np.eye(len(cov_a)) * 1e-6  # (features that never fire make the product singular: as pytorch-fid does)
+    cov_a, cov_b = cov_a + offset, cov_b + offset  # (in every term, so that a set is at 0 from itself)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+        root = linalg.sqrtm(cov_a @ cov_b)
     return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(root)))
 
 
@@ -227,17 +233,68 @@ def compare(real: np.ndarray, generated: np.ndarray, seed: int = 0) -> dict[str,
             "kernel_distance": kernel_distance(real, generated, seed=seed), "precision": precision, "recall": recall}
 
 
-def measure(run, test, generated: torch.Tensor, device: torch.device | str = "cpu", seed: int = 0) -> dict:
+def measure(run, test, generated: torch.Tensor, device: torch.device | str = "cpu", seed: int = 0,
+            inception_weights: str | Path | None = None) -> dict:
     """The measures of ``generated`` images [N, C, H, W] in [0, 1] against the ``test`` split (an
-    ImageSet prepared as the run's), in the features of the reference classifier of the run's data."""
+    ImageSet prepared as the run's), in the features of the reference classifier of the run's data;
+    with ``inception_weights`` (the FID Inception weights file), the usual FID too (``fid``)."""
     from .data.sets import data_for_run
 
+    inception = None
+    if inception_weights:  # (a bad file or images FID cannot take: said before anything is computed)
+        if test.image_shape[0] not in (1, 3):
+            raise AelabError(f"FID takes grey or colour (RGB) images, not {test.image_shape[0]} channels; leave out "
+                             "--inception-weights")
+        inception = inception_network(inception_weights, device)
     reference = reference_classifier(data_for_run(run.config), device)
     real = features(reference.model, test.images, torch.device(device))
     fake = features(reference.model, generated, torch.device(device), floats=True)
     found = compare(real, fake, seed)
+    if inception is not None:
+        found["fid"] = frechet_distance(inception_features(inception, test.images, device),
+                                        inception_features(inception, generated, device, floats=True))
+        found["inception_weights"] = str(inception_weights)
     return {**found, "n_generated": len(generated), "n_test": len(test), "classifier_accuracy": reference.accuracy,
             "classifier": str(reference.path)}
+
+
+INCEPTION_FILES = ("pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or weights-inception-2015-12-05-6726825d.pth "
+                   "(torch-fidelity)")
+
+
+def inception_network(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """torch-fidelity's Inception network of FID with its weights read from ``path`` (the FID
+    Inception weights, ``INCEPTION_FILES``; nothing is downloaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AelabError(f"the Inception weights file {path} does not exist; give the FID Inception weights "
+                         f"({INCEPTION_FILES}), downloaded beforehand")
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError:
+        raise AelabError("--inception-weights needs torch-fidelity: pip install 'aelab[fid]'") from None
+    try:
+        network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError) as error:  # (not a state dict of that network)
+        said = " ".join(str(error).split()) or type(error).__name__
+        raise AelabError(f"{path} is not the FID Inception weights ({said[:160]}...); give {INCEPTION_FILES}") from None
+    return network.to(device)
+
+
+@torch.no_grad()
+def inception_features(network: nn.Module, images, device: torch.device | str = "cpu", floats: bool = False,
+                       batch_size: int = 64) -> np.ndarray:
+    """The Inception network's 2,048 pool features [N, 2048] of uint8 images [N, C, H, W] (or, with
+    ``floats``, images in [0, 1]): grey images as three equal channels, 8-bit as FID takes them."""
+    out = []
+    for _, chunk in _batches(images, batch_size):
+        chunk = torch.as_tensor(chunk[:] if not torch.is_tensor(chunk) else chunk)
+        if floats:
+            chunk = (chunk.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        if chunk.shape[1] == 1:
+            chunk = chunk.expand(-1, 3, -1, -1)
+        out.append(network(chunk.contiguous().to(device))[0].double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 2048))
 
 
 def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:

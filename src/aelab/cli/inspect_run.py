@@ -50,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif args.nll_samples:
         raise AelabError("--nll-samples needs a variational model (--model vae, iwae or cvae); this run is "
                          f"{run.config.model.kind}")
-    generated = _generation(args, run, data, train) if args.generation else None
+    generated = _generation(args, run, data, train) if args.generation or args.inception_weights else None
     if args.json:
         found = results[0] if len(results) == 1 else {**results[0], "denoising": results[1]}
         print(json.dumps({**found, "pca_mse": baseline, **(variational or {}),
@@ -78,6 +78,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"  Fréchet distance {generated['frechet_distance']:.3f}, kernel distance (KID) "
               f"{generated['kernel_distance']:.4f}, precision {generated['precision']:.3f}, recall "
               f"{generated['recall']:.3f} (k = 3)")
+        if "fid" in generated:
+            print(f"  FID {generated['fid']:.3f} (Inception's pool features, weights from {generated['inception_weights']};"
+                  " comparable to published FIDs of the same number of images)")
     return 0
 
 
@@ -97,7 +100,8 @@ def _generation(args: argparse.Namespace, run, data, train) -> dict:
         from dataclasses import replace
 
         data = opened(args, load_run_split(run.config, replace(data_config(run.config, args), binarize=None), args.split))
-    return {**generation.measure(run, data, images, device=run.device, seed=args.seed or 0), "sampler": sampler}
+    return {**generation.measure(run, data, images, device=run.device, seed=args.seed or 0,
+                                 inception_weights=args.inception_weights), "sampler": sampler}
 
 
 def _print_variational(found: dict, split: str) -> None:
@@ -231,6 +235,9 @@ def add_parsers(sub) -> None:
                    "aelab trains once per labelled dataset (cached; no download)")
     p.add_argument("--generated", type=int, default=10_000, metavar="N", help="--generation: the images generated "
                    "(from the prior for a variational run, else a mixture fitted to the codes; default: 10000)")
+    p.add_argument("--inception-weights", metavar="FILE", help="--generation: also the usual FID, in the features of "
+                   "the Inception network with its weights from FILE (pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                   "or torch-fidelity's copy; never downloaded; needs pip install 'aelab[fid]'; minutes on a CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object (mse, psnr, split, n_images, "
                    "noise_factor, input; a denoising run's own noise under `denoising`; a variational run's nelbo, "
                    "recon, kl, active_units, kl_per_dimension, nll)")
