@@ -79,3 +79,15 @@ def test_fit_leaves_no_temporary_folder_and_names_its_split(shapes, tmp_path, mo
     kept = AutoencoderDetector(epochs=1, batch_size=64, run_dir=str(tmp_path / "kept")).fit(images[:200])
     assert kept.run_dir_ == tmp_path / "kept" and (tmp_path / "kept" / "anomaly.json").is_file()
     assert [path.name for path in tmp_path.iterdir() if not path.name.startswith("torchinductor")] == ["kept"]
+
+
+def test_the_novelty_recipe_sets_its_model_and_its_score(shapes):
+    """recipe="novelty": its epochs (10) and score (the code's density) where epochs and method are
+    left at None; what is given wins."""
+    images, labels = shapes
+    detector = AutoencoderDetector(recipe="novelty", batch_size=64).fit(images[labels != 3][:200])
+    assert detector.detector_.method == "density" and detector.config_.train.epochs == 10
+    assert detector.config_.model.latent_dim == 16 and detector.get_params()["method"] is None
+    told = AutoencoderDetector(recipe="novelty", epochs=1, method="mse", latent_dim=4, batch_size=64)
+    told.fit(images[:200])
+    assert told.detector_.method == "mse" and told.config_.train.epochs == 1 and told.config_.model.latent_dim == 4

@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AelabError": "errors",
     "DataConfig": "config", "ModelConfig": "config", "TrainConfig": "config", "RunConfig": "config",
-    "RECIPES": "config", "train_config_for": "config",
+    "RECIPES": "config", "train_config_for": "config", "model_config_for": "config",
     "Encoder": "models.nets", "Decoder": "models.nets", "ConvAutoencoder": "models.ae",
     "ImageSet": "data.sets", "load_split": "data.sets", "load_splits": "data.sets",
     "fetch": "data.sources",

@@ -267,7 +267,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "quick": {"epochs": 9, "lr": 1.5e-2},
     # The tutorial as written: constant rate 1e-3, batch 256, one fixed data order.
     "tutorial": {"schedule": "constant", "lr": 1e-3, "batch_size": 256, "shuffle": False},
+    # Novelty detection when the normal images are of several kinds (train on nine MNIST digits, the
+    # tenth is new): 10 epochs, with the model and the score below (benchmarks/RESULTS.md, issue 22).
+    "novelty": {"epochs": 10},
 }
+# What a recipe sets beyond training: the model's settings (explicit options override them) and the
+# anomaly score its runs use unless told (aelab.scores.default_method; the others: combined).
+RECIPE_MODELS: dict[str, dict[str, Any]] = {"novelty": {"kind": "ae", "latent_dim": 16}}
+RECIPE_SCORES: dict[str, str] = {"novelty": "density"}
 
 
 def train_config_for(recipe: str = "fast", **overrides: Any) -> TrainConfig:
@@ -276,6 +283,14 @@ def train_config_for(recipe: str = "fast", **overrides: Any) -> TrainConfig:
         raise AelabError(f"unknown `train.recipe` {recipe!r}; choose one of {', '.join(RECIPES)}")
     values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(recipe=recipe, **values)
+
+
+def model_config_for(recipe: str = "fast", **overrides: Any) -> ModelConfig:
+    """A ModelConfig with a recipe's model settings (``RECIPE_MODELS``), ``overrides`` (None values
+    ignored) on top."""
+    if recipe not in RECIPES:
+        raise AelabError(f"unknown `train.recipe` {recipe!r}; choose one of {', '.join(RECIPES)}")
+    return ModelConfig(**{**RECIPE_MODELS.get(recipe, {}), **{k: v for k, v in overrides.items() if v is not None}})
 
 
 @dataclass

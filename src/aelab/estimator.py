@@ -20,7 +20,10 @@ reads files.
 
 The defaults are aelab's one-class recipe (latent size 16, the fast recipe, 30 epochs, the combined
 score): mean AUROC 0.979 on MNIST and 0.939 on Fashion-MNIST in the one-class benchmark
-(benchmarks/one_class.py; the tutorial's latent size 4 gives 0.968 and 0.941).
+(benchmarks/one_class.py; the tutorial's latent size 4 gives 0.968 and 0.941). When the normal
+images are of several kinds, ``recipe="novelty"`` (10 epochs, the code's density as the score):
+mean AUROC 0.92 with every MNIST digit held out in turn, against 0.82 for the defaults.
+``epochs`` and ``method`` left at None are the recipe's.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ from .errors import AelabError
 class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
     """A convolutional autoencoder as an outlier detector and a transformer to latent codes."""
 
-    def __init__(self, latent_dim: int = 16, epochs: int = 30, batch_size: int = 256, lr: float | None = None,
+    def __init__(self, latent_dim: int = 16, epochs: int | None = None, batch_size: int = 256, lr: float | None = None,
                  recipe: str = "fast", loss: str = "mse", noise_factor: float = 0.0, width: int = 8,
-                 hidden: int = 128, method: str = "combined", contamination: float = 0.1, val_fraction: float = 0.2,
+                 hidden: int = 128, method: str | None = None, contamination: float = 0.1, val_fraction: float = 0.2,
                  seed: int = 0, device: str = "cpu", run_dir: str | None = None, model: str = "ae"):
         self.model = model  # the model family (model.kind): ae, vae, iwae
         self.latent_dim, self.epochs, self.batch_size, self.lr = latent_dim, epochs, batch_size, lr
@@ -51,10 +54,10 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
 
     # --- fitting ------------------------------------------------------------------------------------
     def fit(self, X, y=None) -> "AutoencoderDetector":
-        from .config import DataConfig, ModelConfig, RunConfig, train_config_for
+        from .config import DataConfig, RunConfig, model_config_for, train_config_for
         from .data.sets import ImageSet, split_train_val
         from .run import split_metrics
-        from .scores import check_contamination, fit_detector, save_detector
+        from .scores import check_contamination, default_method, fit_detector, save_detector
 
         check_contamination(self.contamination)
         from .models.registry import family
@@ -67,8 +70,8 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
         train_set, val_set = split_train_val(full, self.val_fraction, self.seed)
         config = RunConfig(
             data=DataConfig(dataset="arrays given to AutoencoderDetector.fit", val_fraction=self.val_fraction),
-            model=ModelConfig(kind=self.model, latent_dim=self.latent_dim, width=self.width, hidden=self.hidden,
-                              arch="tutorial"),  # (the network its recipe was measured with)
+            model=model_config_for(self.recipe, kind=self.model, latent_dim=self.latent_dim, width=self.width,
+                                   hidden=self.hidden, arch="tutorial"),  # (the network its recipe was measured with)
             train=train_config_for(self.recipe, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                    loss=self.loss, noise_factor=self.noise_factor, seed=self.seed, device=self.device),
         )
@@ -82,8 +85,8 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
         self.metrics_ = split_metrics(result.evaluation)
         self.history_ = result.metrics
         self.run_dir_ = Path(self.run_dir) if self.run_dir else None
-        self.detector_ = fit_detector(self.model_, train_set.images, val_set.images, self.method, self.contamination,
-                                      seed=self.seed)
+        self.detector_ = fit_detector(self.model_, train_set.images, val_set.images,
+                                      self.method or default_method(config), self.contamination, seed=self.seed)
         if self.run_dir_ is not None:
             save_detector(self.detector_, self.run_dir_)
         self._fitted(images)

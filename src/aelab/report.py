@@ -124,7 +124,8 @@ def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | N
         if val is None:
             return None
         log.info("report: anomaly scores ...")
-        detector = scores.fit_detector(run.model, train, val, seed=run.config.train.seed)
+        detector = scores.fit_detector(run.model, train, val, scores.default_method(run.config),
+                                       seed=run.config.train.seed)
         scores.save_detector(detector, run.path)
     scored = scores.score_images(run.model, detector, test)
     top = scores.highest(scored, 8)

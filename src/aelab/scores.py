@@ -51,7 +51,11 @@ METHODS = ("combined", *INGREDIENTS)
 COMBINED = ("mse", "feature_error", "feature_distance")  # what the default joins
 FILE, ARRAYS = "anomaly.json", "anomaly.safetensors"
 VERSION = 2  # of anomaly.json; a detector of another version is fitted anew when it is met (its score is computed otherwise)
-MIXTURE_COMPONENTS = 8
+MIXTURE_COMPONENTS = 8  # the code density's mixture beside the other ingredients
+# ... and when the density is the score itself (the novelty recipe's): normal images of several kinds need
+# more (nine MNIST digits, leave-one-class-out: 8 components 0.874 mean AUROC, 32 0.915, 64 0.926;
+# benchmarks/RESULTS.md), at about 20x the fitting time
+DENSITY_COMPONENTS = 64
 FIT_IMAGES = 20_000  # training images the Gaussians and the mixture are fitted on at most (a seeded sample)
 CHUNK = 16_384  # images scored at a time (their features are held only for a chunk)
 log = logging.getLogger("aelab")
@@ -213,7 +217,7 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
     sample, sample_labels = _sample(train_images, seed)
     train = infer(model, sample, terms=(), codes=True, features=True, labels=sample_labels)
     codes = train.codes.astype(np.float64)
-    components = max(1, min(MIXTURE_COMPONENTS, len(codes) // 20))
+    components = max(1, min(DENSITY_COMPONENTS if method == "density" else MIXTURE_COMPONENTS, len(codes) // 20))
     with warnings.catch_warnings():  # (a mixture that has not fully converged still gives a density)
         warnings.simplefilter("ignore")
         gmm = GaussianMixture(n_components=components, covariance_type="full", reg_covar=1e-4, random_state=seed,
@@ -235,12 +239,21 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
 DEFAULT_METHOD, DEFAULT_CONTAMINATION = "combined", 0.1
 
 
-def detector_file(run_dir: Path, method: str = DEFAULT_METHOD, contamination: float = DEFAULT_CONTAMINATION) -> Path:
-    """Where a run keeps a detector: ``RUN/anomaly.json`` for the default score (the report's), any
-    other method or contamination in ``RUN/outputs/anomaly-METHOD-CONTAMINATION.json`` (so that
-    ``aelab score --method mse`` never changes what the report shows). Its Gaussians lie beside it
-    (``.safetensors``)."""
-    if (method, contamination) == (DEFAULT_METHOD, DEFAULT_CONTAMINATION):
+def default_method(config) -> str:
+    """The score a run (its RunConfig) uses unless told: its recipe's (``config.RECIPE_SCORES``: the
+    novelty recipe's density), else ``DEFAULT_METHOD``."""
+    from .config import RECIPE_SCORES
+
+    return RECIPE_SCORES.get(config.train.recipe, DEFAULT_METHOD)
+
+
+def detector_file(run_dir: Path, method: str = DEFAULT_METHOD, contamination: float = DEFAULT_CONTAMINATION,
+                  default: str = DEFAULT_METHOD) -> Path:
+    """Where a run keeps a detector: ``RUN/anomaly.json`` for the run's default score (``default``,
+    as ``default_method`` gives it: the report's), any other method or contamination in
+    ``RUN/outputs/anomaly-METHOD-CONTAMINATION.json`` (so that ``aelab score --method mse`` never
+    changes what the report shows). Its Gaussians lie beside it (``.safetensors``)."""
+    if (method, contamination) == (default, DEFAULT_CONTAMINATION):
         return Path(run_dir) / FILE
     from .run import OUTPUTS
 
@@ -347,15 +360,17 @@ def metrics(scores: np.ndarray, is_anomaly: np.ndarray, truth: np.ndarray) -> di
             "f1": float(f1_score(truth, is_anomaly))}
 
 
-def run_detector(run, method: str = DEFAULT_METHOD, contamination: float = DEFAULT_CONTAMINATION,
+def run_detector(run, method: str | None = None, contamination: float = DEFAULT_CONTAMINATION,
                  data_dir: str | None = None, memory_limit: str | None = None) -> Detector:
-    """The run's detector of this method and contamination, saved where ``detector_file`` says
-    (the default's in ``RUN/anomaly.json``), else fitted now on the run's own training and validation
-    images (``data_dir``: where they are now) and saved there."""
+    """The run's detector of this method (None: the run's default, ``default_method``) and
+    contamination, saved where ``detector_file`` says (the default's in ``RUN/anomaly.json``), else
+    fitted now on the run's own training and validation images (``data_dir``: where they are now) and
+    saved there."""
     from .data.sets import close_sets, data_for_run, load_run_splits
 
     contamination = check_contamination(contamination)
-    path = detector_file(run.path, method, contamination)
+    method = method or default_method(run.config)
+    path = detector_file(run.path, method, contamination, default_method(run.config))
     saved = load_detector(run.path, run.model, path)
     if saved is not None and saved.method == method and saved.contamination == contamination:
         return saved

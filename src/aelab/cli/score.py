@@ -19,7 +19,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     (Mahalanobis distances), each standardised, by a smooth maximum: so simple images that
     reconstruct well but were never trained on still score high. The threshold is the
     (1 - contamination) quantile of the validation images' scores (PyOD's convention). The default
-    score's detector is kept in RUN/anomaly.json (the report's), any other in RUN/outputs/.
+    score's detector is kept in RUN/anomaly.json (the report's), any other in RUN/outputs/. A run of
+    --recipe novelty scores by the code's density unless told (normal images of several kinds).
     """
     from .. import scores
     from ..data.sets import load_run_split
@@ -59,11 +60,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", metavar="FILE", help="FILE.csv or FILE.parquet; the figure goes beside it as FILE.png "
                    "(default: RUN/outputs/scores-SPLIT.csv)")
     p.add_argument("--method", choices=("combined", "mse", "feature_error", "feature_distance", "density", "nelbo"),
-                   default="combined",
-                   help="combined (default): the first three together; mse: the reconstruction error alone; "
-                        "feature_error: the reconstruction's error in the encoder's features; feature_distance: the "
-                        "image's features' distance from the training images'; density: the code's negative "
-                        "log-likelihood under a Gaussian mixture; nelbo: a variational run's negative ELBO")
+                   help="combined: the next three together (the default, but for a run of --recipe novelty: density); "
+                        "mse: the reconstruction error alone; feature_error: the reconstruction's error in the "
+                        "encoder's features; feature_distance: the image's features' distance from the training "
+                        "images'; density: the code's negative log-likelihood under a Gaussian mixture (of up to 64 "
+                        "components; for normal images of several kinds); nelbo: a variational run's negative ELBO")
     p.add_argument("--contamination", type=float, default=0.1, metavar="C",
                    help="the expected share of anomalies, in (0, 0.5]: the threshold is the (1 - C) quantile of the "
                         "validation scores (default: 0.1)")

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..callbacks import TRACKERS
-from ..config import ARCHITECTURES, BINARIZE, DATASETS, FAMILIES, KEEP, LOSSES, PRECISIONS, RECIPES, DataConfig, \
-    ModelConfig, RunConfig, TrainConfig, train_config_for
+from ..config import ARCHITECTURES, BINARIZE, DATASETS, FAMILIES, KEEP, LOSSES, PRECISIONS, RECIPE_MODELS, RECIPES, \
+    DataConfig, ModelConfig, RunConfig, TrainConfig, model_config_for, train_config_for
 from ..errors import AelabError
 from .common import add_common, add_preparation, command
 
@@ -32,13 +32,13 @@ def build_config(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
     """The RunConfig the options ask for, and the names ('train.epochs') given explicitly."""
     given = {dest: getattr(args, dest) for dest in TRAIN_OPTIONS if getattr(args, dest) is not None}
     explicit = {".".join(TRAIN_OPTIONS[dest]) for dest in given}
-    if args.recipe is not None:
-        explicit.add("train.recipe")
+    if args.recipe is not None:  # (the model settings a recipe sets count as chosen: not chosen from the data)
+        explicit |= {"train.recipe", *(f"model.{key}" for key in RECIPE_MODELS.get(args.recipe, {}))}
     section = {name: {key: value for dest, value in given.items()
                       for sec, key in [TRAIN_OPTIONS[dest]] if sec == name} for name in ("data", "model", "train")}
     config = RunConfig(
         data=DataConfig(**section["data"]),
-        model=ModelConfig(**section["model"]),
+        model=model_config_for(args.recipe or "fast", **section["model"]),
         train=train_config_for(args.recipe or "fast", **section["train"]),
     )
     return config, explicit
@@ -79,7 +79,11 @@ def add_parsers(sub) -> None:
                    "own, from the rate where the run ended up to a quarter of the peak and back down); under "
                    "torchrun only rank 0 needs to see RUN")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    p.add_argument("--recipe", choices=sorted(RECIPES), help="a set of training settings (default: fast)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="a set of settings: fast (the default); quick (9 "
+                   "epochs); tutorial (the tutorial's as written); novelty (novelty detection when the normal images "
+                   "are of several kinds, e.g. --classes 0,1,2,3,4,5,6,7,8: the autoencoder with latent size 16, 10 "
+                   "epochs, and `aelab score` by the code's density; for one class the fast recipe with --latent-dim "
+                   "16 scores higher; docs/using.md)")
     p.add_argument("--data", "--dataset", dest="dataset", metavar="SOURCE",
                    help=f"{' or '.join(DATASETS)}; a folder of images (PNG, JPEG, BMP, GIF, TIFF, WebP, searched in "
                         "subfolders; class subfolders give labels; train/ test/ (val/) subfolders give the splits; "
@@ -122,7 +126,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--stages", type=int, metavar="N", help="deep: stride-2 stages (default: from the image size)")
     p.add_argument("--residual", action="store_const", const=True, help="deep: a residual block in every stage")
     p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim}; "
-                   "your own images: from their size)")
+                   "--recipe novelty: 16; your own images: from their size)")
     p.add_argument("--width", type=int, metavar="N", help="channels of the first convolution, doubled at each stage "
                    f"(default: {m.width}, the tutorial's; your own images: from their size)")
     p.add_argument("--hidden", type=int, metavar="N", help="width of the fully connected layers "
