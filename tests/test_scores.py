@@ -95,7 +95,7 @@ def test_a_score_saved_by_an_older_aelab_is_fitted_anew(trained_run, tmp_path):
                                                   "mixture": {}, "standard": {}}))  # (no version: session 5's)
     assert load_detector(run) is None
     assert main(["score", str(run), "--quiet"]) == 0
-    assert load_detector(run).version == 2 and (run / "anomaly.safetensors").is_file()
+    assert load_detector(run).version == 3 and (run / "anomaly.safetensors").is_file()
 
 
 @pytest.mark.parametrize("value", [0, -0.1, 0.6, float("nan")])
@@ -128,6 +128,29 @@ def test_score_on_an_array_run_with_normal_classes(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "shapes.npz"), "--classes", "9", "--out", str(tmp_path / "r2"),
                  "--quiet"]) == 2
     assert "--classes names '9'" in capsys.readouterr().err
+
+
+def test_a_run_of_the_novelty_recipe_keeps_the_density_score_as_its_own(tmp_path, capsys):
+    """--recipe novelty on your own images: its model settings (what is given wins), the training
+    length from the images, and the code's density as the score the run keeps in RUN/anomaly.json
+    (another method goes to outputs/)."""
+    images, labels = synthetic_images(400, seed=3)
+    np.savez(tmp_path / "shapes.npz", images=images, labels=labels)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "shapes.npz"), "--classes", "0,1,2", "--recipe", "novelty",
+                 "--epochs", "2", "--out", str(run), "--no-report", "--quiet"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["model"]["latent_dim"], config["model"]["arch"], config["train"]["recipe"]) == (16, "deep", "novelty")
+    assert config["train"]["batch_size"] == 64  # (chosen from the images: the recipe sets the model and the score)
+    capsys.readouterr()
+    assert main(["score", str(run), "--normal", "0,1,2", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == load_detector(run).method == "density"
+    assert main(["score", str(run), "--method", "combined", "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "combined"
+    assert load_detector(run).method == "density" and (run / "outputs" / "anomaly-combined-0.1.json").is_file()
+    assert main(["train", "--data", str(tmp_path / "shapes.npz"), "--recipe", "novelty", "--latent-dim", "8",
+                 "--epochs", "1", "--out", str(tmp_path / "r8"), "--no-report", "--quiet"]) == 0
+    assert json.loads((tmp_path / "r8" / "config.json").read_text())["model"]["latent_dim"] == 8
 
 
 def test_score_new_images_in_a_folder(tmp_path, capsys):

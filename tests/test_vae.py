@@ -287,7 +287,7 @@ def test_the_usual_fid_from_an_inception_weights_file(vae_run, tmp_path, capsys,
     same = generation.inception_features(network, images)
     assert same.shape == (24, 2048)
     assert np.allclose(same, generation.inception_features(network, images.float() / 255, floats=True))
-    assert generation.frechet_distance(same, same) == pytest.approx(0, abs=1e-6)
+    assert generation.frechet_distance(same, same) == pytest.approx(0, abs=1e-3)
 
     assert main(["evaluate", str(vae_run), "--inception-weights", str(weights), "--generated", "24", "--json",
                  "--quiet"]) == 0
@@ -295,6 +295,11 @@ def test_the_usual_fid_from_an_inception_weights_file(vae_run, tmp_path, capsys,
     assert found["fid"] > 0 and found["inception_weights"] == str(weights) and found["n_generated"] == 24
     with pytest.raises(AelabError, match="does not exist; give the FID Inception weights"):
         generation.inception_network(tmp_path / "missing.pth")
+    with pytest.raises(AelabError, match="FID takes grey or colour"):
+        generation.inception_network(weights, channels=4)
+    (tmp_path / "notes.pth").write_text("not weights")
+    with pytest.raises(AelabError, match="notes.pth is not the FID Inception weights"):
+        generation.inception_network(tmp_path / "notes.pth")
     torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "other.pth")
     assert main(["evaluate", str(vae_run), "--inception-weights", str(tmp_path / "other.pth"), "--generated", "24"]) == 2
     assert "other.pth is not the FID Inception weights (Error(s) in loading state_dict" in capsys.readouterr().err

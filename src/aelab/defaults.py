@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from .config import RunConfig, default_setting
+from .config import RECIPE_MODELS, RunConfig, default_setting
 from .models.nets import stage_count
 
 MIN_STEPS = 3000  # optimizer steps a run on the user's own images trains at least (unless `train.epochs` is given)
@@ -50,7 +50,8 @@ def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int
     left out chosen from the images (their shape and the number of training images); and a line that
     says what was chosen ("" when nothing was). auto is the tutorial's network for the named datasets
     and with ``--recipe tutorial``; a recipe the user named keeps its training settings (only the
-    network and the augmentation are chosen then)."""
+    network and the augmentation are chosen then), but for one of a model and a score
+    (``config.RECIPE_MODELS``: novelty), whose training length the images choose as ever."""
     recipe = _given(explicit, config, "train.recipe")
     if config.model.arch == "tutorial":
         return config, ""
@@ -60,8 +61,11 @@ def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int
     model, train = config.model, config.train
     chosen: dict[str, object] = {}
 
+    # a recipe the user named keeps its training settings; one of a model and a score (novelty: measured on MNIST)
+    keeps_training = recipe and config.train.recipe not in RECIPE_MODELS  # leaves the training length to the data
+
     def choose(name: str, value) -> None:
-        if not _given(explicit, config, name) and not (recipe and name.startswith("train.")):
+        if not _given(explicit, config, name) and not (keeps_training and name.startswith("train.")):
             chosen[name] = value
 
     choose("model.width", network_width(height, width))

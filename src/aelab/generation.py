@@ -170,12 +170,13 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     mean_a, mean_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    offset = np.eye(len(cov_a)) * 1e-6  # (features that never fire make the product singular: as pytorch-fid does)
-    cov_a, cov_b = cov_a + offset, cov_b + offset  # (in every term, so that a set is at 0 from itself)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # (pytorch-fid's arithmetic: the usual FID's)
         warnings.simplefilter("ignore")
         root = linalg.sqrtm(cov_a @ cov_b)
-    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(root)))
+        if not np.isfinite(root).all():  # (features that never fire make the product singular: offset then)
+            offset = np.eye(len(cov_a)) * 1e-6
+            root = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
+    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(np.real(root)))
 
 
 def kernel_distance(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 1000, seed: int = 0) -> float:
@@ -234,18 +235,12 @@ def compare(real: np.ndarray, generated: np.ndarray, seed: int = 0) -> dict[str,
 
 
 def measure(run, test, generated: torch.Tensor, device: torch.device | str = "cpu", seed: int = 0,
-            inception_weights: str | Path | None = None) -> dict:
+            inception: nn.Module | None = None) -> dict:
     """The measures of ``generated`` images [N, C, H, W] in [0, 1] against the ``test`` split (an
     ImageSet prepared as the run's), in the features of the reference classifier of the run's data;
-    with ``inception_weights`` (the FID Inception weights file), the usual FID too (``fid``)."""
+    given ``inception`` (``inception_network``), the usual FID too (``fid``)."""
     from .data.sets import data_for_run
 
-    inception = None
-    if inception_weights:  # (a bad file or images FID cannot take: said before anything is computed)
-        if test.image_shape[0] not in (1, 3):
-            raise AelabError(f"FID takes grey or colour (RGB) images, not {test.image_shape[0]} channels; leave out "
-                             "--inception-weights")
-        inception = inception_network(inception_weights, device)
     reference = reference_classifier(data_for_run(run.config), device)
     real = features(reference.model, test.images, torch.device(device))
     fake = features(reference.model, generated, torch.device(device), floats=True)
@@ -253,7 +248,6 @@ def measure(run, test, generated: torch.Tensor, device: torch.device | str = "cp
     if inception is not None:
         found["fid"] = frechet_distance(inception_features(inception, test.images, device),
                                         inception_features(inception, generated, device, floats=True))
-        found["inception_weights"] = str(inception_weights)
     return {**found, "n_generated": len(generated), "n_test": len(test), "classifier_accuracy": reference.accuracy,
             "classifier": str(reference.path)}
 
@@ -262,10 +256,13 @@ INCEPTION_FILES = ("pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or weight
                    "(torch-fidelity)")
 
 
-def inception_network(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+def inception_network(path: str | Path, device: torch.device | str = "cpu", channels: int = 3) -> nn.Module:
     """torch-fidelity's Inception network of FID with its weights read from ``path`` (the FID
-    Inception weights, ``INCEPTION_FILES``; nothing is downloaded)."""
+    Inception weights, ``INCEPTION_FILES``; nothing is downloaded), for images of ``channels``
+    channels (grey or RGB: FID takes no other)."""
     path = Path(path)
+    if channels not in (1, 3):
+        raise AelabError(f"FID takes grey or colour (RGB) images, not {channels} channels; leave out --inception-weights")
     if not path.is_file():
         raise AelabError(f"the Inception weights file {path} does not exist; give the FID Inception weights "
                          f"({INCEPTION_FILES}), downloaded beforehand")
@@ -273,9 +270,11 @@ def inception_network(path: str | Path, device: torch.device | str = "cpu") -> n
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError:
         raise AelabError("--inception-weights needs torch-fidelity: pip install 'aelab[fid]'") from None
-    try:
+    try:  # (read as tensors only first: a file that is not a state dict is refused, and runs no code of its own)
+        if not isinstance(torch.load(path, map_location="cpu", weights_only=True), dict):
+            raise ValueError("not a state dict")
         network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
-    except (RuntimeError, KeyError, ValueError, OSError, EOFError) as error:  # (not a state dict of that network)
+    except Exception as error:  # (any file but that network's state dict)
         said = " ".join(str(error).split()) or type(error).__name__
         raise AelabError(f"{path} is not the FID Inception weights ({said[:160]}...); give {INCEPTION_FILES}") from None
     return network.to(device)

@@ -11,13 +11,14 @@ Ingredients (higher: more unusual), each a column of ``aelab score``'s table:
 - ``density``: how unlikely the image's code is: the negative log-likelihood of the code under a
   Gaussian mixture fitted to the training images' codes.
 
-Methods: ``combined`` (the default) is the smooth maximum (``log(sum(exp))``) of the first three,
-each as its logarithm standardised by its mean and standard deviation on the validation images:
-an image is unusual when its pixels, its features or the way it is rebuilt are. Any ingredient can
-also be the score alone (``--method mse`` and so on). Reconstruction error alone has a blind spot:
-a simple image (a thin stroke, a blank patch) is reconstructed well even when nothing like it was
-trained on, and scores as normal; its features, though, lie where the training images' do not
-(benchmarks/RESULTS.md measures every ingredient and combination on held-out classes).
+Methods: ``combined`` (the default; a run of the novelty recipe: ``density``) is the smooth maximum
+(``log(sum(exp))``) of the first three, each as its logarithm standardised by its mean and standard
+deviation on the validation images: an image is unusual when its pixels, its features or the way it
+is rebuilt are. Any ingredient can also be the score alone (``--method mse`` and so on).
+Reconstruction error alone has a blind spot: a simple image (a thin stroke, a blank patch) is
+reconstructed well even when nothing like it was trained on, and scores as normal; its features,
+though, lie where the training images' do not (benchmarks/RESULTS.md measures every ingredient and
+combination on held-out classes).
 
 The threshold follows PyOD's convention: ``contamination`` c sets it at the (1 - c) quantile of
 the validation images' scores. A ``Detector`` (the fitted Gaussians and mixture, the
@@ -50,7 +51,7 @@ INGREDIENTS = ("mse", "feature_error", "feature_distance", "density", "nelbo")  
 METHODS = ("combined", *INGREDIENTS)
 COMBINED = ("mse", "feature_error", "feature_distance")  # what the default joins
 FILE, ARRAYS = "anomaly.json", "anomaly.safetensors"
-VERSION = 2  # of anomaly.json; a detector of another version is fitted anew when it is met (its score is computed otherwise)
+VERSION = 3  # of anomaly.json (3: the density score's mixture of up to 64 components); a detector of another version is fitted anew when it is met (its score is computed otherwise)
 MIXTURE_COMPONENTS = 8  # the code density's mixture beside the other ingredients
 # ... and when the density is the score itself (the novelty recipe's): normal images of several kinds need
 # more (nine MNIST digits, leave-one-class-out: 8 components 0.874 mean AUROC, 32 0.915, 64 0.926;
