@@ -104,13 +104,19 @@ def test_contamination_out_of_range_is_one_clear_error(value):
         check_contamination(value)
 
 
-def test_score_on_an_array_run_with_normal_classes(tmp_path, capsys):
+def _shapes_run(tmp_path, *options: str):
+    """A run trained through the command line on 400 labelled shapes (tmp_path/shapes.npz) with
+    ``options``, and its config.json."""
     images, labels = synthetic_images(400, seed=3)
     np.savez(tmp_path / "shapes.npz", images=images, labels=labels)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / "shapes.npz"), "--classes", "3", "--epochs", "20",
-                 "--batch-size", "32", "--out", str(run), "--no-report", "--quiet"]) == 0
-    config = json.loads((run / "config.json").read_text())
+    assert main(["train", "--data", str(tmp_path / "shapes.npz"), *options, "--out", str(run), "--no-report",
+                 "--quiet"]) == 0
+    return run, json.loads((run / "config.json").read_text())
+
+
+def test_score_on_an_array_run_with_normal_classes(tmp_path, capsys):
+    run, config = _shapes_run(tmp_path, "--classes", "3", "--epochs", "20", "--batch-size", "32")
     assert config["data"]["classes"] == "3"
     capsys.readouterr()
     assert main(["score", str(run), "--normal", "3", "--json", "--quiet"]) == 0
@@ -134,12 +140,7 @@ def test_a_run_of_the_novelty_recipe_keeps_the_density_score_as_its_own(tmp_path
     """--recipe novelty on your own images: its model settings (what is given wins), the training
     length from the images, and the code's density as the score the run keeps in RUN/anomaly.json
     (another method goes to outputs/)."""
-    images, labels = synthetic_images(400, seed=3)
-    np.savez(tmp_path / "shapes.npz", images=images, labels=labels)
-    run = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path / "shapes.npz"), "--classes", "0,1,2", "--recipe", "novelty",
-                 "--epochs", "2", "--out", str(run), "--no-report", "--quiet"]) == 0
-    config = json.loads((run / "config.json").read_text())
+    run, config = _shapes_run(tmp_path, "--classes", "0,1,2", "--recipe", "novelty", "--epochs", "2")
     assert (config["model"]["latent_dim"], config["model"]["arch"], config["train"]["recipe"]) == (16, "deep", "novelty")
     assert config["train"]["batch_size"] == 64  # (chosen from the images: the recipe sets the model and the score)
     capsys.readouterr()
