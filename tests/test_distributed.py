@@ -59,6 +59,9 @@ def test_two_processes_train_the_run_of_two_shards(shapes, tmp_path, family):
     common = ["--data", str(shapes), "--epochs", "2", "--batch-size", "32", *family]
     done = torchrun(*common, "--out", str(tmp_path / "ddp"))
     out, err = done.communicate(timeout=300)
+    if "(exitcode: -6)" in err:  # (a rank aborted inside the process group, not in aelab: seen once in ~10 CI runs
+        done = torchrun(*common, "--out", str(tmp_path / "ddp"), "--overwrite")  # on 2 cores; a real error repeats)
+        out, err = done.communicate(timeout=300)
     assert done.returncode == 0, err[-2000:]
     assert main(["train", *common, "--shards", "2", "--out", str(tmp_path / "threads"), "--quiet", "--no-report"]) == 0
     assert same_weights(tmp_path / "ddp", tmp_path / "threads") < 1e-5
