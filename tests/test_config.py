@@ -5,7 +5,8 @@ import re
 import pytest
 
 from aelab import AelabError
-from aelab.config import RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, memory_budget, train_config_for
+from aelab.config import FAMILIES, FAMILY_SETTINGS, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, \
+    family_settings, memory_budget, train_config_for
 
 
 def test_defaults_are_the_tutorials_settings_with_the_fast_schedule():
@@ -78,6 +79,8 @@ BAD_VALUES = [
 def bad_config(section: str, name: str, value) -> RunConfig:
     config = RunConfig()
     setattr(getattr(config, section), name, value)
+    if section == "model" and name in FAMILY_SETTINGS:  # (of a family that takes the setting)
+        config.model.kind = next(kind for kind in FAMILIES if name in family_settings(kind))
     return config
 
 

@@ -294,3 +294,4 @@ def test_a_denoising_run_says_which_input_each_number_measures_and_the_report_sp
     page = (cli_run / "report.html").read_text()
     chosen, details = page.index("What you chose"), page.index("<h3>Details</h3>")
     assert chosen < page.index("train.noise_factor") < details < page.index("data.fingerprint")
+    assert "model.kl_warmup" not in page and "model.samples" not in page  # (the other families' settings)

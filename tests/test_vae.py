@@ -107,6 +107,19 @@ def test_draws_are_seeded_and_shards_do_not_change_the_run(tmp_path):
     assert not torch.equal(weights(a)["log_variance.weight"], weights(other)["log_variance.weight"])
 
 
+def test_a_run_that_leaves_the_kl_warmup_out_warms_up_over_its_first_quarter_and_records_it(tmp_path):
+    data = make_splits()
+    run = train(config(epochs=6), tmp_path / "vae", report=False, data=data)
+    assert run.config.model.kl_warmup == 1.5
+    assert json.loads((tmp_path / "vae" / "config.json").read_text())["model"]["kl_warmup"] == 1.5
+    assert load_run(tmp_path / "vae").model.kl_weight(torch.tensor(0.75)) == pytest.approx(0.5)
+    none = train(config(epochs=6, model={"kl_warmup": 0.0}), tmp_path / "none", report=False, data=data)
+    assert none.config.model.kl_warmup == 0.0 and none.model.kl_weight(torch.tensor(0.0)) == 1.0  # 0: none, as told
+    longer = train(config(epochs=8), tmp_path / "vae", resume=True, report=False, data=data)  # extended: as planned
+    assert longer.config.model.kl_warmup == 1.5
+    assert train(config("ae", "mse", epochs=1), tmp_path / "ae", report=False, data=data).config.model.kl_warmup is None
+
+
 @pytest.mark.parametrize("binarize", ["dynamic", None])
 def test_resume_mid_epoch_is_bit_identical(tmp_path, binarize):
     """Interrupted in the middle of an epoch, the run goes on with the same draws (codes and, with

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import explorer, figures, latent, pages, plots
+from .config import FAMILY_SETTINGS, family_settings
 from .data.sets import ImageSet, close_sets, data_for_run, load_run_splits
 from .errors import AelabError
 from .likelihood import ACTIVE, is_variational, posterior_summary
@@ -244,8 +245,9 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
         cards.insert(1, (f"test MSE of PCA-{config.model.latent_dim} (the baseline)", _fmt(evaluation["test_pca_mse"])))
     if "test_denoising_mse" in evaluation:
         cards.insert(1, ("test denoising MSE", _fmt(evaluation["test_denoising_mse"])))
+    others = {f"model.{name}" for name in FAMILY_SETTINGS if name not in family_settings(config.model.kind)}
     rows = [(f"{section}.{key}", "default" if value is None else value) for section in ("data", "model", "train")
-            for key, value in saved.get(section, {}).items()]
+            for key, value in saved.get(section, {}).items() if f"{section}.{key}" not in others]  # (its family's)
     chosen = [(name, value) for name, value in rows if name in CHOSEN]
     details = [(name, value) for name, value in rows if name not in CHOSEN]
     details += [(f"version of {name}", value) for name, value in saved.get("versions", {}).items()]

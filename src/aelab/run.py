@@ -403,7 +403,7 @@ RESUMABLE = ("train.epochs", "train.device", "train.keep", "data.data_dir", "dat
 # settings that training fills in from the data (or resolves from auto): a config that leaves them as they
 # start (None, 0, the model's defaults) asks for nothing
 FITTED = {"model.in_channels": 1, "model.image_size": 28, "model.image_width": None, "model.n_classes": 0,
-          "model.arch": "auto", "model.stages": 0, "data.channels": None,
+          "model.arch": "auto", "model.stages": 0, "model.kl_warmup": None, "data.channels": None,
           "data.image_size": None, "data.fingerprint": None, "train.shards": 0}
 # what aelab.defaults chooses from the data for the deep network (the settings' defaults): a config that
 # leaves them so asks for nothing when the saved run has the deep network

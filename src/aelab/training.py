@@ -23,7 +23,7 @@ import torch
 from . import checkpoint as ckpt
 from . import distributed
 from .callbacks import Callback, CallbackList, Figures, Report, RunFolder
-from .config import RunConfig
+from .config import RunConfig, resolved_kl_warmup
 from .data.batches import Batches, noise_generator
 from .data.sets import ImageSet, close_sets, load_splits
 from .defaults import from_data
@@ -434,7 +434,8 @@ def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], explicit: set[str
     """The config with the model sized for the data (its classes too), the images' channels, size and
     fingerprint (so any tool prepares other images the same way), a file's or folder's absolute path,
     what the user left out chosen from the data (``defaults.from_data``: ``explicit`` names what was
-    given), and the number of shards that auto resolves to."""
+    given), a variational family's KL warm-up left to the run, and the number of shards that auto
+    resolves to."""
     channels, height, width = splits["train"].image_shape
     train = splits["train"]
     conditional = family(config.model.kind).conditional  # (a conditional family is sized for the classes)
@@ -450,6 +451,7 @@ def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], explicit: set[str
     config, said = from_data(replace(config, data=data), (channels, height, width), len(train), explicit)
     if said:
         log.info(said)
+    config = replace(config, model=resolved_kl_warmup(config.model, config.train.epochs))
     world_size = distributed.world()[1]
     if distributed.active():  # under torchrun the ranks are the shards: the run is the one --shards N computes
         if config.train.shards not in (0, world_size):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..callbacks import TRACKERS
-from ..config import ARCHITECTURES, BINARIZE, DATASETS, FAMILIES, KEEP, LOSSES, PRECISIONS, RECIPE_MODELS, RECIPES, \
+from ..config import ARCHITECTURES, BINARIZE, DATASETS, FAMILIES, KEEP, KL_WARMUP_SHARE, LOSSES, PRECISIONS, RECIPE_MODELS, RECIPES, \
     DataConfig, ModelConfig, RunConfig, TrainConfig, model_config_for, train_config_for
 from ..errors import AelabError
 from .common import add_common, add_preparation, command
@@ -116,7 +116,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--beta", type=float, metavar="B", help=f"vae, cvae: the KL term's weight, beta-VAE (default: "
                    f"{m.beta:g}, the ELBO)")
     p.add_argument("--kl-warmup", type=float, metavar="EPOCHS", help="vae, cvae: the KL term's weight rises linearly "
-                   f"from 0 over this many epochs (default: {m.kl_warmup:g}, none)")
+                   f"from 0 over this many epochs (0: none; default: the first {KL_WARMUP_SHARE * 100:g}%% of the epochs)")
     p.add_argument("--samples", type=int, metavar="K", help=f"iwae: codes drawn per image for the bound (default: "
                    f"{m.samples}; try 5)")
     p.add_argument("--arch", choices=ARCHITECTURES, help="the network: tutorial (the tutorial's, layer for layer), "

@@ -14,7 +14,8 @@ and the KL divergence to it is computed in closed form. The decoder's likelihood
 
 It minimises the negative ELBO, reconstruction + KL (nats per image), or with ``model.beta`` the
 beta-VAE objective reconstruction + beta * KL (Higgins et al. 2017); ``model.kl_warmup`` raises the
-KL's weight linearly from 0 over that many epochs. Per image it reports ``mse`` (of the
+KL's weight linearly from 0 over that many epochs (unless told, a run's first quarter:
+``config.KL_WARMUP_SHARE``). Per image it reports ``mse`` (of the
 reconstruction decoded from the mean code), ``recon`` (-log p(x|z) for one drawn z), ``kl``,
 ``nelbo`` and, for beta != 1, ``beta_nelbo``. ``encode`` gives the mean, ``decode`` the pixel means.
 """
@@ -72,7 +73,7 @@ class VariationalAutoencoder(nn.Module):
         self.log_variance = nn.Linear(config.hidden, config.latent_dim)  # the second head
         if self.likelihood == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(config.in_channels))  # log sigma per channel, learned
-        self.beta, self.kl_warmup = float(config.beta), float(config.kl_warmup)
+        self.beta, self.kl_warmup = float(config.beta), float(config.kl_warmup or 0)  # (None outside a run: none)
         self.draw_shape = (config.samples, config.latent_dim)  # codes drawn per image (the IWAE draws several)
         self.terms = ("mse", "recon", "kl", "nelbo") + (("beta_nelbo",) if self.beta != 1.0 else ())
         self.objective = "nelbo" if self.beta == 1.0 else "beta_nelbo"
