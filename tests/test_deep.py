@@ -1,6 +1,7 @@
 """Your own images: the deep network, defaults from the data, augmentation, early stopping, the PCA
 baseline and the SSIM loss."""
 
+import itertools
 import json
 from dataclasses import replace
 
@@ -61,7 +62,8 @@ def test_defaults_from_the_data_keep_what_the_user_gave_and_say_what_they_chose(
     assert (chosen.model.arch, chosen.model.stages, chosen.model.width, chosen.model.latent_dim) == ("deep", 4, 16, 32)
     assert chosen.train.epochs * -(-570 // chosen.train.batch_size) >= MIN_STEPS  # counted in steps, with a floor
     assert "chosen from the data (570 training images of 3 x 64 x 64)" in said and "--augment none" in said
-    assert chosen.data.augment == "flip,shift" and chosen.data.augment_list() == ["flip", "shift"]  # a small folder
+    assert chosen.data.augment == "flip,shift,turn,colour"  # a small folder
+    assert chosen.data.augment_list() == ["flip", "shift", "turn", "colour"]
     plain, said = from_data(replace(folder, data=replace(folder.data, augment="none")), (3, 64, 64), 570,
                             explicit={"data.augment"})
     assert plain.data.augment_list() == [] and "flipped" not in said  # --augment none: as they are
@@ -72,7 +74,7 @@ def test_defaults_from_the_data_keep_what_the_user_gave_and_say_what_they_chose(
     quick, said = from_data(replace(folder, train=train_config_for("quick")), (3, 64, 64), 570, {"train.recipe"})
     assert quick.model.arch == "deep" and quick.train == train_config_for("quick") and "recipe quick" in said
     deep, _ = from_data(replace(folder, model=ModelConfig(arch="deep")), (3, 64, 64), 570, {"model.arch"})
-    assert (deep.model.width, deep.model.latent_dim, deep.data.augment) == (16, 32, "flip,shift")  # --arch deep too
+    assert (deep.model.width, deep.model.latent_dim, deep.data.augment) == (16, 32, "flip,shift,turn,colour")  # --arch deep too
     named, _ = from_data(RunConfig(model=ModelConfig(arch="deep")), (1, 28, 28), 570, {"model.arch"})
     assert named.model.arch == "deep" and named.data.augment is None  # never for the named datasets by default
     given, _ = from_data(folder, (3, 64, 64), 570, explicit={"model.latent_dim", "train.epochs"})
@@ -108,10 +110,10 @@ def test_a_folder_run_resumes_from_python_with_the_config_that_started_it(tmp_pa
     config = RunConfig(data=DataConfig(dataset=str(tmp_path / "pictures"), data_dir=str(tmp_path / "cache")),
                        train=TrainConfig(epochs=1))
     first = train(config, tmp_path / "run", report=False)
-    assert first.config.train.batch_size == 64 and first.config.data.augment == "flip,shift"
+    assert first.config.train.batch_size == 64 and first.config.data.augment == "flip,shift,turn,colour"
     extended = train(replace(config, train=TrainConfig(epochs=2)), tmp_path / "run", resume=True, report=False)
     assert len(extended.metrics) == 2 and extended.config.train == replace(first.config.train, epochs=2)
-    assert extended.config.data.augment == "flip,shift" and extended.config.model == first.config.model
+    assert extended.config.data.augment == "flip,shift,turn,colour" and extended.config.model == first.config.model
     with pytest.raises(AelabError, match="model.latent_dim"):  # what the user sets is still compared
         train(replace(config, model=ModelConfig(latent_dim=5)), tmp_path / "run", resume=True, report=False)
 
@@ -126,7 +128,7 @@ def test_a_folder_trains_the_deep_network_chosen_from_it_and_beside_pca(tmp_path
     assert "chosen from the data (86 training images of 3 x 32 x 32): the deep network with 3 stages" in err
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["arch"] == "deep" and saved["model"]["latent_dim"] == 16 and saved["train"]["epochs"] == 3
-    assert saved["data"]["augment"] == "flip,shift"  # a small folder
+    assert saved["data"]["augment"] == "flip,shift,turn,colour"  # a small folder
     evaluation = json.loads((tmp_path / "run" / "evaluation.json").read_text())
     assert 0 < evaluation["test_pca_mse"] < 0.2
     assert main(["evaluate", str(tmp_path / "run"), "--json"]) == 0  # the same baseline, from the run folder
@@ -158,7 +160,7 @@ def test_augmentation_changes_training_images_seeded_and_resumes_exactly(tmp_pat
     images = (rng.random((96, 1, 28, 28)) * 255).astype(np.uint8)
     splits = {name: ImageSet.from_arrays(images[a:b], np.zeros(b - a, int)) for name, (a, b) in
               {"train": (0, 64), "val": (64, 80), "test": (80, 96)}.items()}
-    config = RunConfig(data=DataConfig(augment="flip,shift"), train=train_config_for("fast", epochs=2, batch_size=16,
+    config = RunConfig(data=DataConfig(augment="flip,shift,turn,colour"), train=train_config_for("fast", epochs=2, batch_size=16,
                                                                                       shards=2))
     straight = train(config, tmp_path / "straight", report=False, data=splits)
 
@@ -175,6 +177,26 @@ def test_augmentation_changes_training_images_seeded_and_resumes_exactly(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()))
     plain = train(replace(config, data=DataConfig(augment="none")), tmp_path / "plain", report=False, data=splits)
     assert straight.metrics[0]["train_loss"] != plain.metrics[0]["train_loss"]  # the training images were changed
+
+
+def test_turns_and_colour_orders_move_pixels_only_and_draw_what_the_whole_batch_draws():
+    from aelab.data.batches import augment_draw, noise_generator
+
+    x = torch.rand(48, 3, 8, 8)
+    changed = augment_draw(x, noise_generator(0, "cpu"), ["turn", "colour"])
+    orders = list(itertools.permutations(range(3)))
+    seen = [next((k, order) for k in range(4) for order in orders
+                 if torch.equal(torch.rot90(a, k, (1, 2))[list(order)], b)) for a, b in zip(x, changed)]
+    assert {k for k, _ in seen} == {0, 1, 2, 3} and len({order for _, order in seen}) == 6  # every turn and order
+    wide = torch.rand(16, 1, 6, 10)  # not square: half turns only; grey: no colour order to change
+    turned = augment_draw(wide, noise_generator(0, "cpu"), ["turn", "colour"])
+    assert all(torch.equal(a, b) or torch.equal(torch.rot90(a, 2, (1, 2)), b) for a, b in zip(wide, turned))
+    assert not torch.equal(turned, wide)
+    every = ["flip", "shift", "turn", "colour"]
+    assert torch.equal(augment_draw(x[5:9], noise_generator(3, "cpu"), every, (5, 48)),
+                       augment_draw(x, noise_generator(3, "cpu"), every)[5:9])  # a shard's rows, as the whole batch's
+    with pytest.raises(AelabError, match="turn, colour"):
+        DataConfig(augment="flip,spin").validate()
 
 
 def test_patience_stops_when_validation_stops_improving_and_keeps_the_best(tmp_path):

@@ -67,9 +67,10 @@ class DataConfig:
     # image every epoch; validation and test drawn once, seeded), static (every split drawn once, seeded) or
     # threshold (pixel > 0.5); None: grey levels as they are
     binarize: str | None = None
-    # training images changed anew every epoch (a seeded draw), for small folders: "flip" (horizontal, half of
-    # them), "shift" (up to 1/16 of the size each way), or "flip,shift"; "none" or None: as they are. None for your
-    # own images lets aelab.defaults choose (flip,shift for a small folder); the named datasets: none unless given
+    # training images changed anew every epoch (a seeded draw), for small folders: some of "flip" (horizontal, half
+    # of them), "shift" (up to 1/16 of the size each way), "turn" (quarter turns), "colour" (the channels' order),
+    # joined by commas; "none" or None: as they are. None for your own images lets aelab.defaults choose (all four
+    # for a small folder, SMALL_FOLDER_AUGMENT); the named datasets: none unless given
     augment: str | None = None
 
     def validate(self) -> None:
@@ -88,7 +89,8 @@ class DataConfig:
             raise AelabError(f"unknown `data.resize` {self.resize!r}; choose one of {', '.join(RESIZE_METHODS)}")
         memory_budget(self.memory_limit)
         if self.augment not in (None, "none") and (not self.augment_list() or set(self.augment_list()) - set(AUGMENTATIONS)):
-            raise AelabError(f"unknown `data.augment` {self.augment!r}; give flip, shift, flip,shift or none")
+            raise AelabError(f"unknown `data.augment` {self.augment!r}; give some of {', '.join(AUGMENTATIONS)} joined "
+                             "by commas (flip,shift), or none")
         if self.binarize not in (None, *BINARIZE):
             raise AelabError(f"unknown `data.binarize` {self.binarize!r}; choose one of {', '.join(BINARIZE)}")
         if self.classes is not None and not self.class_list():
@@ -126,7 +128,7 @@ def _require(ok: bool, name: str, value: Any, what: str, fix: str) -> None:
 RESIZE_METHODS = ("stretch", "crop", "pad")
 BINARIZE = ("dynamic", "static", "threshold")
 ARCHITECTURES = ("auto", "tutorial", "deep")
-AUGMENTATIONS = ("flip", "shift")
+AUGMENTATIONS = ("flip", "shift", "turn", "colour")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
 

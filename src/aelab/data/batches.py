@@ -8,6 +8,8 @@ Python), or reads them from a cache on disk ahead of the step, in an order that 
 
 from __future__ import annotations
 
+import itertools
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
@@ -51,24 +53,45 @@ def augment_draw(images: torch.Tensor, generator: torch.Generator, names: list[s
                  rows: tuple[int, int] | None = None) -> torch.Tensor:
     """Images [B, C, H, W] in [0, 1] changed as ``names`` say: "flip", half of them mirrored left to
     right; "shift", each moved by a whole number of pixels, up to 1/16 of its size each way (edges
-    reflected). ``rows`` (first, batch) as for ``add_noise``: the whole batch's draws are made, those
-    rows used."""
+    reflected); "turn", each turned by a whole number of quarter turns (half turns for pictures that
+    are not square); "colour", the three channels of each colour picture put in one of their six
+    orders (grey pictures as they are). Every change maps pixels to pixels (nothing is interpolated).
+    ``rows`` (first, batch) as for ``add_noise``: the whole batch's draws are made, those rows used."""
     import torch.nn.functional as F
 
     first, batch = rows if rows is not None else (0, len(images))
     height, width = images.shape[-2:]
     device = images.device
-    flips = torch.rand(batch, generator=generator, device=device)[first: first + len(images)] < 0.5
+
+    def drawn(values: torch.Tensor) -> torch.Tensor:  # (the rows of the whole batch's draws)
+        return values[first: first + len(images)]
+
+    flips = drawn(torch.rand(batch, generator=generator, device=device)) < 0.5
     most = (max(1, height // 16), max(1, width // 16))
-    moves = torch.stack([torch.randint(-m, m + 1, (batch,), generator=generator, device=device) for m in most], 1)
-    moves = moves[first: first + len(images)].to(images.dtype)
+    moves = drawn(torch.stack([torch.randint(-m, m + 1, (batch,), generator=generator, device=device) for m in most], 1))
+    moves = moves.to(images.dtype)
     theta = torch.zeros(len(images), 2, 3, device=device, dtype=images.dtype)
     theta[:, 0, 0] = torch.where(flips, -1.0, 1.0) if "flip" in names else 1.0
     theta[:, 1, 1] = 1.0
+    if "turn" in names:  # (drawn only when asked: runs saved before draw what they drew)
+        step = 1 if height == width else 2  # (a quarter turn of a picture that is not square would stretch it)
+        angle = drawn(torch.randint(0, 4 // step, (batch,), generator=generator, device=device)) * step * (math.pi / 2)
+        cos, sin = torch.cos(angle).round().to(images.dtype), torch.sin(angle).round().to(images.dtype)
+        turn = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # [B, 2, 2]
+        theta[:, :, :2] = turn @ theta[:, :, :2]
     if "shift" in names:
         theta[:, 0, 2], theta[:, 1, 2] = 2 * moves[:, 1] / width, 2 * moves[:, 0] / height
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    changed = F.grid_sample(images, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    if "colour" in names:
+        orders = drawn(torch.randint(0, len(CHANNEL_ORDERS), (batch,), generator=generator, device=device))
+        if images.shape[1] == 3:
+            index = CHANNEL_ORDERS.to(device)[orders][:, :, None, None].expand_as(changed)
+            changed = changed.gather(1, index)
+    return changed
+
+
+CHANNEL_ORDERS = torch.tensor(list(itertools.permutations(range(3))))  # the six orders of a colour picture's channels
 
 
 def latent_draws(shape: tuple[int, ...] | None, batch: int, generator: torch.Generator | None,
