@@ -195,6 +195,10 @@ def test_turns_and_colour_orders_move_pixels_only_and_draw_what_the_whole_batch_
     every = ["flip", "shift", "turn", "colour"]
     assert torch.equal(augment_draw(x[5:9], noise_generator(3, "cpu"), every, (5, 48)),
                        augment_draw(x, noise_generator(3, "cpu"), every)[5:9])  # a shard's rows, as the whole batch's
+    drawn, by_hand = noise_generator(4, "cpu"), noise_generator(4, "cpu")  # flip,shift draw what they drew before
+    augment_draw(x, drawn, ["flip", "shift"])
+    torch.rand(48, generator=by_hand), [torch.randint(-m, m + 1, (48,), generator=by_hand) for m in (1, 1)]
+    assert torch.equal(drawn.get_state(), by_hand.get_state())
     with pytest.raises(AelabError, match="turn, colour"):
         DataConfig(augment="flip,spin").validate()
 

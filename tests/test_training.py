@@ -418,6 +418,19 @@ def test_a_run_saved_before_families_loads_as_an_autoencoder(tmp_path, splits):
     assert run.config.model.kind == "ae" and run.model.objective == "mse"
 
 
+def test_an_autoencoder_run_saved_with_a_kl_warmup_of_0_loads_and_resumes(tmp_path, splits):
+    """aelab before the warm-up's default (None) wrote `"kl_warmup": 0.0` for every family."""
+    train(tiny_config(epochs=1), tmp_path / "run", report=False, data=splits)
+    path = tmp_path / "run" / "config.json"
+    values = json.loads(path.read_text())
+    assert values["model"]["kl_warmup"] is None
+    values["model"]["kl_warmup"] = 0.0
+    path.write_text(json.dumps(values))
+    assert load_run(tmp_path / "run").config.model.kl_warmup == 0.0
+    resumed = train(tiny_config(epochs=2), tmp_path / "run", resume=True, report=False, data=splits)
+    assert len(resumed.metrics) == 2
+
+
 def test_an_unknown_family_is_refused_naming_the_known_ones():
     from aelab.config import ModelConfig
 

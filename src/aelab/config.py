@@ -31,6 +31,9 @@ FAMILY_SETTINGS = ("beta", "kl_warmup", "samples")  # ModelConfig's settings of 
 # the KL warm-up of a vae or cvae run that does not set one: the first quarter of its epochs, as the one-cycle rate
 # rises (on MNIST, 30 epochs: 7 to 8 nats better test NLL than none, benchmarks/RESULTS.md, issue 22)
 KL_WARMUP_SHARE = 0.25
+# a family setting's values that ask for nothing of a family without it (runs saved before the warm-up's default
+# was None record 0.0, as does `--kl-warmup 0`)
+UNSET: dict[str, tuple] = {"kl_warmup": (None, 0.0)}
 
 
 def family_settings(kind: str) -> tuple[str, ...]:
@@ -213,7 +216,7 @@ class ModelConfig:
         _require(self.stages >= 0, "model.stages", self.stages, "0 (from the image size) or more", "0")
         defaults = {field.name: field.default for field in dataclasses.fields(self)}
         for name in FAMILY_SETTINGS:
-            if getattr(self, name) != defaults[name] and name not in family_settings(self.kind):
+            if getattr(self, name) not in UNSET.get(name, (defaults[name],)) and name not in family_settings(self.kind):
                 users = [kind for kind in FAMILIES if name in family_settings(kind)]
                 raise AelabError(f"`model.{name}` applies to the {' and '.join(users)} famil"
                                  f"{'ies' if len(users) > 1 else 'y'}, not to {self.kind}; choose `model.kind` "
@@ -305,13 +308,13 @@ def model_config_for(recipe: str = "fast", **overrides: Any) -> ModelConfig:
     return ModelConfig(**{**RECIPE_MODELS.get(recipe, {}), **{k: v for k, v in overrides.items() if v is not None}})
 
 
-
 def resolved_kl_warmup(model: ModelConfig, epochs: int) -> ModelConfig:
     """``model`` with a KL warm-up left to the run (None) made a number: ``KL_WARMUP_SHARE`` of the run's
     ``epochs`` for a family that takes one (vae, cvae); the other families keep None (they have none)."""
     if model.kl_warmup is not None or "kl_warmup" not in family_settings(model.kind):
         return model
     return dataclasses.replace(model, kl_warmup=round(KL_WARMUP_SHARE * epochs, 3))
+
 
 @dataclass
 class RunConfig:

@@ -92,6 +92,7 @@ def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int
             f"{'peak rate' if train.schedule == 'onecycle' else 'rate'} {train.lr:g}, {epochs} epochs "
             f"({epochs * steps_per_epoch} steps)")
     if "data.augment" in chosen:
-        line += ("; a small folder: each training image flipped, shifted, turned and its colours reordered anew every "
-                 "epoch (--augment flip,shift leaves out turns and colours, --augment none every change)")
+        colours = " and its colours reordered" if channels == 3 else ""
+        line += (f"; a small folder: each training image flipped, shifted, turned{colours} "
+                 "anew every epoch (--augment flip,shift leaves out turns and colours, --augment none every change)")
     return replace(config, data=data, model=model, train=train), line

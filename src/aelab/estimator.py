@@ -23,7 +23,8 @@ score): mean AUROC 0.979 on MNIST and 0.939 on Fashion-MNIST in the one-class be
 (benchmarks/one_class.py; the tutorial's latent size 4 gives 0.968 and 0.941). When the normal
 images are of several kinds, ``recipe="novelty"`` (10 epochs, the code's density as the score):
 mean AUROC 0.919 with every MNIST digit held out in turn, against 0.811 for the combined score.
-``epochs`` and ``method`` left at None are the recipe's.
+``epochs`` and ``method`` left at None are the recipe's. ``model="vae"`` trains the variational
+autoencoder with its defaults (the KL term's weight rising over the first quarter of the epochs).
 """
 
 from __future__ import annotations

@@ -451,7 +451,10 @@ def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], explicit: set[str
     config, said = from_data(replace(config, data=data), (channels, height, width), len(train), explicit)
     if said:
         log.info(said)
-    config = replace(config, model=resolved_kl_warmup(config.model, config.train.epochs))
+    model = resolved_kl_warmup(config.model, config.train.epochs)
+    if model.kl_warmup != config.model.kl_warmup:
+        log.info(f"the KL term's weight rises from 0 over the first {model.kl_warmup:g} epochs (--kl-warmup 0: none)")
+    config = replace(config, model=model)
     world_size = distributed.world()[1]
     if distributed.active():  # under torchrun the ranks are the shards: the run is the one --shards N computes
         if config.train.shards not in (0, world_size):

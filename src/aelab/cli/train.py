@@ -136,8 +136,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--patience", type=int, metavar="N", help="stop when the validation loss has not improved for N "
                    "epochs (with --keep best, the default, the best epoch's weights are kept; default: 0, never)")
     p.add_argument("--augment", metavar="NAMES", help="change each training image anew every epoch, names joined by "
-                   "commas: flip (half of them mirrored), shift (moved up to 1/16 of their size), turn (quarter turns), "
-                   "colour (the channels' order), or none (default: all four for your own images when fewer than "
+                   "commas: flip (half of them mirrored), shift (moved up to 1/16 of their size), turn (quarter turns; "
+                   "half turns if not square), colour (the order of a colour image's channels), or none (default: all four for your own images when fewer than "
                    "2,000 train, else none; none for the named datasets)")
     p.add_argument("--batch-size", type=int, metavar="N", help=f"default: {t.batch_size}; your own images: 64 under "
                    "20,000")

@@ -8,6 +8,7 @@ Python), or reads them from a cache on disk ahead of the step, in an order that 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -86,12 +87,18 @@ def augment_draw(images: torch.Tensor, generator: torch.Generator, names: list[s
     if "colour" in names:
         orders = drawn(torch.randint(0, len(CHANNEL_ORDERS), (batch,), generator=generator, device=device))
         if images.shape[1] == 3:
-            index = CHANNEL_ORDERS.to(device)[orders][:, :, None, None].expand_as(changed)
+            index = channel_orders(device)[orders][:, :, None, None].expand_as(changed)
             changed = changed.gather(1, index)
     return changed
 
 
-CHANNEL_ORDERS = torch.tensor(list(itertools.permutations(range(3))))  # the six orders of a colour picture's channels
+CHANNEL_ORDERS = list(itertools.permutations(range(3)))  # the six orders of a colour picture's channels
+
+
+@functools.lru_cache(maxsize=None)
+def channel_orders(device: torch.device) -> torch.Tensor:
+    """``CHANNEL_ORDERS`` as a tensor on ``device`` (made once per device)."""
+    return torch.tensor(CHANNEL_ORDERS, device=device)
 
 
 def latent_draws(shape: tuple[int, ...] | None, batch: int, generator: torch.Generator | None,
