@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..callbacks import TRACKERS
-from ..config import ARCHITECTURES, BINARIZE, DATASETS, FAMILIES, KEEP, KL_WARMUP_SHARE, LOSSES, PRECISIONS, RECIPE_MODELS, RECIPES, \
-    DataConfig, ModelConfig, RunConfig, TrainConfig, model_config_for, train_config_for
+from ..config import ARCHITECTURES, BINARIZE, DATASETS, FAMILIES, KEEP, KL_WARMUP_SHARE, LOSSES, PRECISIONS, \
+    RECIPE_MODELS, RECIPES, DataConfig, ModelConfig, RunConfig, TrainConfig, model_config_for, train_config_for
 from ..errors import AelabError
 from .common import add_common, add_preparation, command
 
@@ -137,8 +137,8 @@ def add_parsers(sub) -> None:
                    "epochs (with --keep best, the default, the best epoch's weights are kept; default: 0, never)")
     p.add_argument("--augment", metavar="NAMES", help="change each training image anew every epoch, names joined by "
                    "commas: flip (half of them mirrored), shift (moved up to 1/16 of their size), turn (quarter turns; "
-                   "half turns if not square), colour (the order of a colour image's channels), or none (default: all four for your own images when fewer than "
-                   "2,000 train, else none; none for the named datasets)")
+                   "half turns if not square), colour (the order of a colour image's channels), or none (default: "
+                   "all four for your own images when fewer than 2,000 train, else none; none for the named datasets)")
     p.add_argument("--batch-size", type=int, metavar="N", help=f"default: {t.batch_size}; your own images: 64 under "
                    "20,000")
     p.add_argument("--lr", type=float, metavar="RATE",
