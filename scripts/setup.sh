@@ -34,6 +34,13 @@ if [ "${1:-}" = "--test" ]; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   fi
 fi
+# PyTorch's build here takes about 6 GB in .venv: say so before pip runs out of disk half way
+if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
+  free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "${free_gb:-99}" -lt 8 ]; then
+    echo "setup: only ${free_gb} GB free here; PyTorch and its libraries need about 8 GB in .venv (free some disk, or set up elsewhere)" >&2
+  fi
+fi
 # pip resolves torch/torchvision from a local copy where the machine has one (see docs/development.md)
 echo "setup: installing aelab and its dependencies into .venv (PyTorch takes a minute or two) ..." >&2
 pip_install -e ".${extras}"
