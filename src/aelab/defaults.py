@@ -2,7 +2,7 @@
 
 The named datasets (MNIST, Fashion-MNIST) keep the tutorial's network and recipe exactly. The user's
 own images (a folder or a file) get the deep network (``aelab.models.nets.DeepEncoder``): as many
-stride-2 stages as take the image down to a map of about 4x4, a width and a latent size that grow
+stride-2 stages as take the image down to a map of about 8x8, a width and a latent size that grow
 with the image, a training length counted in optimizer steps, with a floor, so that a folder of 600
 pictures (3 batches an epoch) trains as long as it needs, and for a small folder each training image
 flipped, shifted, turned and its colour channels reordered anew every epoch. Every choice is recorded in
@@ -17,7 +17,7 @@ from dataclasses import replace
 from .config import RECIPE_MODELS, RunConfig, default_setting
 from .models.nets import stage_count
 
-MIN_STEPS = 3000  # optimizer steps a run on the user's own images trains at least (unless `train.epochs` is given)
+MIN_STEPS = 4000  # optimizer steps a run on the user's own images trains at least (unless `train.epochs` is given)
 SMALL_FOLDER = 2000  # training images under which the training images are augmented unless told
 # how: every change aelab has (on 575 clip-art pictures at 64x64, latent 64: test MSE 0.0197 with flip,shift,
 # 0.0164 with all four, PCA-64 0.0170; benchmarks/RESULTS.md)
@@ -33,7 +33,7 @@ def latent_size(channels: int, height: int, width: int) -> int:
 def network_width(height: int, width: int) -> int:
     """The deep network's first stage's channels (doubled at each stage, at most 256): 32 up to
     32x32, 16 up to 64x64, 8 above: bigger maps cost more per channel (at 64x64, width 32 costs 2.7x
-    width 16 a step; width 16 trains 3,000 steps in about 5 minutes on 2 cores, benchmarks/RESULTS.md)."""
+    width 16 a step; width 16 trains ``MIN_STEPS`` steps in about 6 minutes on 2 cores, benchmarks/RESULTS.md)."""
     side = max(height, width)
     return 32 if side <= 32 else 16 if side <= 64 else 8
 

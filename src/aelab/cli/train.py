@@ -120,7 +120,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--samples", type=int, metavar="K", help=f"iwae: codes drawn per image for the bound (default: "
                    f"{m.samples}; try 5)")
     p.add_argument("--arch", choices=ARCHITECTURES, help="the network: tutorial (the tutorial's, layer for layer), "
-                   "deep (stride-2 stages down to a map of about 4x4, upsampling by resizing then convolving), or auto: "
+                   "deep (stride-2 stages down to a map of about 8x8, upsampling by resizing then convolving), or auto: "
                    "tutorial for mnist and fashion-mnist, deep for your own images, with the settings you leave out "
                    "chosen from the images and said when training starts (default: auto)")
     p.add_argument("--stages", type=int, metavar="N", help="deep: stride-2 stages (default: from the image size)")
@@ -132,7 +132,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--hidden", type=int, metavar="N", help="width of the fully connected layers "
                    f"(default: {m.hidden}, the tutorial's; your own images: 512)")
     p.add_argument("--epochs", type=int, metavar="N", help=f"default: {t.epochs}; your own images: enough for "
-                   "3,000 optimizer steps at least")
+                   "4,000 optimizer steps at least")
     p.add_argument("--patience", type=int, metavar="N", help="stop when the validation loss has not improved for N "
                    "epochs (with --keep best, the default, the best epoch's weights are kept; default: 0, never)")
     p.add_argument("--augment", metavar="NAMES", help="change each training image anew every epoch, names joined by "
