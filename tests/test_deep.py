@@ -56,6 +56,21 @@ def test_old_run_folders_load_with_the_tutorials_network(tmp_path):
     assert Config.from_dict(values).model.arch == "tutorial"
 
 
+def test_a_deep_run_saved_with_4x4_maps_builds_the_network_it_recorded():
+    """Runs saved before the map grew to 8x8 recorded `model.stages` (4 at 64x64): the same network,
+    weights and all, is built for them, and one saved today records 3."""
+    from aelab.config import RunConfig as Config
+    from aelab.models.registry import build_model
+
+    values = Config(model=ModelConfig(arch="deep", image_size=64, in_channels=3, stages=4, width=4, hidden=16)).to_dict()
+    old = build_model(Config.from_dict(values).model)
+    assert old.encoder.encoder_cnn(torch.rand(1, 3, 64, 64)).shape == (1, 32, 4, 4)
+    assert set(old.state_dict()) == set(ConvAutoencoder(arch="deep", image_size=64, in_channels=3, stages=4, width=4,
+                                                         hidden=16).state_dict())
+    today, _ = from_data(RunConfig(data=DataConfig(dataset="/pictures")), (3, 64, 64), 570, explicit=set())
+    assert today.model.stages == 3 and stage_count(64) == 3
+
+
 def test_defaults_from_the_data_keep_what_the_user_gave_and_say_what_they_chose():
     folder = RunConfig(data=DataConfig(dataset="/pictures"))
     chosen, said = from_data(folder, (3, 64, 64), 570, explicit=set())
