@@ -34,11 +34,11 @@ if [ "${1:-}" = "--test" ]; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   fi
 fi
-# PyTorch's build here takes about 6 GB in .venv: say so before pip runs out of disk half way
+# PyTorch's CUDA build takes about 6 GiB in .venv, and pip unpacks it first: say so before pip runs out of disk
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
-  free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
-  if [ "${free_gb:-99}" -lt 8 ]; then
-    echo "setup: only ${free_gb} GB free here; PyTorch and its libraries need about 8 GB in .venv (free some disk, or set up elsewhere)" >&2
+  free_gb=$(df -Pk . 2>/dev/null | awk 'NR==2 {print int($4 / 1048576)}') || free_gb=""
+  if [ -n "$free_gb" ] && [ "$free_gb" -lt 8 ]; then
+    echo "setup: only ${free_gb} GiB free here; PyTorch and its libraries need about 8 GiB (free some disk, or set up elsewhere)" >&2
   fi
 fi
 # pip resolves torch/torchvision from a local copy where the machine has one (see docs/development.md)
