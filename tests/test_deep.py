@@ -59,14 +59,13 @@ def test_old_run_folders_load_with_the_tutorials_network(tmp_path):
 def test_a_deep_run_saved_with_4x4_maps_builds_the_network_it_recorded():
     """Runs saved before the map grew to 8x8 recorded `model.stages` (4 at 64x64): the same network,
     weights and all, is built for them, and one saved today records 3."""
-    from aelab.config import RunConfig as Config
     from aelab.models.registry import build_model
 
-    values = Config(model=ModelConfig(arch="deep", image_size=64, in_channels=3, stages=4, width=4, hidden=16)).to_dict()
-    old = build_model(Config.from_dict(values).model)
+    values = json.loads(RunConfig(model=ModelConfig(arch="deep", image_size=64, in_channels=3, stages=4, width=4,
+                                                    hidden=16)).to_json())  # (as config.json holds it)
+    old = build_model(RunConfig.from_dict(values).model)
     assert old.encoder.encoder_cnn(torch.rand(1, 3, 64, 64)).shape == (1, 32, 4, 4)
-    assert set(old.state_dict()) == set(ConvAutoencoder(arch="deep", image_size=64, in_channels=3, stages=4, width=4,
-                                                         hidden=16).state_dict())
+    assert old.decoder.decoder_lin[2].out_features == 32 * 4 * 4  # the weights saved with it fit
     today, _ = from_data(RunConfig(data=DataConfig(dataset="/pictures")), (3, 64, 64), 570, explicit=set())
     assert today.model.stages == 3 and stage_count(64) == 3
 
@@ -131,6 +130,29 @@ def test_a_folder_run_resumes_from_python_with_the_config_that_started_it(tmp_pa
     assert extended.config.data.augment == "flip,shift,turn,colour" and extended.config.model == first.config.model
     with pytest.raises(AelabError, match="model.latent_dim"):  # what the user sets is still compared
         train(replace(config, model=ModelConfig(latent_dim=5)), tmp_path / "run", resume=True, report=False)
+
+
+def test_a_resumed_folder_run_keeps_the_length_it_recorded_when_the_rules_change(tmp_path, monkeypatch):
+    """A run chose 30 epochs (the default, the step floor then being lower): resumed after the floor
+    grew, it still ends at 30, on the schedule it planned."""
+    import aelab.defaults
+
+    class Interrupt(Callback):
+        def on_epoch_end(self, trainer, row):
+            if row["epoch"] == 1:
+                import os
+                import signal
+                os.kill(os.getpid(), signal.SIGINT)
+
+    folder_of_pictures(tmp_path / "pictures", n=40, size=16)
+    config = RunConfig(data=DataConfig(dataset=str(tmp_path / "pictures"), data_dir=str(tmp_path / "cache")))
+    monkeypatch.setattr(aelab.defaults, "MIN_STEPS", 2)
+    with pytest.raises(TrainingInterrupted):
+        train(config, tmp_path / "run", report=False, callbacks=[Interrupt()])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["epochs"] == 30
+    monkeypatch.setattr(aelab.defaults, "MIN_STEPS", 40)  # 40 epochs of 1 step, were the run chosen again
+    resumed = train(None, tmp_path / "run", resume=True, report=False)
+    assert resumed.config.train.epochs == 30 and len(resumed.metrics) == 30
 
 
 def test_a_folder_trains_the_deep_network_chosen_from_it_and_beside_pca(tmp_path, capsys):

@@ -368,7 +368,7 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
             owned = splits if data is None else None  # (sets given in `data` stay open: the caller's)
             if "test" not in splits and report:
                 raise AelabError("`data` has no test split; give one, or train with `report` False")
-            config = _fitted_to(config, splits, explicit if checkpoint is None else None)
+            config = _fitted_to(config, splits, explicit, resumed=checkpoint is not None)
         except AelabError as raised:
             error = raised
         distributed.raise_together(error)  # (before the Trainer: building its DDP step is a collective)
@@ -430,11 +430,13 @@ def _same_data_on_every_rank(fingerprint: str) -> None:
                          "the same data")
 
 
-def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], explicit: set[str] | None = None) -> RunConfig:
+def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], explicit: set[str] | None = None,
+               resumed: bool = False) -> RunConfig:
     """The config with the model sized for the data (its classes too), the images' channels, size and
     fingerprint (so any tool prepares other images the same way), a file's or folder's absolute path,
     what the user left out chosen from the data (``defaults.from_data``: ``explicit`` names what was
-    given), a variational family's KL warm-up left to the run, and the number of shards that auto
+    given; not for a ``resumed`` run, whose config recorded every choice: the rules may have changed
+    since), a variational family's KL warm-up left to the run, and the number of shards that auto
     resolves to."""
     channels, height, width = splits["train"].image_shape
     train = splits["train"]
@@ -448,9 +450,11 @@ def _fitted_to(config: RunConfig, splits: dict[str, ImageSet], explicit: set[str
                    fingerprint=source.fingerprint if source is not None else None)
     if data.kind() != "named" and Path(data.dataset).expanduser().exists():  # a file or folder: where it is
         data = replace(data, dataset=str(Path(data.dataset).expanduser().resolve()))
-    config, said = from_data(replace(config, data=data), (channels, height, width), len(train), explicit)
-    if said:
-        log.info(said)
+    config = replace(config, data=data)
+    if not resumed:
+        config, said = from_data(config, (channels, height, width), len(train), explicit)
+        if said:
+            log.info(said)
     model = resolved_kl_warmup(config.model, config.train.epochs)
     if model.kl_warmup != config.model.kl_warmup:
         log.info(f"the KL term's weight rises from 0 over the first {model.kl_warmup:g} epochs (--kl-warmup 0: none)")
