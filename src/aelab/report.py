@@ -226,8 +226,6 @@ def _variational(parts: dict[str, Any], evaluation: dict[str, Any]) -> dict[str,
 def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) -> str:
     """The page, from the run folder's files and ``parts`` (what ``build_figures`` computed): the
     values are gathered here; the template lays them out."""
-    from plotly.offline import get_plotlyjs
-
     config, metrics = run.config, run.metrics
     evaluation = read_json(run.path / "evaluation.json")
     saved = read_json(run.path / "config.json")
@@ -279,6 +277,6 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
         samples=_uri(parts["samples"]), sampler=parts["sampler"], interpolation=_uri(parts["interpolation"]),
         variational=_variational(parts, evaluation), explorer=parts["explorer"], explorer_js=safe(explorer.script()),
         interpolation_pair=parts["interpolation_pair"], chosen_rows=chosen, detail_rows=details,
-        map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT), plotly_js=safe(get_plotlyjs()),
+        map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT), plotly_loader=safe(plots.PLOTLY_LOADER), plotly_packed=plots.plotly_packed(),
         maps_js=safe(plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()},
                                        parts["map_images"])))
