@@ -38,7 +38,8 @@ fi
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   free_gb=$(df -Pk . 2>/dev/null | awk 'NR==2 {print int($4 / 1048576)}') || free_gb=""
   if [ -n "$free_gb" ] && [ "$free_gb" -lt 8 ]; then
-    echo "setup: only ${free_gb} GiB free here; PyTorch and its libraries need about 8 GiB (free some disk, or set up elsewhere)" >&2
+    echo "setup: only ${free_gb} GiB free here; PyTorch and its libraries need about 8 GiB" \
+         "(free some disk, or set up elsewhere)" >&2
   fi
 fi
 # pip resolves torch/torchvision from a local copy where the machine has one (see docs/development.md)

@@ -227,7 +227,7 @@ def test_the_report_decodes_as_pytorch_does(fake_mnist, tmp_path):
 @pytest.mark.parametrize("kind", ["colour non-square", "vae", "cvae"])
 def test_the_exported_page_decodes_as_pytorch_does(kind, tmp_path, monkeypatch):
     need_chromium()
-    if kind == "colour non-square":  # (25 x 37: 4 x 5 maps resized to 7 x 10, not doubled)
+    if kind == "colour non-square":  # (25 x 37: 7 x 10 maps resized to 13 x 19, not doubled)
         source, options = picture_file(tmp_path / "p.npz", channels=3, height=25, width=37), ["--residual"]
     else:
         source, options = picture_file(tmp_path / "p.npz"), ["--model", kind, "--arch", "tutorial", "--latent-dim", "3"]

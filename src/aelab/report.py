@@ -258,7 +258,7 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
         if "auroc" in found:
             anomalies |= {"normal": found["normal"], "auroc": f"{found['auroc']:.4f}",
                           "average_precision": f"{found['average_precision']:.4f}", "f1": f"{found['f1']:.4f}"}
-    safe = markupsafe.Markup  # aelab's own code: plotly.js, the maps' script and style, and the maps' data
+    safe = markupsafe.Markup  # aelab's own code: plotly.js's loader, the maps' script and style, and the maps' data
     # (plots.maps_script writes its figures and sprite through plots.script_json, the template's filter)
     return pages.template().render(
         title=f"aelab run {run.path.name}", dataset=config.data.dataset, latent_dim=config.model.latent_dim,
@@ -277,6 +277,7 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
         samples=_uri(parts["samples"]), sampler=parts["sampler"], interpolation=_uri(parts["interpolation"]),
         variational=_variational(parts, evaluation), explorer=parts["explorer"], explorer_js=safe(explorer.script()),
         interpolation_pair=parts["interpolation_pair"], chosen_rows=chosen, detail_rows=details,
-        map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT), plotly_loader=safe(plots.PLOTLY_LOADER), plotly_packed=plots.plotly_packed(),
+        map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT),
+        plotly_loader=safe(plots.PLOTLY_LOADER), plotly_packed=plots.plotly_packed(),
         maps_js=safe(plots.maps_script({f"map-{name}": figure for name, figure in parts["maps"].items()},
                                        parts["map_images"])))

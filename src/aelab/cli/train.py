@@ -120,7 +120,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--samples", type=int, metavar="K", help=f"iwae: codes drawn per image for the bound (default: "
                    f"{m.samples}; try 5)")
     p.add_argument("--arch", choices=ARCHITECTURES, help="the network: tutorial (the tutorial's, layer for layer), "
-                   "deep (stride-2 stages down to a map of at most 8x8, upsampling by resizing then convolving), or auto: "
+                   "deep (stride-2 stages down to a map of at most 8 on its shorter side, upsampling by resizing then "
+                   "convolving), or auto: "
                    "tutorial for mnist and fashion-mnist, deep for your own images, with the settings you leave out "
                    "chosen from the images and said when training starts (default: auto)")
     p.add_argument("--stages", type=int, metavar="N", help="deep: stride-2 stages (default: from the image size)")

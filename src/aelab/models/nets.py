@@ -152,7 +152,7 @@ def pooled(maps: torch.Tensor) -> torch.Tensor:
 
 # --- the deeper networks for the user's own images ------------------------------------------------
 
-LARGEST_MAP = 8  # the deep encoder halves the image until its map is at most this size (64 -> 3 stages -> 8x8; a
+LARGEST_MAP = 8  # the deep encoder halves the image until its shorter side is at most this (64 -> 3 stages -> 8x8; a
 # 4x4 map lost the detail PCA keeps: icons at 64x64, latent 64, test MSE 4x4 0.0109, 8x8 0.0096, PCA-64 0.0095;
 # benchmarks/RESULTS.md)
 MOST_CHANNELS = 256  # the widest stage
