@@ -6,8 +6,8 @@
 The networks (seeded weights; the time does not depend on their values): the tutorial's, as the
 default MNIST run has it (latent 4, 28x28 grey), and the deep network aelab chooses for a folder of
 575 colour pictures at 64x64 (``aelab.defaults.from_data``: width 16, hidden 512, latent 32, 3
-stages to an 8x8 map, resize-then-convolve). Each decoder is packed as the report packs it (``aelab.explorer``:
-BatchNorm folded, float16 where the error stays under 1e-3) into a page that runs
+stages to an 8x8 map, resize-then-convolve). Each decoder is packed as the report packs it
+(``aelab.explorer``: BatchNorm folded, float16 where the error stays under 1e-3) into a page that runs
 ``window.aelabDecode`` on 200 seeded codes after 20 warm-up decodes, each timed with
 ``performance.now()``; the page also says the largest difference from PyTorch's decode. Goals:
 p95 under 16 ms for 28x28, under 50 ms for 64x64 colour (2 cores).

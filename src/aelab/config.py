@@ -187,9 +187,10 @@ class ModelConfig:
     kl_warmup: float | None = None
     samples: int = 1
     n_classes: int = 0  # the classes of the data (set from them; the cvae family sees each image's label)
-    # the network: tutorial (the tutorial's, layer for layer) or deep (stages down to a map of at most 8 on its shorter side, resize-
-    # then-convolve upsampling, optional residual blocks); auto: tutorial for the named datasets, deep for your own
-    # images, with the settings left at their defaults chosen from the data (aelab.defaults)
+    # the network: tutorial (the tutorial's, layer for layer) or deep (stages down to a map of at most 8 on its
+    # shorter side, resize-then-convolve upsampling, optional residual blocks); auto: tutorial for the named
+    # datasets, deep for your own images, with the settings left at their defaults chosen from the data
+    # (aelab.defaults)
     arch: str = "auto"
     stages: int = 0  # deep: stride-2 stages (0: from the image size, down to a map of at most 8 on its shorter side)
     residual: bool = False  # deep: a residual block in every stage

@@ -2,8 +2,8 @@
 
 The named datasets (MNIST, Fashion-MNIST) keep the tutorial's network and recipe exactly. The user's
 own images (a folder or a file) get the deep network (``aelab.models.nets.DeepEncoder``): as many
-stride-2 stages as take the image down to a map of at most 8 on its shorter side, a width and a latent size that grow
-with the image, a training length counted in optimizer steps, with a floor, so that a folder of 600
+stride-2 stages as take the image down to a map of at most 8 on its shorter side, a width and a
+latent size that grow with the image, a training length counted in optimizer steps, with a floor, so that a folder of 600
 pictures (3 batches an epoch) trains as long as it needs, and for a small folder each training image
 flipped, shifted, turned and its colour channels reordered anew every epoch. Every choice is recorded in
 config.json and said in one line when training starts; a setting the user gave is never changed.

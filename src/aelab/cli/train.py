@@ -121,9 +121,8 @@ def add_parsers(sub) -> None:
                    f"{m.samples}; try 5)")
     p.add_argument("--arch", choices=ARCHITECTURES, help="the network: tutorial (the tutorial's, layer for layer), "
                    "deep (stride-2 stages down to a map of at most 8 on its shorter side, upsampling by resizing then "
-                   "convolving), or auto: "
-                   "tutorial for mnist and fashion-mnist, deep for your own images, with the settings you leave out "
-                   "chosen from the images and said when training starts (default: auto)")
+                   "convolving), or auto: tutorial for mnist and fashion-mnist, deep for your own images, with the "
+                   "settings you leave out chosen from the images and said when training starts (default: auto)")
     p.add_argument("--stages", type=int, metavar="N", help="deep: stride-2 stages (default: from the image size)")
     p.add_argument("--residual", action="store_const", const=True, help="deep: a residual block in every stage")
     p.add_argument("--latent-dim", type=int, metavar="N", help=f"size of the latent code (default: {m.latent_dim}; "
