@@ -74,13 +74,13 @@ def trained_run(tmp_path_factory):
     return out
 
 
-def write_mnist_like(folder: Path, n_train: int = 300, n_test: int = 100) -> None:
+def write_mnist_like(folder: Path, n_train: int = 300, n_test: int = 100, n_classes: int = 4) -> None:
     """Fake MNIST IDX files in torchvision's layout (they will not pass the md5 check)."""
     from aelab.data.sources import idx_bytes
 
     folder.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images, labels = synthetic_images(n, seed=len(prefix))
+        images, labels = synthetic_images(n, seed=len(prefix), n_classes=n_classes)
         (folder / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
         (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(labels.astype(np.uint8)))
 
@@ -91,20 +91,24 @@ def _deterministic():
     yield
 
 
-@pytest.fixture
-def fake_mnist(tmp_path, monkeypatch):
-    """A data folder with small fake MNIST files whose md5s are made the expected ones."""
+def fake_mnist_in(data_dir: Path, monkeypatch, n_classes: int = 4) -> Path:
+    """Small fake MNIST files in ``data_dir``, their md5s made the expected ones, and no other source."""
     from aelab.data import sources
 
-    data_dir = tmp_path / "data"
     raw = data_dir / "MNIST" / "raw"
-    write_mnist_like(raw)
+    write_mnist_like(raw, n_classes=n_classes)
     info = sources.DATASETS["mnist"]
     md5 = {name: sources.md5_of(raw / name) for name in sources.FILES}
     monkeypatch.setitem(sources.DATASETS, "mnist", sources.DatasetInfo(info.name, info.folder, md5, info.class_names))
     monkeypatch.setattr(sources, "_sources", lambda name: [])
     monkeypatch.setenv("AELAB_DATA_DIR", str(data_dir))
     return data_dir
+
+
+@pytest.fixture
+def fake_mnist(tmp_path, monkeypatch):
+    """A data folder with small fake MNIST files whose md5s are made the expected ones."""
+    return fake_mnist_in(tmp_path / "data", monkeypatch)
 
 
 @pytest.fixture(scope="session")

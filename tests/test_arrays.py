@@ -84,7 +84,7 @@ def test_bad_files_are_named_and_never_unpickled(tmp_path):
 def test_every_tool_on_a_run_of_unlabelled_colour_non_square_images(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the run records the file's absolute path
     np.save(tmp_path / "bars.npy", colour_images())
-    run = tmp_path / "runs" / "bars-d4"
+    run = tmp_path / "runs" / "bars"  # (the latent size chosen from the images: not in the name)
     assert main(["train", "--data", "bars.npy", "--epochs", "2", "--batch-size", "32", "--lr", "3e-3", "--latent-dim", "4",
                  "--width", "4", "--hidden", "32", "--quiet"]) == 0
     config = json.loads((run / "config.json").read_text())

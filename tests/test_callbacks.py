@@ -66,14 +66,26 @@ def test_callbacks_must_be_callbacks(tmp_path):
 
 
 def test_the_library_never_prints(tmp_path, capfd):
-    """Training, the report (t-SNE included) and every file they write: nothing on stdout or stderr."""
+    """Training (progress=False), the report (t-SNE included) and every file they write: nothing on
+    stdout or stderr."""
     run_dir = tmp_path / "run"
     splits = make_splits()
-    train(tiny_config(noise_factor=0.2), run_dir, report=False, data=splits)
+    train(tiny_config(noise_factor=0.2), run_dir, report=False, data=splits, progress=False)
     write_report(run_dir, splits=splits)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
     assert (run_dir / "report.html").exists()
+
+
+def test_train_shows_progress_bars_and_prints_nothing_else(tmp_path, capfd):
+    """From Python, train() shows a bar over the training (the epoch, the time so far and the time
+    left) and one over the report's stages, on stderr (tqdm.auto: a widget in a notebook); nothing
+    else, and nothing on stdout."""
+    train(tiny_config(), tmp_path / "run", data=make_splits())
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "epoch 2/2: 100%" in err and "8/8 [" in err and "step/s" in err  # 2 epochs of 4 steps, elapsed<left
+    assert "report: page: 100%" in err and "aelab:" not in err  # the report's bar; no log line
 
 
 def test_console_and_progress_are_callbacks(tmp_path, capsys):

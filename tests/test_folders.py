@@ -204,7 +204,10 @@ def test_a_source_without_images_is_one_clear_error(tmp_path):
         load_splits(data(tmp_path / "nothing", tmp_path))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "a.png").write_text("x")
-    with pytest.raises(AelabError, match="none readable"):
+    with pytest.raises(AelabError, match=r"holds 1 image file and it is not readable \(a.png: not an image Pillow"):
+        load_splits(data(tmp_path / "broken", tmp_path))
+    (tmp_path / "broken" / "b.png").write_text("y")
+    with pytest.raises(AelabError, match=r"holds 2 image files and none is readable \(the first: a.png: not an image"):
         load_splits(data(tmp_path / "broken", tmp_path))
     with pytest.raises(AelabError, match="neither a named dataset nor an existing folder"):
         load_splits(data(tmp_path / "missing", tmp_path))

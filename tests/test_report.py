@@ -89,11 +89,47 @@ def test_report_renders_in_headless_chromium(cli_run):
     assert 'data-errors="[]"' in body, body
     assert 'data-maps="2"' in body and 'data-broken-images="0"' in body
     assert 'data-titles="2"' in body and 'data-covered-titles="0"' in body, body  # plotly's toolbar clears the titles
+    legible(body)
+    assert dom.count('class="tick x"') == 5 and dom.count('class="tick y"') == 5  # the pad's axes
+    assert '<span class="axis x">PC1</span>' in dom and dom.count('class="entry"') == 4  # a legend of its 4 labels
+    page = _Page(dom)
+    given, chosen = page.tables[0], page.tables[1]  # what the user typed, what aelab chose
+    assert {"train.epochs", "train.batch_size", "train.noise_factor"} == set(given) and "train.lr" in chosen
+    assert re.search(r'<p class="verdict (win|lose)">(The autoencoder beats|PCA-4 beats)', dom)
     shot = Path(os.environ.get("AELAB_SCREENSHOT_DIR", cli_run)) / "report-screenshot.png"
     result = chromium("--virtual-time-budget=30000", "--window-size=1280,3600", f"--screenshot={shot}", url)
     assert shot.exists() and shot.stat().st_size > 50_000, result.stderr[-500:]
     pixels = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(shot).convert("L"))
     assert pixels.std() > 20  # not a blank page
+
+
+def legible(body: str) -> None:
+    """No text of the page below 11 pixels, and the text in its figures at least 10 pixels as shown."""
+    assert 'data-small-text="0"' in body, body
+    shown = json.loads(re.search(r'data-figure-text="([^"]*)"', body).group(1).replace("&quot;", '"'))
+    assert len(shown) >= 3 and min(shown) >= 10, shown  # loss curves, grid, reconstructions ...
+
+
+@pytest.mark.browser
+def test_a_variational_report_labels_its_traversals_legibly(fake_mnist, tmp_path):
+    """A VAE's traversals name each row's latent variable and each column's step (-3 to +3), its
+    text legible on the page, and the active units are said as they are."""
+    need_chromium()
+    out = tmp_path / "vae"
+    assert main(["train", "--model", "vae", "--epochs", "2", "--batch-size", "64", "--out", str(out), "--quiet"]) == 0
+    from aelab.plots import figure_text_px
+
+    traversal = out / "figures" / "traversal.png"
+    assert figure_text_px(traversal) >= 14
+    dom = chromium("--virtual-time-budget=30000", "--window-size=1280,3600", "--dump-dom",
+                   (out / "report.html").resolve().as_uri()).stdout
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-rendered="ok"' in body, body
+    legible(body)
+    assert "each row one latent variable (z0, z1, ...)" in dom
+    active = re.search(r"(All 4 latent dimensions are active|(\d) of 4 latent dimensions are active \(their "
+                        r"posterior mean varies over the images\); the other (\d) carry no information)", dom)
+    assert active and (active.group(2) is None or int(active.group(2)) + int(active.group(3)) == 4), active
 
 
 def test_a_missing_plotting_library_is_a_clear_message_and_the_run_is_kept(trained_run, monkeypatch, capsys):
@@ -193,7 +229,8 @@ class _Page(HTMLParser):
     def __init__(self, dom: str):
         super().__init__()
         self.tags, self.sources, self.legends, self.texts = Counter(), [], [], []
-        self._in, self._legend = [], None
+        self.tables: list[dict[str, str]] = []  # the key-value tables (the configuration's), {setting: value}
+        self._in, self._legend, self._cell = [], None, None
         self.feed(dom)
 
     def handle_starttag(self, tag, attrs):
@@ -202,9 +239,20 @@ class _Page(HTMLParser):
         self.sources += [attrs.get("src") or ""] if tag == "img" else []
         if tag == "text" and "legendtext" in (attrs.get("class") or "").split():
             self._legend = ""
+        if tag == "table" and "kv" in (attrs.get("class") or "").split():
+            self.tables.append({})
+        if tag in ("th", "td") and "table" in self._in and self.tables:
+            self._cell = [tag, ""]
         self._in.append(tag)
 
     def handle_endtag(self, tag):
+        if tag in ("th", "td") and self._cell is not None:
+            kind, text = self._cell
+            if kind == "th":
+                self._key = text
+            else:
+                self.tables[-1][self._key] = text
+            self._cell = None
         if tag == "text" and self._legend is not None:
             self.legends.append(self._legend)
             self._legend = None
@@ -214,6 +262,8 @@ class _Page(HTMLParser):
     def handle_data(self, data):
         if self._legend is not None:
             self._legend += data
+        if self._cell is not None:
+            self._cell[1] += data
         if not {"script", "style"} & set(self._in):
             self.texts.append(data)
 
@@ -284,7 +334,9 @@ def test_a_denoising_run_says_which_input_each_number_measures_and_the_report_sp
     assert main(["evaluate", str(cli_run), "--quiet"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and "clean inputs" in lines[0] and "noisy inputs (noise factor 0.2" in lines[1]
-    assert "PCA with 4 components" in lines[2] and "clean-input MSE" in lines[2]  # the baseline, for the clean inputs
+    assert "PCA with 4 components" in lines[2] and "on clean inputs" in lines[2]  # the baseline, for the clean inputs
+    assert re.search(r"(the autoencoder beats PCA-4: its error is \d+% lower|PCA-4 beats the autoencoder: .* to do "
+                     r"better, train longer \(--epochs\))", lines[2])  # the verdict, by how much, what to try
     assert main(["evaluate", str(cli_run), "--json", "--quiet"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["input"] == "clean" and found["denoising"]["input"] == "noisy" and found["denoising"]["noise_factor"] == 0.2

@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -148,6 +149,8 @@ def test_a_signal_saves_a_checkpoint_and_resume_finishes_identically(tmp_path, s
     _, err = process.communicate(timeout=60)
     assert process.returncode == code, err
     assert f"Resume with: aelab train --resume {run_dir}" in err and "Traceback" not in err
+    how = "with Ctrl-C (SIGINT)" if signum == signal.SIGINT else "by SIGTERM"
+    assert re.search(f"aelab: stopped {re.escape(how)} (at|after) epoch", err) and "error" not in err  # (not an error)
     assert len(read_metrics(run_dir)) < 6
     process = start_training(tmp_path, "train", "--resume", str(run_dir), "--quiet", "--no-report")
     _, err = process.communicate(timeout=300)

@@ -125,7 +125,7 @@ class RunFolder(Callback):
         from .scores import remove_detector
 
         remove_detector(trainer.run_dir)  # (fitted on weights that training now replaces)
-        save_config(trainer.config, trainer.run_dir)
+        save_config(trainer.config, trainer.run_dir, trainer.record)
         source = trainer.splits["train"].source
         if source is not None and source.skipped:
             write_skipped(source.skipped, trainer.run_dir)
@@ -186,37 +186,57 @@ class Figures(Callback):
 
 
 class Report(Callback):
-    """report.html at the end of training (``aelab.report.write_report``)."""
+    """report.html at the end of training (``aelab.report.write_report``; ``progress``: with a bar over
+    its stages)."""
+
+    def __init__(self, progress: bool = False):
+        self.progress = progress
 
     def on_train_end(self, trainer, result):
         from .report import write_report
 
-        result.report = write_report(trainer.run_dir, splits=trainer.splits, device=trainer.device)
+        result.report = write_report(trainer.run_dir, splits=trainer.splits, device=trainer.device,
+                                     progress=self.progress)
 
 
 # --- what a person sees ---------------------------------------------------------------------------
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch on stderr, with the running training loss."""
+    """One tqdm bar over the whole training (``tqdm.auto``: a widget in a notebook, text in a
+    terminal), on stderr: the epoch, the running training loss, the time so far and the time left."""
 
     def __init__(self, file=None):
-        self.file, self.bar = file, None
+        self.file, self.bar, self.shown = file, None, math.nan
 
-    def on_epoch_start(self, trainer):
+    def on_train_start(self, trainer):
         from tqdm.auto import tqdm
 
-        cfg = trainer.config.train
-        self.bar = tqdm(total=len(trainer.batches), initial=trainer.step, desc=f"epoch {trainer.epoch + 1}/{cfg.epochs}",
-                        leave=False, unit="batch", file=self.file or sys.stderr, mininterval=0.5)
-        self.shown = trainer.running_loss
+        steps = len(trainer.batches)
+        self.bar = tqdm(total=trainer.config.train.epochs * steps, initial=trainer.epoch * steps + trainer.step,
+                        desc=self._epoch(trainer), unit="step", file=self.file or sys.stderr, mininterval=0.5,
+                        dynamic_ncols=True)
+
+    @staticmethod
+    def _epoch(trainer) -> str:
+        return f"epoch {min(trainer.epoch + 1, trainer.config.train.epochs)}/{trainer.config.train.epochs}"
+
+    def on_epoch_start(self, trainer):
+        if self.bar is not None:
+            self.bar.set_description_str(self._epoch(trainer), refresh=False)
 
     def on_step_end(self, trainer):
+        if self.bar is None:
+            return
         self.bar.update(1)
         if trainer.running_loss != self.shown and not math.isnan(trainer.running_loss):  # nan: none measured yet
             self.shown = trainer.running_loss
             self.bar.set_postfix_str(f"loss {trainer.running_loss:.5f}", refresh=False)
 
     def on_epoch_end(self, trainer, row):
+        if trainer.epoch >= trainer.config.train.epochs:  # (done: not left showing while the report is written)
+            self.on_close(trainer)
+
+    def on_train_end(self, trainer, result):
         self.on_close(trainer)
 
     def on_close(self, trainer):
@@ -226,15 +246,32 @@ class ProgressBar(Callback):
 
 
 class Console(Callback):
-    """One line when training starts, one per epoch, and the results at the end (stdout)."""
+    """One line when training starts, an estimate of its length once the first steps are timed (for a
+    run of more than a minute), one line per epoch with the time so far and the time left (for a run
+    of over ``EVERY_EPOCH`` epochs, one every ``LINES_EVERY`` seconds), and the results at the end
+    (stdout; written above a progress bar that is showing, not through it)."""
+
+    ESTIMATE_AFTER = (5, 25)  # the steps of this session between which a step is timed for the estimate
+    ESTIMATE_FROM = 60.0  # seconds: a run estimated to take longer says so
+    EVERY_EPOCH = 100  # a run of more epochs than this gets an epoch's line every LINES_EVERY seconds (and the last)
+    LINES_EVERY = 10.0
 
     def __init__(self, file=None):
         self.file = file
+        self.steps, self.timed = 0, None  # this session's steps; when the first of the timed steps ended
+        self.began, self.epochs_done = 0.0, 0  # when this session's training began; its epochs done
+        self.said_at = 0.0  # when the last epoch's line was said
 
     def _say(self, text: str) -> None:
-        print(text, file=self.file or sys.stdout, flush=True)
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=self.file or sys.stdout)  # (above a bar that is showing, not through it)
+        (self.file or sys.stdout).flush()
 
     def on_train_start(self, trainer):
+        import time
+
+        self.began = time.perf_counter()
         splits, config = trainer.splits, trainer.config
         where = f"resuming at epoch {trainer.epoch + 1}" if trainer.epoch or trainer.step else "training"
         on = f"{trainer.device}"
@@ -243,10 +280,53 @@ class Console(Callback):
             on += f" (under torchrun: {size} process{'es' if size > 1 else ''}, {distributed.backend_name()})"
         self._say(f"aelab: {where} on {on}: {len(splits['train'])} train / {len(splits['val'])} val images, "
                   f"latent size {config.model.latent_dim}, recipe {config.train.recipe}, run folder {trainer.run_dir}")
+        if trainer.epoch >= config.train.epochs:
+            self._say(f"aelab: the run has trained its {config.train.epochs} epochs already: nothing to train "
+                      f"(--epochs N, more than {config.train.epochs}, extends it); evaluating it again")
+
+    def on_step_end(self, trainer):
+        import time
+
+        self.steps += 1
+        first, last = self.ESTIMATE_AFTER
+        if self.steps == first:
+            self.timed = time.perf_counter()
+        elif self.steps == last and self.timed is not None:
+            per_step = (time.perf_counter() - self.timed) / (last - first)
+            steps = len(trainer.batches)
+            left = (trainer.config.train.epochs * steps - trainer.epoch * steps - trainer.step) * per_step
+            left *= 1 + self._validation_share(trainer)
+            if left > self.ESTIMATE_FROM:
+                from .progress import duration
+
+                epochs = trainer.config.train.epochs - trainer.epoch
+                self._say(f"aelab: about {duration(left)} of training left ({epochs} epochs of {steps} steps, "
+                          f"{per_step * 1000:.0f} ms a step here), then the report")
+
+    @staticmethod
+    def _validation_share(trainer) -> float:
+        """The validation pass after each epoch, as a share of the epoch's steps: a forward pass (about a
+        third of a training step's work) over the validation images."""
+        return len(trainer.splits["val"]) / max(1, len(trainer.splits["train"])) / 3
 
     def on_epoch_end(self, trainer, row):
+        import time
+
+        from .progress import duration
+
+        self.epochs_done += 1
+        epochs = trainer.config.train.epochs
+        now = time.perf_counter()
+        if epochs > self.EVERY_EPOCH and 1 < row["epoch"] < epochs and now - self.said_at < self.LINES_EVERY:
+            return  # (thousands of short epochs: a line every few seconds)
+        self.said_at = now
+        # the clock on the wall: an epoch's steps and validation, and what the run folder's files take after it
+        so_far = now - self.began
+        left = (epochs - row["epoch"]) * so_far / self.epochs_done
+        timing = f"{row['seconds']:.1f} s  ({duration(so_far)} so far"
+        timing += f", about {duration(left)} left)" if row["epoch"] < epochs else ")"
         self._say(f"epoch {row['epoch']:3d}/{trainer.config.train.epochs}  train loss {row['train_loss']:.5f}  "
-                  f"val loss {row['val_loss']:.5f}  {row['seconds']:.1f} s")
+                  f"val loss {row['val_loss']:.5f}  {timing}")
 
     def on_train_end(self, trainer, result):
         evaluation = result.evaluation
@@ -256,9 +336,12 @@ class Console(Callback):
                  if f"{split}_{term}" in evaluation]
         pca = evaluation.get(f"{split}_pca_mse")
         self._say(f"{split} MSE {evaluation[f'{split}_mse']:.5f} (PSNR {evaluation[f'{split}_psnr']:.2f} dB)"
-                  + (f" against {pca:.5f} for PCA with the same code size" if pca is not None else "")
                   + (f", denoising MSE {denoising:.5f}" if denoising is not None else "")
                   + (f"; {', '.join(terms)} (nats per image)" if terms else ""))
+        if pca is not None:
+            from .evaluation import pca_verdict
+
+            self._say(pca_verdict(evaluation[f"{split}_mse"], pca, trainer.config.model.latent_dim).text)
         if result.report is not None:
             self._say(f"report: {result.report}")
         self._say(f"run folder: {result.run_dir}")

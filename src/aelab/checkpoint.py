@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +30,10 @@ import torch
 
 from .errors import AelabError
 from .fsutil import atomic_write_bytes, atomic_write_text
-from .optim import Schedule
+from .optim import Schedule, describe_change
 from .run import FORMAT_VERSION, load_config, load_weights_into, read_weights, save_weights
+
+log = logging.getLogger("aelab")
 
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, trainer_state: dict[str, Any], name: str) -> None:
@@ -160,8 +163,15 @@ def restore(trainer: Any, saved: Checkpoint) -> None:
     # (a state saved before the schedule was: the one-cycle the run had planned)
     planned = Schedule.from_state(state["schedule"]) if "schedule" in state else Schedule.planned(
         train.schedule, saved.planned_epochs * steps)
-    resized = planned.resized(trainer.epoch * steps + trainer.step, train.epochs * steps)
+    at = trainer.epoch * steps + trainer.step
+    resized = planned.resized(at, train.epochs * steps)
     trainer.schedule.pieces, trainer.schedule.total = resized.pieces, resized.total  # (the scheduler holds it)
+    if resized.total != planned.total:  # said, and recorded in config.json (aelab info and the report show it)
+        said = describe_change(planned, resized, at, steps, train.lr)
+        log.info(said)
+        trainer.record.setdefault("schedule_changes", []).append(
+            {"epoch": round(at / steps, 3), "epochs_before": planned.total // steps, "epochs": train.epochs,
+             "highest_rate": train.lr * resized.highest(), "said": said})
     if trainer.step > 0 and state["noise_rng"] is not None:
         trainer.noise = trainer.noise_for(trainer.epoch)
         trainer.noise.set_state(state["noise_rng"])

@@ -59,7 +59,9 @@ class DataConfig:
     test_fraction: float = 0.1  # a file or a folder without train/ test/ subfolders: share held out for testing
     split_seed: int = 0  # the splits depend on this only, not on the training seed
     channels: int | None = None  # 1 or 3; None: 3 if any image has colour, else 1 (a run records what it used)
-    image_size: str | None = None  # "H" or "HxW"; None: the most common size (a run records what it used)
+    # "H" or "HxW"; None: the most common size, made at most LARGEST_DEFAULT_SIDE on its longer side (a run records
+    # what it used)
+    image_size: str | None = None
     resize: str = "stretch"  # how images of another size are fitted: stretch | crop | pad
     # a folder larger than this is read from its cache on disk batch by batch (the machine's limit: under
     # torchrun its processes share it)
@@ -128,12 +130,36 @@ def _require(ok: bool, name: str, value: Any, what: str, fix: str) -> None:
         raise AelabError(f"`{name}` must be {what}, got {value}; try {fix}")
 
 
+# the longer side of the size your own images are made when none is given (`data.image_size`): larger pictures
+# are made smaller, keeping their shape; the deep network trains its defaults at 128x128 in about 12 minutes on 2
+# CPU cores and in under 1 GB (benchmarks/RESULTS.md), and at 4096x4096 would need hundreds of GB
+LARGEST_DEFAULT_SIDE = 128
+
+
+def default_image_size(most_common: tuple[int, int]) -> tuple[int, int]:
+    """The size (height, width) images are made when ``data.image_size`` is not given: their most
+    common size, or for larger pictures that shape made ``LARGEST_DEFAULT_SIDE`` on its longer side
+    (the other side rounded, at least 16)."""
+    height, width = most_common
+    longer = max(height, width)
+    if longer <= LARGEST_DEFAULT_SIDE:
+        return int(height), int(width)
+    scale = LARGEST_DEFAULT_SIDE / longer
+    return max(16, round(height * scale)), max(16, round(width * scale))
+
+
 RESIZE_METHODS = ("stretch", "crop", "pad")
 BINARIZE = ("dynamic", "static", "threshold")
 ARCHITECTURES = ("auto", "tutorial", "deep")
 AUGMENTATIONS = ("flip", "shift", "turn", "colour")
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+
+
+def source_place(dataset: str) -> str:
+    """Where a data source is: a named dataset's name, or a file's or folder's absolute path (two
+    ways of writing one folder give one place)."""
+    return dataset if dataset in DATASETS else str(Path(dataset).expanduser().resolve())
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -279,7 +305,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {},
     # The fast recipe on a budget: 9 epochs at a higher peak rate end at the tutorial's final test MSE
     # (0.0265 at latent size 4) or below with seeds 0-5 but one (0.0259-0.0264; seed 5: 0.02653), in
-    # 15-18 s on 2 CPU cores; 8 epochs missed with 4 seeds of 6 (benchmarks/RESULTS.md).
+    # 23 s of training on 2 CPU cores (42 s with start-up and the report); 8 epochs missed with 4 seeds of 6
+    # (benchmarks/RESULTS.md).
     "quick": {"epochs": 9, "lr": 1.5e-2},
     # The tutorial as written: constant rate 1e-3, batch 256, one fixed data order.
     "tutorial": {"schedule": "constant", "lr": 1e-3, "batch_size": 256, "shuffle": False},
@@ -362,8 +389,20 @@ class RunConfig:
         return cls(**parts)
 
     def default_run_dir(self) -> str:
-        """Where a run goes when no folder is given: runs/DATASET-dLATENT (e.g. runs/mnist-d4)."""
-        return f"runs/{self.data.source_name()}-d{self.model.latent_dim}"
+        """Where a run goes when no folder is given: runs/, the data source's name, what sets the run
+        apart (a model family other than ae, a recipe other than fast, denoising, a loss other than
+        mse, binarised pixels, some classes only) and the latent size, where it is known before the
+        images are read (your own images' is chosen from them unless given): runs/mnist-d4,
+        runs/mnist-vae-bce-dynamic-d4, runs/mnist-denoise0.3-d4, runs/my_photos."""
+        data, model, train = self.data, self.model, self.train
+        parts = [data.source_name(), *([model.kind] if model.kind != "ae" else []),
+                 *([train.recipe] if train.recipe != "fast" else []),
+                 *([f"denoise{train.noise_factor:g}"] if train.noise_factor > 0 else []),
+                 *([train.loss] if train.loss != "mse" else []), *([data.binarize] if data.binarize else []),
+                 *([f"classes{'+'.join(data.class_list())}"] if data.classes else [])]
+        chosen_later = data.kind() != "named" and model.arch != "tutorial" and model.latent_dim == default_setting(
+            "model.latent_dim")
+        return "runs/" + "-".join(parts) + ("" if chosen_later else f"-d{model.latent_dim}")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -85,14 +85,24 @@ def from_data(config: RunConfig, image_shape: tuple[int, int, int], n_train: int
                     **{key.split(".")[1]: value for key, value in chosen.items() if key.startswith("model.")})
     train = replace(train, **{key.split(".")[1]: value for key, value in chosen.items() if key.startswith("train.")})
     data = replace(config.data, **{key.split(".")[1]: value for key, value in chosen.items() if key.startswith("data.")})
-    epochs = train.epochs
+    rate = "peak rate" if train.schedule == "onecycle" else "rate"
+    said = {"model.width": f"width {model.width}", "model.hidden": f"hidden {model.hidden}",
+            "model.latent_dim": f"latent size {model.latent_dim}", "train.batch_size": f"batch {train.batch_size}",
+            "train.lr": f"{rate} {train.lr:g}",
+            "train.epochs": f"{_count(train.epochs, 'epoch')} ({_count(train.epochs * steps_per_epoch, 'step')})"}
+    picked = [text for name, text in said.items() if name in chosen]
+    kept = [text for name, text in said.items() if name not in chosen]
     line = (f"chosen from the data ({n_train} training images of {channels} x {height} x {width}): the deep network "
-            f"with {model.stages} stages, width {model.width}, hidden {model.hidden}, latent size {model.latent_dim}; "
-            f"{f'recipe {train.recipe}: ' if recipe else ''}batch {train.batch_size}, "
-            f"{'peak rate' if train.schedule == 'onecycle' else 'rate'} {train.lr:g}, {epochs} epochs "
-            f"({epochs * steps_per_epoch} steps)")
+            f"with {model.stages} stages{', ' if picked else ''}{', '.join(picked)}")
+    if kept:
+        line += f"; as given{f' or recipe {train.recipe} sets' if keeps_training else ''}: {', '.join(kept)}"
     if "data.augment" in chosen:
         colours = " and its colours reordered" if channels == 3 else ""
         line += (f"; a small folder: each training image flipped, shifted, turned{colours} "
                  "anew every epoch (--augment flip,shift leaves out turns and colours, --augment none every change)")
     return replace(config, data=data, model=model, train=train), line
+
+
+def _count(n: int, thing: str) -> str:
+    """ "1 epoch", "4,000 steps"."""
+    return f"{n:,} {thing}{'s' if n != 1 else ''}"

@@ -97,7 +97,7 @@ class AutoencoderDetector(TransformerMixin, OutlierMixin, BaseEstimator):
     def _train(config, run_dir: Path, data):
         from .training import train
 
-        return train(config, run_dir, overwrite=True, report=False, data=data)
+        return train(config, run_dir, overwrite=True, report=False, data=data, progress=False)
 
     def _fitted(self, images: torch.Tensor) -> None:
         self.threshold_ = float(self.detector_.threshold)

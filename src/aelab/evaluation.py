@@ -132,3 +132,32 @@ def pca_mse(train_images, test_images, components: int, seed: int = 0) -> float:
         total += float(np.square(rebuilt - test.reshape(len(test), -1).float().div(255).numpy(), dtype=np.float64).sum())
         pixels += rebuilt.size
     return total / pixels if pixels else float("nan")
+
+
+# what to try when PCA wins: the settings that most often close the gap on your own images (benchmarks/RESULTS.md)
+PCA_ADVICE = "train longer (--epochs), try a larger code (--latent-dim), or give more images"
+
+
+@dataclass
+class Verdict:
+    """How an autoencoder's reconstruction error compares with PCA's at the same code size."""
+
+    wins: bool | None  # the autoencoder's error is lower (None: no comparison, PCA's error is 0 or unknown)
+    text: str  # one sentence for a person: who wins, by how much, and what to try when PCA does
+
+
+def pca_verdict(mse: float, pca: float | None, latent_dim: int) -> Verdict:
+    """Whether the autoencoder's ``mse`` beats ``pca``, PCA's MSE with ``latent_dim`` components (the
+    same code size), by how much (the share by which the winner's error is lower), and what to try when
+    it does not."""
+    name = f"PCA-{latent_dim}"
+    if pca is None or not (math.isfinite(pca) and math.isfinite(mse)):
+        return Verdict(None, f"no comparison with {name}")
+    if pca <= 0:
+        return Verdict(None, f"{name} rebuilds these images exactly (its MSE is 0): they lie in a space of "
+                             f"{latent_dim} dimensions")
+    if mse < pca:
+        return Verdict(True, f"the autoencoder beats {name}: its error is {1 - mse / pca:.0%} lower than PCA's "
+                             f"{pca:.5f}")
+    return Verdict(False, f"{name} beats the autoencoder: PCA's error {pca:.5f} is {1 - pca / mse:.0%} lower; "
+                          f"to do better, {PCA_ADVICE}")

@@ -21,6 +21,9 @@ from .run import Run, output_path
 
 MAP_POINTS = 3000  # points on a latent map of the report (and t-SNE's default): fewer for big or colour images
 MAP_PIXELS = MAP_POINTS * 28 * 28  # the hover thumbnails' pixels (MNIST's 3000 points)
+# a decoded image in a picture (a grid, samples, an interpolation, traversals) is at most this on its longer side:
+# pictures of big images stay legible on a page, and are decoded in bounded memory
+PICTURE_SIDE = 128
 FIGURE_NOISE_SEED = 0  # the noise of every denoising example, during training and in the report
 MAP_TITLES = {"scatter": "latent variables {0} and {1}", "pca": "PCA of the latent codes",
               "tsne": "t-SNE of the latent codes", "umap": "UMAP of the latent codes"}
@@ -38,7 +41,7 @@ def reconstruction_examples(model: torch.nn.Module, images: torch.Tensor, noise_
 def grid_figure(run: Run, plane: latent.LatentPlane, n: int, path: Path, label: int | None = None) -> Path:
     """An n x n grid of images decoded over a latent plane (``latent.latent_plane``), with the plane's
     axes, values and name, as a PNG file (a conditional model's of class ``label``, default 0)."""
-    return plots.grid_figure(latent.grid_images(run, plane, n, label), plane, n, Path(path))
+    return plots.grid_figure(latent.grid_images(run, plane, n, label, PICTURE_SIDE), plane, n, Path(path))
 
 
 def samples_picture(run: Run, train_codes: np.ndarray | None, count: int, seed: int = 0, columns: int = 10,
@@ -46,9 +49,9 @@ def samples_picture(run: Run, train_codes: np.ndarray | None, count: int, seed: 
     """``count`` new images in rows: decoded from codes drawn from the prior (``sampler`` prior, a
     variational model's default) or from a mixture fitted to ``train_codes`` (gmm)."""
     if (sampler or latent.default_sampler(run.model)) == "prior":
-        images = latent.prior_images(run, count, seed=seed)
+        images = latent.prior_images(run, count, seed=seed, largest=PICTURE_SIDE)
     else:
-        images = latent.sample_images(run, train_codes, count, seed=seed)
+        images = latent.sample_images(run, train_codes, count, seed=seed, largest=PICTURE_SIDE)
     return tiled(images, columns)
 
 
@@ -58,23 +61,41 @@ def tiled(images: torch.Tensor, columns: int = 10) -> np.ndarray:
     return plots.tile(images, -(-len(images) // columns), columns)
 
 
-def traversal_picture(run: Run, data: ImageSet, index: int = 0, train_codes: np.ndarray | None = None,
-                      steps: int = 9) -> np.ndarray:
+def traversals(run: Run, data: ImageSet, index: int = 0, train_codes: np.ndarray | None = None,
+               steps: int = 9) -> tuple[torch.Tensor, str]:
     """Latent traversals (``latent.traverse_images``) around the code of image ``index`` of ``data``:
-    a row per latent dimension, from -3 to +3 standard deviations (the prior's for a variational
-    model, else those of ``train_codes``)."""
+    images [dims * steps, C, H, W], a row per latent dimension, from -3 to +3 standard deviations (the
+    prior's for a variational model, else those of ``train_codes``), and what those are, in words."""
     from .likelihood import is_variational
 
     if not 0 <= index < len(data):
         raise AelabError(f"image {index} does not exist: the split has images 0 to {len(data) - 1}; choose one of those")
     code = latent.encode(run.model, data.images[index: index + 1], labels=data.labels[index: index + 1])[0]
     if is_variational(run.model) or train_codes is None:
-        scales = np.ones(len(code), np.float32)
+        scales, unit = np.ones(len(code), np.float32), "prior's sd" if is_variational(run.model) else "units"
     else:
-        scales = train_codes.std(0)
+        scales, unit = train_codes.std(0), "codes' sd"
     label = int(data.labels[index]) if getattr(run.model, "conditional", False) else None
-    images = latent.traverse_images(run, code, scales, steps, label=label)
+    return latent.traverse_images(run, code, scales, steps, label=label, largest=PICTURE_SIDE), unit
+
+
+def traversal_picture(run: Run, data: ImageSet, index: int = 0, train_codes: np.ndarray | None = None,
+                      steps: int = 9) -> np.ndarray:
+    """``traversals`` as one picture, a row per latent dimension."""
+    images, _ = traversals(run, data, index, train_codes, steps)
     return plots.tile(images, len(images) // steps, steps)
+
+
+def traversal_figure(run: Run, data: ImageSet, path: Path, index: int = 0, train_codes: np.ndarray | None = None,
+                     steps: int = 9) -> Path:
+    """``traversals`` as a PNG figure: each row named by its latent variable (z0, z1, ...), each column
+    by how far it moves it (-3 to +3 standard deviations)."""
+    images, unit = traversals(run, data, index, train_codes, steps)
+    rows = [(f"z{dim}", images[dim * steps: (dim + 1) * steps]) for dim in range(len(images) // steps)]
+    offsets = np.linspace(-3, 3, steps)
+    return plots.rows_figure(rows, Path(path), title=f"traversals around image {index}, each latent variable moved",
+                             captions=[f"{value:+.2g}" if value else "0" for value in offsets],
+                             caption_name=unit)
 
 
 def write_images(images: torch.Tensor, out: Path) -> Path:
@@ -104,7 +125,7 @@ def write_images(images: torch.Tensor, out: Path) -> Path:
 
 def interpolation_picture(run: Run, data: ImageSet, first: int, second: int, steps: int) -> np.ndarray:
     """One row: the images decoded along the line between the codes of images ``first`` and ``second``."""
-    return plots.tile(latent.interpolate_images(run, data, first, second, steps), 1, steps)
+    return plots.tile(latent.interpolate_images(run, data, first, second, steps, PICTURE_SIDE), 1, steps)
 
 
 @dataclass

@@ -24,11 +24,13 @@ from .run import Run
 from .data.sets import ImageSet
 from .errors import AelabError
 from .fsutil import atomic_save
-from .inference import infer
+from .inference import chunk_size, infer
 
 log = logging.getLogger("aelab")
 
 METHODS = ("scatter", "pca", "tsne", "umap")
+NEIGHBOUR_MAPS = ("tsne", "umap")  # the maps made from each point's neighbours: they need more than a handful
+MIN_NEIGHBOUR_POINTS = 11  # images those maps need at least (t-SNE's perplexity is below the number of points)
 
 
 @dataclass
@@ -62,17 +64,28 @@ def encode(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 2048,
 
 
 @torch.no_grad()
-def decode(model: torch.nn.Module, codes: np.ndarray | torch.Tensor, batch_size: int = 2048,
-           labels: torch.Tensor | np.ndarray | int | None = None) -> torch.Tensor:
-    """Images [N, C, H, W] in [0, 1] (on the CPU) decoded from codes [N, d]; a conditional model
-    draws them as the ``labels`` [N] (or one label for all; None: the classes in turn) say."""
+def decode(model: torch.nn.Module, codes: np.ndarray | torch.Tensor, batch_size: int | None = None,
+           labels: torch.Tensor | np.ndarray | int | None = None, largest: int | None = None) -> torch.Tensor:
+    """Images [N, C, H, W] in [0, 1] (on the CPU) decoded from codes [N, d], ``batch_size`` at a time
+    (default: as many as ``inference.chunk_size`` allows at the model's image size, so that big
+    images are decoded a few at a time); a conditional model draws them as the ``labels`` [N] (or one
+    label for all; None: the classes in turn) say. ``largest``: each image shrunk (antialiased) to at
+    most this on its longer side as it is decoded (pictures of big images: bounded memory)."""
+    from .plots import thumbnails
+
     model.eval()
     device = next(model.parameters()).device
+    config = model.config
+    shape = (config.in_channels, config.image_size, config.image_width or config.image_size)
+    batch_size = batch_size or chunk_size(shape)
     codes = torch.as_tensor(np.asarray(codes, dtype=np.float32))
     labels = conditions(model, len(codes), labels)
-    return torch.cat([model.decode(codes[i: i + batch_size].to(device),
-                                   None if labels is None else labels[i: i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(codes), batch_size)])
+    out = []
+    for i in range(0, len(codes), batch_size):
+        images = model.decode(codes[i: i + batch_size].to(device),
+                              None if labels is None else labels[i: i + batch_size].to(device)).float().cpu()
+        out.append(images if largest is None else thumbnails(images, largest))  # (shrunk as it comes)
+    return torch.cat(out) if out else torch.zeros((0, *shape))
 
 
 def conditions(model: torch.nn.Module, n: int, labels: torch.Tensor | np.ndarray | int | None) -> torch.Tensor | None:
@@ -156,11 +169,16 @@ def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perp
         if len(dims) != 2 or not all(0 <= i < d for i in dims):
             raise AelabError(f"`dims` must be two latent variables between 0 and {d - 1}, got {dims}; try 0,1")
         return codes[:, list(dims)], (f"z{dims[0]}", f"z{dims[1]}")
+    if method in NEIGHBOUR_MAPS and len(codes) < MIN_NEIGHBOUR_POINTS:
+        raise AelabError(f"a {method} map needs {MIN_NEIGHBOUR_POINTS} images or more, and there are {len(codes)}; "
+                         "map them with pca or scatter instead, or use a larger split")
     if codes.shape[1] < 2:
         return np.column_stack([codes[:, 0], np.zeros(len(codes))]), ("z0", "")
     if method == "pca":
         from sklearn.decomposition import PCA
 
+        if len(codes) < 2:  # (one image: its place is the mean)
+            return np.zeros((len(codes), 2)), ("PC1", "PC2")
         pca = PCA(n_components=2, random_state=seed).fit(codes)
         ratio = pca.explained_variance_ratio_
         return pca.transform(codes), (f"PC1 ({ratio[0]:.0%})", f"PC2 ({ratio[1]:.0%})")
@@ -170,7 +188,6 @@ def project(codes: np.ndarray, method: str, dims: tuple[int, int] = (0, 1), perp
         if not (1 <= perplexity < len(codes)):
             raise AelabError(f"`perplexity` must be at least 1 and less than the number of points ({len(codes)}), "
                              f"got {perplexity}; try {suggested_perplexity(len(codes)):g}")
-        log.info("t-SNE of %d points (perplexity %g) ...", len(codes), perplexity)
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                     verbose=2 if progress is not None else 0)
         iterations = getattr(tsne, "max_iter", None) or getattr(tsne, "n_iter", None) or 1000  # (scikit-learn < 1.5)
@@ -265,11 +282,13 @@ def latent_plane(train_codes: np.ndarray, dims: tuple[int, int] | None = None,
     return LatentPlane(origin, a, b, (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1])), names, words)
 
 
-def grid_images(run: Run, plane: LatentPlane, n: int = 12, label: int | None = None) -> torch.Tensor:
-    """An n x n grid of decoded images [n*n, C, H, W] over ``plane``, row by row (``LatentPlane.points``)."""
+def grid_images(run: Run, plane: LatentPlane, n: int = 12, label: int | None = None,
+                largest: int | None = None) -> torch.Tensor:
+    """An n x n grid of decoded images [n*n, C, H, W] over ``plane``, row by row (``LatentPlane.points``;
+    ``largest``: see ``decode``)."""
     if n < 2:
         raise AelabError(f"`n` must be at least 2, got {n}; try 12")
-    return decode(run.model, plane.points(n), labels=label if label is not None else 0)
+    return decode(run.model, plane.points(n), labels=label if label is not None else 0, largest=largest)
 
 
 SAMPLERS = ("prior", "gmm")
@@ -283,21 +302,22 @@ def default_sampler(model: torch.nn.Module) -> str:
     return "prior" if is_variational(model) else "gmm"
 
 
-def prior_images(run: Run, n_samples: int, seed: int = 0, label: int | None = None) -> torch.Tensor:
+def prior_images(run: Run, n_samples: int, seed: int = 0, label: int | None = None,
+                 largest: int | None = None) -> torch.Tensor:
     """``n_samples`` images decoded from codes drawn from the prior N(0, I) (seeded); a conditional
-    model's of class ``label`` (None: the classes in turn)."""
+    model's of class ``label`` (None: the classes in turn); ``largest``: see ``decode``."""
     if n_samples < 1:
         raise AelabError(f"`n_samples` must be at least 1, got {n_samples}; try 32")
     codes = torch.randn((n_samples, run.model.config.latent_dim), generator=torch.Generator().manual_seed(seed))
-    return decode(run.model, codes, labels=label)
+    return decode(run.model, codes, labels=label, largest=largest)
 
 
 def traverse_images(run: Run, code: np.ndarray, scales: np.ndarray, steps: int = 9, span: float = 3.0,
-                    dims: int = 16, label: int | None = None) -> torch.Tensor:
+                    dims: int = 16, label: int | None = None, largest: int | None = None) -> torch.Tensor:
     """Latent traversals around ``code`` [d]: for each of the first ``dims`` dimensions, ``steps``
     images decoded with that dimension moved from -span to +span times its ``scales`` [d] (the
     prior's standard deviation, 1, for a variational model; the training codes' otherwise), the
-    others kept: [min(d, dims) * steps, C, H, W], a row per dimension."""
+    others kept: [min(d, dims) * steps, C, H, W], a row per dimension (``largest``: see ``decode``)."""
     if steps < 2:
         raise AelabError(f"`steps` must be at least 2, got {steps}; try 9")
     shown = min(len(code), dims)
@@ -305,12 +325,13 @@ def traverse_images(run: Run, code: np.ndarray, scales: np.ndarray, steps: int =
     codes = np.repeat(np.asarray(code, np.float32)[None], shown * steps, 0)
     for dim in range(shown):
         codes[dim * steps: (dim + 1) * steps, dim] += offsets * float(scales[dim])
-    return decode(run.model, codes, labels=label if label is not None else 0)
+    return decode(run.model, codes, labels=label if label is not None else 0, largest=largest)
 
 
 def sample_images(run: Run, train_codes: np.ndarray, n_samples: int, components: int = 10, seed: int = 0,
-                  label: int | None = None) -> torch.Tensor:
-    """``n_samples`` new images decoded from codes drawn from a Gaussian mixture fitted to the codes."""
+                  label: int | None = None, largest: int | None = None) -> torch.Tensor:
+    """``n_samples`` new images decoded from codes drawn from a Gaussian mixture fitted to the codes
+    (``largest``: see ``decode``)."""
     from sklearn.mixture import GaussianMixture
 
     if n_samples < 1:
@@ -323,11 +344,13 @@ def sample_images(run: Run, train_codes: np.ndarray, n_samples: int, components:
         warnings.filterwarnings("ignore", message="covariance is not symmetric positive-semidefinite")
         codes, _ = mixture.sample(n_samples)
     order = np.random.default_rng(seed).permutation(n_samples)  # sample() groups by component
-    return decode(run.model, codes[order], labels=label)
+    return decode(run.model, codes[order], labels=label, largest=largest)
 
 
-def interpolate_images(run: Run, data: ImageSet, first: int, second: int, steps: int = 10) -> torch.Tensor:
-    """Images [steps, C, H, W] decoded along the straight line between the codes of two images."""
+def interpolate_images(run: Run, data: ImageSet, first: int, second: int, steps: int = 10,
+                       largest: int | None = None) -> torch.Tensor:
+    """Images [steps, C, H, W] decoded along the straight line between the codes of two images
+    (``largest``: see ``decode``)."""
     for position in (first, second):
         if not 0 <= position < len(data):
             raise AelabError(f"image {position} does not exist: the split has images 0 to {len(data) - 1}; choose one of those")
@@ -335,4 +358,4 @@ def interpolate_images(run: Run, data: ImageSet, first: int, second: int, steps:
         raise AelabError(f"`steps` must be at least 2, got {steps}; try 10")
     codes = encode(run.model, data.images[[first, second]], labels=data.labels[[first, second]])
     t = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
-    return decode(run.model, (1 - t) * codes[0] + t * codes[1], labels=int(data.labels[first]))
+    return decode(run.model, (1 - t) * codes[0] + t * codes[1], labels=int(data.labels[first]), largest=largest)

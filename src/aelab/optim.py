@@ -139,6 +139,33 @@ class Schedule:
         return Schedule(kept, total_steps)
 
 
+    def highest(self, start: int = 0) -> float:
+        """The highest multiplier from step ``start`` to the end (each piece is monotone: its ends
+        and the start decide)."""
+        steps = {start, self.total} | {step for piece in self.pieces for step in piece[:2]
+                                       if start <= step <= self.total}
+        return max(self(step) for step in steps)
+
+
+def describe_change(before: Schedule, after: Schedule, step: int, steps_per_epoch: int, lr: float) -> str:
+    """How resizing ``before`` (at ``step``) into ``after`` changes the rate, in a sentence: the
+    added epochs' cycle, or the end brought forward (and the planned peak never reached)."""
+    epoch = step / steps_per_epoch
+    planned, now = before.total // steps_per_epoch, after.total // steps_per_epoch
+    if not before.pieces:
+        return f"the run had planned {planned} epochs and now trains {now} (at the constant rate {lr:g})"
+    if after.total > before.total:
+        return (f"the run had planned {planned} epochs; the {now - planned} added get a cycle of their own: the rate "
+                f"rises from {lr * after(before.total + 1):.2g} to {lr * after.highest(before.total + 1):.2g} "
+                f"and falls back to {lr * after(after.total):.2g}")
+    said = (f"the run had planned {planned} epochs and stops at epoch {now} instead: from epoch {epoch:g} the rate "
+            f"falls from {lr * after(step):.2g} to {lr * after(after.total):.2g}")
+    peak = before.highest(step)
+    if peak > after.highest(step) * (1 + 1e-9):
+        said += f" and never reaches the peak of {lr * peak:.2g} planned (its highest: {lr * after.highest():.2g})"
+    return said
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule) -> torch.optim.lr_scheduler.LambdaLR:
     """The optimizer's rate at each step: ``train.lr`` times ``schedule(step)``."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))

@@ -52,61 +52,102 @@ def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor
     return rows_figure(rows + [("reconstruction", reconstructions)], path, title)
 
 
+TEXT_KEY = "aelab:text-px"  # a figure's PNG says the pixel size of its smallest text under this key (the page checks)
+WIDE = 1100  # pixels: about a report's column; a figure's text grows with the figure beyond it, to stay legible
+
+
+def text_px(width: int) -> int:
+    """The pixel size of a figure's smallest text for a figure ``width`` pixels wide: 14, more for a
+    figure wider than a page's column (shown narrower, its text shrinks with it)."""
+    return max(14, round(14 * width / WIDE))
+
+
+def figure_text_px(path: Path) -> int | None:
+    """The size of a figure's smallest text as its PNG records it (``TEXT_KEY``), or None."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        value = getattr(image, "text", {}).get(TEXT_KEY)
+    return int(value) if value else None
+
+
+def save_figure(figure, path: Path) -> Path:
+    """A matplotlib figure as a PNG (atomically), recording the pixel size of its smallest text (``TEXT_KEY``)."""
+    from matplotlib.text import Text
+
+    sizes = [text.get_fontsize() for text in figure.findobj(Text) if text.get_visible() and text.get_text().strip()]
+    px = round(min(sizes) * figure.dpi / 72) if sizes else 0
+    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png", metadata={TEXT_KEY: str(px)} if px else None))
+    return path
+
+
 def rows_figure(rows: list[tuple[str, torch.Tensor]], path: Path, title: str = "",
                 captions: list[str] | None = None, caption_name: str = "",
-                colour_bar: tuple[str, float] | None = None) -> Path:
+                colour_bar: tuple[str, float] | None = None, largest: int = 128) -> Path:
     """Rows of images [N, C, H, W] in [0, 1] (grey rows shown in colour beside colour ones), each
-    named at its left, enlarged by the image size; ``captions`` under the columns (lines split at
-    "\n"), named ``caption_name`` at the left; ``colour_bar`` (name, the value of its top colour):
-    the scale of the last row (``heat``), from 0 at its bottom, at the right."""
-    from PIL import Image, ImageDraw
+    named at its left, enlarged by the image size (images larger than ``largest`` shrunk to it first);
+    ``captions`` under the columns (lines split at "\n"), named ``caption_name`` at the left;
+    ``colour_bar`` (name, the value of its top colour): the scale of the last row (``heat``), from 0
+    at its bottom, at the right. The text is at least 14 pixels, more in a wide figure (``text_px``),
+    and the PNG records its size (``TEXT_KEY``)."""
+    from PIL import Image, ImageDraw, PngImagePlugin
 
     colour = any(images.shape[1] == 3 for _, images in rows)
-    images = torch.cat([x.expand(-1, 3, -1, -1) if colour and x.shape[1] == 1 else x for _, x in rows])
+    images = torch.cat([thumbnails(x.expand(-1, 3, -1, -1) if colour and x.shape[1] == 1 else x, largest)
+                        for _, x in rows])
     n = len(rows[0][1])
     grid = tile(images, len(rows), n)
-    scale = display_scale(*rows[0][1].shape[-2:])
+    scale = display_scale(*images.shape[-2:])
     body = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).convert("RGB")
-    lines = max((len(caption.split("\n")) for caption in captions), default=0) if captions else 0
-    margin_left, margin_top = 110, 22 if title else 4
-    margin_bottom, margin_right = 8 + 15 * lines, 90 if colour_bar else 0
+    size = text_px(body.width + 200)
+    font, small = _font(size + 2), _font(size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    names = [name for name, _ in rows] + (caption_name.split("\n") if captions else [])
+    margin_left = round(max(measure.textlength(name, font=font) for name in names)) + 16
+    lines = max((len(text.split("\n")) for text in [*captions, caption_name]), default=0) if captions else 0
+    margin_top = size + 12 if title else 4
+    margin_bottom = 8 + (size + 4) * lines
+    bar_words = colour_bar[0].split("\n") if colour_bar else []
+    margin_right = (round(max(measure.textlength(word, font=small) for word in bar_words)) + 40) if colour_bar else 0
     canvas = Image.new("RGB", (body.width + margin_left + margin_right, body.height + margin_top + margin_bottom),
                        "white")
     canvas.paste(body, (margin_left, margin_top))
     draw = ImageDraw.Draw(canvas)
-    font, small = _font(14), _font(11)
     if title:
-        draw.text((margin_left, 3), title, fill="black", font=font)
+        draw.text((margin_left, 4), title, fill="black", font=font)
     row_height = body.height / len(rows)
     for i, (name, _) in enumerate(rows):
-        draw.text((6, margin_top + row_height * (i + 0.5) - 8), name, fill="black", font=font)
+        draw.text((6, margin_top + row_height * (i + 0.5) - size / 2 - 1), name, fill="black", font=font)
     if captions:
         column = body.width / n
-        top = margin_top + body.height + 1
-        draw.text((6, top), caption_name, fill="black", font=small)
+        top = margin_top + body.height + 2
+        draw.multiline_text((6, top), caption_name, fill="black", font=small, spacing=4)
         for i, caption in enumerate(captions):
-            draw.multiline_text((margin_left + column * i + 2, top), caption, fill="black", font=small, spacing=2)
+            draw.multiline_text((margin_left + column * i + 2, top), caption, fill="black", font=small, spacing=4)
     if colour_bar:
-        _colour_bar(draw, canvas, (margin_left + body.width + 10, margin_top + row_height * (len(rows) - 1) + 4),
-                    round(row_height) - 8, *colour_bar)
-    atomic_save(path, lambda tmp: canvas.save(tmp, format="PNG"))
+        _colour_bar(draw, canvas, (margin_left + body.width + 8, margin_top + row_height * (len(rows) - 1) + 2),
+                    round(row_height) - 4, bar_words, colour_bar[1], small, size)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(TEXT_KEY, str(size))
+    atomic_save(path, lambda tmp: canvas.save(tmp, format="PNG", pnginfo=info))
     return path
 
 
-def _colour_bar(draw, canvas, corner: tuple[float, float], height: int, name: str, top: float) -> None:
-    """A vertical bar of ``heat``'s colours, 0 at the bottom and ``top`` at the top, with its labels."""
+def _colour_bar(draw, canvas, corner: tuple[float, float], height: int, words: list[str], top: float, font,
+                size: int) -> None:
+    """A vertical bar of ``heat``'s colours, 0 at the bottom and ``top`` at the top, with its labels
+    and the ``words`` that say what it measures."""
     from matplotlib import colormaps
     from PIL import Image
 
-    height = max(12, height)
+    height = max(3 * size, height)
     ramp = (colormaps["inferno"](np.linspace(1, 0, height))[:, :3] * 255).astype(np.uint8)  # [height, 3], top first
     bar = Image.fromarray(np.repeat(ramp[:, None, :], 12, axis=1))
     x, y = round(corner[0]), round(corner[1])
     canvas.paste(bar, (x, y))
-    small = _font(10)
-    draw.text((x + 15, y - 2), f"{top:.3g}", fill="black", font=small)
-    draw.text((x + 15, y + height - 10), "0", fill="black", font=small)
-    draw.multiline_text((x + 15, y + height // 2 - 12), name.replace(" ", "\n"), fill="black", font=small, spacing=1)
+    draw.text((x + 16, y - 2), f"{top:.3g}", fill="black", font=font)
+    draw.text((x + 16, y + height - size - 2), "0", fill="black", font=font)
+    draw.multiline_text((x + 16, y + size + 4), "\n".join(words), fill="black", font=font, spacing=2)
 
 
 def heat(maps: torch.Tensor) -> torch.Tensor:
@@ -155,7 +196,7 @@ def grid_figure(images: torch.Tensor, plane, n: int, path: Path) -> Path:
     FigureCanvasAgg(figure)
     draw_grid(figure.add_subplot(), images, plane, n)
     figure.tight_layout()
-    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
+    save_figure(figure, path)
     return path
 
 
@@ -174,7 +215,7 @@ def kl_figure(kl_per_dimension: np.ndarray, active: np.ndarray, path: Path) -> P
     axes.set_ylabel("KL (nats)")
     axes.set_title("KL per dimension (grey: inactive, the prior)", fontsize=10)
     figure.tight_layout()
-    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
+    save_figure(figure, path)
     return path
 
 
@@ -197,7 +238,7 @@ def loss_curves_figure(metrics: list[dict[str, float]], path: Path, label: str =
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
+    save_figure(figure, path)
     return path
 
 
@@ -244,7 +285,7 @@ def map_png(xy: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], ax
     FigureCanvasAgg(figure)
     draw_map(figure.add_subplot(), xy, labels, class_names, axis_names, title)
     figure.tight_layout()
-    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
+    save_figure(figure, path)
     return path
 
 

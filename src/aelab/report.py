@@ -25,10 +25,12 @@ import torch
 
 from . import explorer, figures, latent, pages, plots
 from .config import FAMILY_SETTINGS, family_settings
-from .data.sets import ImageSet, close_sets, data_for_run, load_run_splits
+from .data.sets import ImageSet, close_sets, data_for_run, few_test_images, load_run_splits
 from .errors import AelabError
+from .evaluation import pca_verdict
 from .likelihood import ACTIVE, is_variational, posterior_summary
 from .fsutil import atomic_write_text
+from .progress import Stages, duration
 from .run import Run, load_run, read_json
 
 log = logging.getLogger("aelab")
@@ -36,6 +38,10 @@ log = logging.getLogger("aelab")
 REPORT_LIBRARIES = (("plotly", "plotly"), ("matplotlib", "matplotlib"), ("sklearn", "scikit-learn"))
 FIGURE_BYTES = 250_000  # each picture on the page at most (shrunk or JPEG beyond); the page stays under 10 MB
 PAGE_BYTES = 10_000_000  # the page at most: beyond, the explorer's decoder is left out (aelab export --format web)
+# the largest images the page decodes live ("decode any point"): beyond, the JavaScript decoder takes seconds a frame
+# (and checking its float16 weights, minutes); the default size of your own images (config.LARGEST_DEFAULT_SIDE)
+EXPLORER_SIDE = 128
+EXPLORER_PIXELS = EXPLORER_SIDE * EXPLORER_SIDE
 SLIDER_BYTES = 1_000_000  # the reconstructions across epochs, all together (fewer epochs shown beyond)
 # the settings a person chooses (the command line's options, the recipe's values): the report's
 # "What you chose"; the others (filled in from the data and the machine, or internal) are its details
@@ -54,22 +60,53 @@ def _epoch_number(path: Path) -> int:
     return int(match.group(1)) if match else 0
 
 
-def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | None = None) -> dict[str, Any]:
+TSNE_SECONDS = 2.4e-3  # t-SNE's seconds a point on 2 CPU cores (3,000 points: about 7 s; a 2-core EPYC)
+SECONDS = {"codes": 0.5, "decoder": 1.0, "maps": 0.3, "anomalies": 1.0, "page": 1.5}  # each stage's fixed part
+
+
+def stage_costs(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | None) -> dict[str, float]:
+    """What each stage of the report is expected to take (seconds): a fixed part, and what grows
+    with the images, from the time the model takes to encode a few of them here and now."""
+    from . import scores
+
+    sample = train.images[: min(len(train), 1024)]
+    latent.encode(run.model, sample[:8], labels=train.labels[:8])  # (warm: the first call pays for set-up)
+    started = time.perf_counter()
+    latent.encode(run.model, sample, labels=train.labels[: len(sample)])
+    per_image = (time.perf_counter() - started) / max(1, len(sample))
+    points = min(len(test), figures.map_points(test.image_shape))
+    scored = min(len(train), scores.FIT_IMAGES) + (len(val) if val is not None else 0) + len(test)
+    return {"codes": SECONDS["codes"] + per_image * len(train), "decoder": SECONDS["decoder"] + per_image * len(test),
+            "maps": SECONDS["maps"] + (TSNE_SECONDS * points if points >= latent.MIN_NEIGHBOUR_POINTS else 0.0),
+            "anomalies": SECONDS["anomalies"] + 1.5 * per_image * scored, "page": SECONDS["page"]}
+
+
+def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | None = None,
+                  stages: Stages | None = None) -> dict[str, Any]:
     """Compute every figure of the report; save PNGs into the run's figures/ folder. With ``val``
-    (or a saved RUN/anomaly.json) the test images are also scored for anomalies."""
+    (or a saved RUN/anomaly.json) the test images are also scored for anomalies. ``stages`` (of
+    ``stage_costs``) says each stage as it starts, with the time so far and the time left."""
     figures_dir = run.path / "figures"
     config = run.config
     out: dict[str, Any] = {}
-    log.info("report: decoded images (grid, samples, interpolation) ...")
+    stages = stages or Stages("report", stage_costs(run, test, train, val))
+    out["few_test"] = few_test_images(test, config.data)  # (a note on the page: too few to trust)
+    stages.start("codes", "the training images' codes, a decoded grid, samples, an interpolation")
     train_codes = latent.encode(run.model, train.images, labels=train.labels)
     plane = latent.latent_plane(train_codes)
     scale = plots.display_scale(config.model.image_size, config.model.image_width or config.model.image_size, 2)
     out["grid"] = figures.grid_figure(run, plane, GRID_N, figures_dir / "latent_grid.png")
     out["grid_plane"] = plane
-    log.info("report: the decoder for the page (decode any point) ...")
+    stages.start("decoder", "the decoder for the page (decode any point)")
     embedding = latent.embed(run, test)  # (the test codes: the explorer's points, and the latent maps' below)
-    out["explorer"] = explorer.explorer_data(run, embedding.codes, test.labels, test.class_names, plane, train_codes,
-                                             config.train.seed)
+    height, width = config.model.image_size, config.model.image_width or config.model.image_size
+    out["explorer"], out["explorer_left_out"] = None, ""
+    if height * width <= EXPLORER_PIXELS:
+        out["explorer"] = explorer.explorer_data(run, embedding.codes, test.labels, test.class_names, plane,
+                                                 train_codes, config.train.seed)
+    else:
+        out["explorer_left_out"] = (f"Images of {height} x {width} pixels are too large to decode in the page as the "
+                                    f"pointer moves (it does so up to {EXPLORER_SIDE} x {EXPLORER_SIDE})")
     sampler = latent.default_sampler(run.model)
     samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4,
                                       sampler=sampler)
@@ -80,8 +117,7 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
         out["variational"] = {
             "kl": plots.kl_figure(posterior.kl_per_dimension, posterior.mean_variance > ACTIVE,
                                   figures_dir / "kl_per_dimension.png"),
-            "traversal": plots.save_png(figures.traversal_picture(run, test, 0), figures_dir / "traversal.png",
-                                        scale=scale),
+            "traversal": figures.traversal_figure(run, test, figures_dir / "traversal.png"),
             "active_units": posterior.active_units, "latent_dim": len(posterior.kl_per_dimension)}
     first, second = _interpolation_pair(test)
     line = figures.interpolation_picture(run, test, first, second, INTERPOLATION_STEPS)
@@ -92,14 +128,22 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
                                                                  test.labels[:8])
         out["denoising"] = plots.reconstruction_figure(clean, denoised, figures_dir / "denoising.png",
                                                        title=f"noise factor {config.train.noise_factor:g}", noisy=noisy)
-    log.info("report: latent maps (scatter, t-SNE) ...")
     subset = latent.stratified_subset(embedding.label, figures.map_points(test.image_shape), seed=0)
     shown = embedding.subset(subset)
     perplexity = latent.suggested_perplexity(len(shown))
-    maps = {method: figures.latent_map(shown, method, "test", perplexity=perplexity) for method in ("scatter", "tsne")}
+    methods = ("scatter", "tsne")
+    if len(shown) < latent.MIN_NEIGHBOUR_POINTS:
+        images = f"{len(shown)} test image{'s' if len(shown) != 1 else ''}"
+        stages.start("maps", f"a latent map of {images} (no t-SNE map: it needs {latent.MIN_NEIGHBOUR_POINTS} images "
+                             "or more)")
+        methods = ("scatter",)
+    else:
+        stages.start("maps", f"latent maps of {len(shown)} test images (scatter, t-SNE)")
+    maps = {method: figures.latent_map(shown, method, "test", perplexity=perplexity) for method in methods}
     out["maps"] = {method: found.figure for method, found in maps.items()}
     out["n_map_points"] = len(shown)
     out["map_images"] = maps["scatter"].hover_images(test, subset)
+    stages.start("anomalies", "anomaly scores of the test images")
     anomalies = anomaly_section(run, test, train, val)
     if anomalies is not None:
         out["anomalies"] = anomalies
@@ -124,7 +168,6 @@ def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | N
     if detector is None:
         if val is None:
             return None
-        log.info("report: anomaly scores ...")
         detector = scores.fit_detector(run.model, train, val, scores.default_method(run.config),
                                        seed=run.config.train.seed)
         scores.save_detector(detector, run.path)
@@ -161,15 +204,16 @@ def _interpolation_pair(test: ImageSet) -> tuple[int, int]:
 
 
 def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[str, ImageSet] | None = None,
-                 data: str | None = None, device: str | torch.device = "cpu") -> Path:
+                 data: str | None = None, device: str | torch.device = "cpu", progress: bool = False) -> Path:
     """Write RUN/report.html and return its path.
 
     The images come from the run's source (``data_dir`` may move its folder; ``data`` names another
     source, prepared as the run's images were), or from ``splits`` (``{"train", "val", "test"}``
     ImageSets; without "val" the anomaly section needs a saved RUN/anomaly.json) for a run trained on
     data given in memory. ``device``: where the model runs (``auto``: cuda, then mps, else cpu).
+    Each stage is said as it starts (the logger "aelab"), with the time so far and the time left;
+    ``progress``: also a progress bar over the stages (``tqdm.auto``).
     """
-    started = time.perf_counter()
     for module, package in REPORT_LIBRARIES:  # an incomplete install: say so before any work
         try:
             importlib.import_module(module)
@@ -179,24 +223,26 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
     from .devices import resolve_device
 
     run = load_run(run_dir, device=resolve_device(device) if isinstance(device, str) else device)
-    log.info("writing the report (generated images, latent maps, t-SNE) ...")
     owned = None
     if splits is None:
         owned = splits = load_run_splits(run.config, data_for_run(run.config, data, data_dir))
     try:
-        parts = build_figures(run, splits["test"], splits["train"], splits.get("val"))
+        stages = Stages("report", stage_costs(run, splits["test"], splits["train"], splits.get("val")), progress)
+        parts = build_figures(run, splits["test"], splits["train"], splits.get("val"), stages)
+        stages.start("page", "the page")
         page = render(run, parts)
         if len(page.encode("utf-8")) > PAGE_BYTES:  # the decoder does not fit: fewer epochs on the slider first,
             page = render(run, parts, SLIDER_BYTES // 4)
         if len(page.encode("utf-8")) > PAGE_BYTES:  # then the explorer gets a page of its own
             log.info("the run's decoder does not fit in the report's %d MB; aelab export --format web %s writes "
                      "its explorer", PAGE_BYTES // 1_000_000, run.path)
-            page = render(run, {**parts, "explorer": None})
+            page = render(run, {**parts, "explorer": None, "explorer_left_out": (
+                f"This run's decoder is too large to carry in the report's {PAGE_BYTES // 1_000_000} MB")})
     finally:
         close_sets(owned)
     path = run.path / "report.html"
     atomic_write_text(path, page)
-    log.info("report written in %.1f s: %s", time.perf_counter() - started, path)
+    log.info("report written in %s: %s", duration(stages.done()), path)
     return path
 
 
@@ -204,6 +250,12 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
 
 def _uri(source) -> str:
     return plots.picture_uri(source, FIGURE_BYTES)
+
+
+def _figure(path: Path) -> dict[str, Any]:
+    """A figure with text for the page: its data URI, never shrunk (its text would shrink with it: a
+    JPEG where PNG is too large), and the pixel size of its smallest text (``plots.TEXT_KEY``)."""
+    return {"src": plots.picture_uri(path, FIGURE_BYTES, shrink=False), "text_px": plots.figure_text_px(path) or ""}
 
 
 def _fmt(value: Any, digits: int = 5) -> str:
@@ -220,7 +272,7 @@ def _variational(parts: dict[str, Any], evaluation: dict[str, Any]) -> dict[str,
     numbers = {term: f"{evaluation[f'{split}_{term}']:.2f}" for term in ("nelbo", "recon", "kl", "iw_nelbo")
                if f"{split}_{term}" in evaluation}
     return {"split": split, **numbers, "active_units": found["active_units"], "latent_dim": found["latent_dim"],
-            "kl_picture": _uri(found["kl"]), "traversal": _uri(found["traversal"])}
+            "kl_picture": _figure(found["kl"]), "traversal": _figure(found["traversal"])}
 
 
 def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) -> str:
@@ -239,22 +291,26 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
         ("training time", f"{evaluation.get('train_seconds', sum(r['seconds'] for r in metrics)):.1f} s"),
         ("latent size", str(config.model.latent_dim)),
     ]
-    if "test_pca_mse" in evaluation:  # the honest baseline, beside the autoencoder's error
+    verdict = None
+    if "test_pca_mse" in evaluation:  # the honest baseline, beside the autoencoder's error, and who wins
         cards.insert(1, (f"test MSE of PCA-{config.model.latent_dim} (the baseline)", _fmt(evaluation["test_pca_mse"])))
+        verdict = pca_verdict(evaluation["test_mse"], evaluation["test_pca_mse"], config.model.latent_dim)
     if "test_denoising_mse" in evaluation:
         cards.insert(1, ("test denoising MSE", _fmt(evaluation["test_denoising_mse"])))
     others = {f"model.{name}" for name in FAMILY_SETTINGS if name not in family_settings(config.model.kind)}
     rows = [(f"{section}.{key}", "default" if value is None else value) for section in ("data", "model", "train")
             for key, value in saved.get(section, {}).items() if f"{section}.{key}" not in others]  # (its family's)
-    chosen = [(name, value) for name, value in rows if name in CHOSEN]
-    details = [(name, value) for name, value in rows if name not in CHOSEN]
+    given = set(saved["given"]) if isinstance(saved.get("given"), list) else CHOSEN  # (runs saved before: CHOSEN)
+    chosen = [(name, value) for name, value in rows if name in given]
+    details = [(name, value) for name, value in rows if name not in given]
     details += [(f"version of {name}", value) for name, value in saved.get("versions", {}).items()]
+    texts = [plots.figure_text_px(path) for path in recon[-1:]]
     anomalies = None
     if "anomalies" in parts:
         found = parts["anomalies"]
         anomalies = {"method": found["method"], "method_words": _METHOD_WORDS.get(found["method"], ""),
                      "n": found["n"], "total": found["total"], "threshold": f"{found['threshold']:.3f}",
-                     "quantile": f"{1 - found['contamination']:.0%}", "picture": _uri(found["figure"])}
+                     "quantile": f"{1 - found['contamination']:.0%}", "picture": _figure(found["figure"])}
         if "auroc" in found:
             anomalies |= {"normal": found["normal"], "auroc": f"{found['auroc']:.4f}",
                           "average_precision": f"{found['average_precision']:.4f}", "f1": f"{found['f1']:.4f}"}
@@ -264,18 +320,23 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
         title=f"aelab run {run.path.name}", dataset=config.data.dataset, latent_dim=config.model.latent_dim,
         recipe=config.train.recipe, loss=config.train.loss,
         noise_factor=format(config.train.noise_factor, "g") if config.train.noise_factor else None,
-        cards=cards, loss_curves=_uri(run.path / "figures" / "loss_curves.png"),
+        cards=cards, verdict=verdict, given_recorded=isinstance(saved.get("given"), list),
+        few_test=parts.get("few_test"),
+        schedule_changes=[change.get("said", "") for change in saved.get("schedule_changes", [])],
+        loss_curves=_figure(run.path / "figures" / "loss_curves.png"),
         metrics=[(r["epoch"], f"{r['train_loss']:.5f}", f"{r['val_loss']:.5f}", f"{r['lr']:.2e}", f"{r['seconds']:.2f}")
                  for r in metrics],
         kept=evaluation.get("kept", config.train.keep), best_epoch=evaluation.get("best_epoch", "?"),
-        slider_pictures=slider[0], slider_epochs=slider[1],
-        denoising={"noise_factor": format(config.train.noise_factor, "g"), "picture": _uri(parts["denoising"])}
+        slider_pictures=slider[0], slider_epochs=slider[1], slider_text_px=(texts[0] if texts else None) or "",
+        denoising={"noise_factor": format(config.train.noise_factor, "g"), "picture": _figure(parts["denoising"])}
         if "denoising" in parts else None,
         anomalies=anomalies, run_path=run.path, run_folder=run.path.resolve(),
-        n_map_points=parts["n_map_points"], grid_n=GRID_N, grid_plane=parts["grid_plane"].description,
-        grid=_uri(parts["grid"]),
+        n_map_points=parts["n_map_points"], map_methods=list(parts["maps"]),
+        min_neighbour_points=latent.MIN_NEIGHBOUR_POINTS, grid_n=GRID_N, grid_plane=parts["grid_plane"].description,
+        grid=_figure(parts["grid"]),
         samples=_uri(parts["samples"]), sampler=parts["sampler"], interpolation=_uri(parts["interpolation"]),
-        variational=_variational(parts, evaluation), explorer=parts["explorer"], explorer_js=safe(explorer.script()),
+        variational=_variational(parts, evaluation), explorer=parts["explorer"],
+        explorer_left_out=parts["explorer_left_out"], explorer_js=safe(explorer.script()),
         interpolation_pair=parts["interpolation_pair"], chosen_rows=chosen, detail_rows=details,
         map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT),
         plotly_loader=safe(plots.PLOTLY_LOADER), plotly_packed=plots.plotly_packed(),

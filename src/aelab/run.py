@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .config import RunConfig, default_setting
+from .config import RunConfig, default_setting, source_place
 from .errors import AelabError
 from .fsutil import ProcessLock, atomic_write_bytes, atomic_write_text
 from .models.registry import build_model
@@ -106,9 +106,28 @@ def load_weights_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
 
 # --- config -----------------------------------------------------------------------------------
 
-def save_config(config: RunConfig, run_dir: Path) -> None:
-    values = {"format_version": FORMAT_VERSION, "versions": versions(), **config.to_dict()}
+# what config.json records beside the config: the settings the user gave (the rest aelab filled in or chose), and
+# each resume that changed the run's length (when, from how many epochs to how many, the highest rate left)
+RECORD_KEYS = ("given", "schedule_changes")
+
+
+def save_config(config: RunConfig, run_dir: Path, record: dict[str, Any] | None = None) -> None:
+    """config.json: the config, the format and versions, and ``record`` (``RECORD_KEYS``)."""
+    extra = {key: (record or {})[key] for key in RECORD_KEYS if key in (record or {})}
+    values = {"format_version": FORMAT_VERSION, "versions": versions(), **config.to_dict(), **extra}
     atomic_write_text(run_dir / "config.json", json.dumps(values, indent=2) + "\n")
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    """What config.json records beside the config (``RECORD_KEYS``; a run saved before has none)."""
+    values = read_json(Path(run_dir) / "config.json")
+    return {key: values[key] for key in RECORD_KEYS if isinstance(values.get(key), list)}
+
+
+def given_settings(requested: RunConfig, explicit: set[str] | None) -> list[str]:
+    """The settings the user gave ("train.epochs"): ``explicit`` (the command line's options), or
+    without it those where ``requested`` differs from the defaults (the Python API)."""
+    return sorted(explicit if explicit is not None else config_differences(requested, RunConfig()))
 
 
 def load_config(run_dir: Path) -> RunConfig:
@@ -247,6 +266,7 @@ def summary(run_dir: str | Path) -> dict[str, Any]:
         "best_val_loss": min((row["val_loss"] for row in metrics), default=None),
         "evaluation": split_metrics(evaluation),
         "detector": None,
+        "schedule_changes": read_record(path).get("schedule_changes", []),
         "versions": versions,
     }
     if detector:
@@ -268,6 +288,9 @@ def summary_lines(found: dict) -> list[tuple[str, str]]:
                         f"{recipe['batch_size']}, lr {recipe['lr']:g} {recipe['schedule']}, loss {recipe['loss']}"
                         + (f", noise {recipe['noise_factor']:g}" if recipe["noise_factor"] else "")
                         + f", seed {recipe['seed']}, shards {recipe['shards']}")]
+    for change in found.get("schedule_changes", []):  # (resumed with another length: the schedule as it ran)
+        lines.append(("schedule", f"resumed at epoch {change['epoch']:g} with {change['epochs']} epochs: "
+                                  + change.get("said", f"the run had planned {change['epochs_before']}")))
     if found["best_val_loss"] is not None:
         best = f"epoch {found['best_epoch']}, " if found["best_epoch"] else ""
         lines.append(("best", f"{best}validation loss {found['best_val_loss']:.5f} (model.safetensors holds the "
@@ -360,12 +383,14 @@ class RunLock:
         self.release()
 
 
-def lock_new_run(run_dir: Path, overwrite: bool) -> RunLock:
-    """Make the folder of a new run and lock it.
+def lock_new_run(run_dir: Path, overwrite: bool, config: RunConfig | None = None) -> RunLock:
+    """Make the folder of a new run (with ``config``) and lock it.
 
-    A folder that already holds a run is refused unless ``overwrite``; the run there is removed
-    only later (``remove_run_files``), once the new run's data are read, so that a mistake found
-    before training starts loses nothing, and never under another process that trains it."""
+    A folder that already holds a run is refused unless ``overwrite``, with what to do: continue it
+    (offered only when the run there has the settings ``config`` asks for) or replace it, naming the
+    settings that differ. The run there is removed only later (``remove_run_files``), once the new
+    run's data are read, so that a mistake found before training starts loses nothing, and never
+    under another process that trains it."""
     if run_dir.exists() and not run_dir.is_dir():
         raise AelabError(f"{run_dir} is a file; give a folder for the run as `out`")
     try:
@@ -376,9 +401,29 @@ def lock_new_run(run_dir: Path, overwrite: bool) -> RunLock:
     present = [name for name in RUN_FILES if (run_dir / name).exists()]
     if present and not overwrite:
         lock.release()
-        raise AelabError(f"{run_dir} already holds a run ({', '.join(present)}); continue it with `resume`, "
-                         "replace it with `overwrite`, or choose another `out` folder")
+        raise AelabError(f"{run_dir} already holds a run ({', '.join(present)}); {_what_to_do(run_dir, config)}")
     return lock
+
+
+def _what_to_do(run_dir: Path, config: RunConfig | None) -> str:
+    """What a new run in a folder that holds another can do: continue that run when it has the
+    settings asked for, else replace it (naming the settings that differ), or go elsewhere."""
+    elsewhere = "or choose another `out` folder"
+    try:
+        saved = load_config(run_dir)
+    except AelabError:  # (a damaged or foreign config.json: nothing to continue)
+        return f"replace it with `overwrite`, {elsewhere}"
+    if config is None:
+        return f"continue it with `resume`, replace it with `overwrite`, {elsewhere}"
+    differ = config_differences(config, saved) - {"data.data_dir", "data.memory_limit", "train.device"}
+    if source_place(config.data.dataset) == source_place(saved.data.dataset):  # (given relative, recorded absolute)
+        differ.discard("data.dataset")
+    differ = sorted(differ)
+    if not differ:
+        return f"continue it with `resume`, replace it with `overwrite`, {elsewhere}"
+    said = ", ".join(f"`{name}` {_setting(saved, name)!r} (not {_setting(config, name)!r})" for name in differ[:4])
+    more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+    return f"it was trained with {said}{more}: replace it with `overwrite`, {elsewhere}"
 
 
 def remove_run_files(run_dir: Path) -> None:

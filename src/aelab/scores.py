@@ -38,7 +38,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -58,8 +58,9 @@ MIXTURE_COMPONENTS = 8  # the code density's mixture beside the other ingredient
 # benchmarks/RESULTS.md), at about 20x the fitting time
 DENSITY_COMPONENTS = 64
 FIT_IMAGES = 20_000  # training images the Gaussians and the mixture are fitted on at most (a seeded sample)
-CHUNK = 16_384  # images scored at a time (their features are held only for a chunk)
+CHUNK = 4096  # images scored at a time (their features are held only for a chunk; progress is told after each)
 log = logging.getLogger("aelab")
+Progress = Callable[[int, int], None]  # told (done, total) as work advances
 
 
 def check_contamination(contamination: float) -> float:
@@ -83,10 +84,10 @@ class Detector:
     version: int = VERSION
     weights: str = ""  # the digest of the weights it was fitted on (aelab.run.weights_digest)
 
-    def parts(self, images, model: torch.nn.Module) -> dict[str, np.ndarray]:
+    def parts(self, images, model: torch.nn.Module, progress: Progress | None = None) -> dict[str, np.ndarray]:
         """Every ingredient (``INGREDIENTS``; ``nelbo``, the negative ELBO, for a model that reports
         it) of uint8 images [N, C, H, W] (a tensor or on disk, or an ImageSet: with its labels, which
-        a conditional model needs)."""
+        a conditional model needs). ``progress(done, total)`` is told the images scored after each chunk."""
         images, labels = with_labels(images)
         terms = tuple(term for term in ("mse", "nelbo") if term in model.terms)
         found: dict[str, list[np.ndarray]] = {name: [] for name in INGREDIENTS if name != "nelbo" or name in terms}
@@ -99,6 +100,8 @@ class Detector:
             found["density"].append(-self._mixture().score_samples(result.codes.astype(np.float64)))
             for name, values in (("feature_distance", result.features), ("feature_error", result.feature_errors)):
                 found[name].append(_mahalanobis(values, self.gaussians[name]))
+            if progress is not None:
+                progress(min(len(images), start + step), len(images))
         return {name: np.concatenate(values) if values else np.zeros(0) for name, values in found.items()}
 
     def standardised(self, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -201,10 +204,11 @@ def _sample(images, seed: int):
 
 
 def fit_detector(model: torch.nn.Module, train_images, val_images, method: str = "combined",
-                 contamination: float = 0.1, seed: int = 0) -> Detector:
+                 contamination: float = 0.1, seed: int = 0, progress: Progress | None = None) -> Detector:
     """Fit the Gaussians of the features and the code density on the training images, the
     standardisation and the threshold on the validation images (uint8 images, or ImageSets: with
-    their labels, which a conditional model needs)."""
+    their labels, which a conditional model needs). ``progress(done, total)`` is told the images done
+    (at most ``FIT_IMAGES`` training images, then the validation images)."""
     from sklearn.mixture import GaussianMixture
 
     from .run import weights_digest
@@ -216,7 +220,10 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
                          "cvae); choose another `method`")
     contamination = check_contamination(contamination)
     sample, sample_labels = _sample(train_images, seed)
+    total = len(sample) + len(with_labels(val_images)[0])
     train = infer(model, sample, terms=(), codes=True, features=True, labels=sample_labels)
+    if progress is not None:
+        progress(len(sample), total)
     codes = train.codes.astype(np.float64)
     components = max(1, min(DENSITY_COMPONENTS if method == "density" else MIXTURE_COMPONENTS, len(codes) // 20))
     with warnings.catch_warnings():  # (a mixture that has not fully converged still gives a density)
@@ -229,7 +236,8 @@ def fit_detector(model: torch.nn.Module, train_images, val_images, method: str =
                         gaussians={"feature_distance": _gaussian(train.features),
                                    "feature_error": _gaussian(train.feature_errors)},
                         weights=weights_digest(model))
-    parts = detector.parts(val_images, model)
+    parts = detector.parts(val_images, model, None if progress is None else
+                           lambda done, _: progress(len(sample) + done, total))
     for name in COMBINED:
         logs = np.log(np.maximum(parts[name], 1e-12))
         detector.standard[name] = [float(logs.mean()), float(logs.std() or 1.0)]
@@ -332,22 +340,24 @@ class Scored:
     standardised: dict[str, np.ndarray] = field(default_factory=dict)  # those combined, standardised (COMBINED)
 
 
-def score_images(model: torch.nn.Module, detector: Detector, images) -> Scored:
-    """Scores and flags of uint8 images [N, C, H, W] (a tensor or images on disk, or an ImageSet)."""
-    parts = detector.parts(images, model)
+def score_images(model: torch.nn.Module, detector: Detector, images, progress: Progress | None = None) -> Scored:
+    """Scores and flags of uint8 images [N, C, H, W] (a tensor or images on disk, or an ImageSet);
+    ``progress(done, total)`` is told the images scored."""
+    parts = detector.parts(images, model, progress)
     score = detector.combine(parts)
     return Scored(score, score > detector.threshold, parts, detector.threshold, detector.standardised(parts))
 
 
 def error_maps(model: torch.nn.Module, images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images, their reconstructions (floats [N, C, H, W] in [0, 1]) and per-pixel squared error maps
-    [N, H, W] (summed over channels), of uint8 images or an ImageSet."""
+    [N, H, W] (the mean over a colour image's channels: from 0 to 1, as the MSE), of uint8 images or
+    an ImageSet."""
     from .data.batches import to_unit
 
     images, labels = with_labels(images)
     result = infer(model, images, terms=(), reconstructions=True, labels=labels)
     clean = to_unit(images[:] if not torch.is_tensor(images) else images)
-    return clean, result.reconstructions, (result.reconstructions - clean).square().sum(1)
+    return clean, result.reconstructions, (result.reconstructions - clean).square().mean(1)
 
 
 def metrics(scores: np.ndarray, is_anomaly: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -362,11 +372,12 @@ def metrics(scores: np.ndarray, is_anomaly: np.ndarray, truth: np.ndarray) -> di
 
 
 def run_detector(run, method: str | None = None, contamination: float = DEFAULT_CONTAMINATION,
-                 data_dir: str | None = None, memory_limit: str | None = None) -> Detector:
+                 data_dir: str | None = None, memory_limit: str | None = None,
+                 progress: Progress | None = None) -> Detector:
     """The run's detector of this method (None: the run's default, ``default_method``) and
     contamination, saved where ``detector_file`` says (the default's in ``RUN/anomaly.json``), else
     fitted now on the run's own training and validation images (``data_dir``: where they are now) and
-    saved there."""
+    saved there (``progress``: see ``fit_detector``)."""
     from .data.sets import close_sets, data_for_run, load_run_splits
 
     contamination = check_contamination(contamination)
@@ -380,7 +391,7 @@ def run_detector(run, method: str | None = None, contamination: float = DEFAULT_
     splits = load_run_splits(run.config, data, ("train", "val"))
     try:
         detector = fit_detector(run.model, splits["train"], splits["val"], method, contamination,
-                                seed=run.config.train.seed)
+                                seed=run.config.train.seed, progress=progress)
     finally:
         close_sets(splits)
     save_detector(detector, run.path, path)
@@ -390,15 +401,16 @@ def run_detector(run, method: str | None = None, contamination: float = DEFAULT_
 def anomaly_figure(model: torch.nn.Module, images, scores: np.ndarray, path: Path, title: str = "",
                    labels: list[str] | None = None, score_name: str = "score") -> Path:
     """The images at the top of ``scores`` (given in that order) with their reconstructions and error
-    maps (squared error per pixel, summed over channels, on one colour scale shown beside them);
-    under each, its ``score_name`` and (given ``labels``, the class names) its label."""
+    maps (each pixel's squared error, pixels from 0 to 1, a colour image's channels averaged; on one
+    colour scale shown beside them, from 0 to the largest); under each, its ``score_name`` and (given
+    ``labels``, the class names) its label."""
     from .plots import heat, rows_figure
 
     clean, output, maps = error_maps(model, images)
     captions = [f"{score:.2f}" + (f"\n{label}" if labels else "") for score, label in zip(scores, labels or scores)]
     return rows_figure([("image", clean), ("reconstruction", output), ("error", heat(maps))], path, title,
                        captions=captions, caption_name=score_name + ("\nlabel" if labels else ""),
-                       colour_bar=("squared error", float(maps.max()) if len(maps) else 1.0))
+                       colour_bar=("squared\nerror of\na pixel\n(0 to 1)", float(maps.max()) if len(maps) else 1.0))
 
 
 def label_names(images, positions: np.ndarray) -> list[str] | None:
@@ -469,16 +481,16 @@ class ScoreFiles:
     scored: Scored
 
 
-def write_scores(run, detector: Detector, images, split: str, out: str | Path | None = None, top: int = 12
-                 ) -> ScoreFiles:
+def write_scores(run, detector: Detector, images, split: str, out: str | Path | None = None, top: int = 12,
+                 progress: Progress | None = None) -> ScoreFiles:
     """Score ``images`` (an ImageSet; ``split`` names it) under the run's model: their table to
     ``out`` (.csv or .parquet), else ``outputs/scores-SPLIT.csv`` in the run folder, and beside it a
-    figure of the ``top`` highest."""
+    figure of the ``top`` highest (``progress``: see ``score_images``)."""
     from .latent import write_table
     from .run import output_path
 
     path = output_path(run.path, f"scores-{split}.csv", out)
-    scored = score_images(run.model, detector, images)
+    scored = score_images(run.model, detector, images, progress)
     write_table(table(scored, images), path)
     first = highest(scored, top)
     figure = anomaly_figure(run.model, images.subset(torch.as_tensor(first)), scored.score[first],

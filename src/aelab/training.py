@@ -21,18 +21,19 @@ from typing import Any, Iterable
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed
-from .callbacks import Callback, CallbackList, Figures, Report, RunFolder
+from . import distributed, footprint
+from .callbacks import Callback, CallbackList, Figures, ProgressBar, Report, RunFolder
 from .config import RunConfig, resolved_kl_warmup
 from .data.batches import Batches, noise_generator
-from .data.sets import ImageSet, close_sets, load_splits
+from .data.sets import ImageSet, close_sets, few_test_images, load_splits
 from .defaults import from_data
 from .devices import resolve_device
 from .errors import AelabError
 from .evaluation import SplitMeans, pca_mse, psnr_from_mse
 from .models.registry import build_model, family
 from .optim import Schedule, make_optimizer, make_scheduler
-from .run import lock_existing_run, lock_new_run, remove_run_files, resumed_config
+from .run import RESUMABLE, given_settings, lock_existing_run, lock_new_run, read_record, remove_run_files, \
+    resumed_config
 from .steps import TrainStep, resolve_shards
 
 log = logging.getLogger("aelab")
@@ -97,13 +98,17 @@ class Trainer:
     chooses it and, under torchrun, has joined the process group: it gives this rank's device).
     The model is built here, from the config and with the run's seed, without touching the
     caller's random numbers. What resuming needs is saved and restored by ``aelab.checkpoint``.
+    ``record``: what config.json records beside the config (``aelab.run.RECORD_KEYS``).
     """
 
     CHECK_EVERY = 25  # steps between loss checks: each is a host sync (costly on a GPU); a bad step is still found
 
     def __init__(self, config: RunConfig, run_dir: Path, splits: dict[str, ImageSet],
-                 callbacks: Iterable[Callback] = (), *, device: torch.device, fingerprint: str | None = None):
+                 callbacks: Iterable[Callback] = (), *, device: torch.device, fingerprint: str | None = None,
+                 record: dict[str, Any] | None = None):
         self.config, self.run_dir, self.device = config, Path(run_dir), device
+        # what config.json records beside the config (aelab.run.RECORD_KEYS): the settings given, schedule changes
+        self.record = dict(record or {})
         self.callbacks = CallbackList(callbacks)
         cfg = config.train
         with torch.random.fork_rng(devices=[]):  # the caller's global RNG stays as it was
@@ -291,8 +296,9 @@ class Trainer:
                               f"(now {self.config.train.lr:g}; `overwrite` replaces this run)")
 
     def _interrupted(self, signum: int, where: str) -> TrainingInterrupted:
-        return TrainingInterrupted(f"stopped by {signal.Signals(signum).name} {where}; checkpoint saved in "
-                                   f"{self.run_dir}", signum, self.run_dir)
+        how = "with Ctrl-C (SIGINT)" if signum == signal.SIGINT else f"by {signal.Signals(signum).name}"
+        return TrainingInterrupted(f"stopped {how} {where}; the checkpoint is saved in {self.run_dir}", signum,
+                                   self.run_dir)
 
     def noise_for(self, epoch: int) -> torch.Generator | None:
         """The generator of a denoising run's input noise in ``epoch`` (None without noise)."""
@@ -327,12 +333,15 @@ class Trainer:
 
 def train(config: RunConfig | None = None, out: str | Path | None = None, *, resume: bool = False,
           overwrite: bool = False, report: bool = True, data: dict[str, ImageSet] | None = None,
-          explicit: set[str] | None = None, callbacks: Iterable[Callback] = ()) -> TrainResult:
-    """Train a run and write its folder ``out`` (default: runs/DATASET-dLATENT); return the model,
-    metrics and test evaluation.
+          explicit: set[str] | None = None, callbacks: Iterable[Callback] = (), progress: bool = True) -> TrainResult:
+    """Train a run and write its folder ``out`` (default: ``RunConfig.default_run_dir``, such as
+    runs/mnist-d4 or runs/mnist-vae-bce-dynamic-d4); return the model, metrics and test evaluation.
 
     The run folder is written by the callbacks ``RunFolder``, ``Figures`` and (with ``report``)
     ``Report``; ``callbacks`` are added after them (progress, console lines, trackers, your own).
+    ``progress``: a progress bar (``tqdm.auto``: in a terminal, or a widget in a notebook) for the
+    training, with the time so far and the time left, and one for the report's stages; nothing else
+    is printed (``progress=False``: nothing at all; a ``ProgressBar`` among ``callbacks`` is the one used).
     ``data`` (``{"train", "val", "test"}`` ImageSets; "test" may be left out with ``report=False``)
     replaces the dataset named in the config, for tests and notebooks. With ``resume=True`` the run
     in ``out`` continues from its last checkpoint with its own settings; a ``config`` given then may
@@ -358,25 +367,33 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
             except AelabError as error:
                 distributed.from_rank_0(("error", str(error)))
                 raise
-        plan = distributed.from_rank_0(plan or ("plan", None, None))
+        plan = distributed.from_rank_0(plan or ("plan", None, None, None))
         if plan[0] == "error":  # (rank 0 raised it and says it)
             raise AelabError(plan[1])
-        config, checkpoint = RunConfig.from_dict(plan[1]).validate(), plan[2]
+        config, checkpoint, record = RunConfig.from_dict(plan[1]).validate(), plan[2], plan[3]
         error = None
         try:  # (each rank reads the data itself: one that cannot stops them all, with its message)
             splits = data if data is not None else load_splits(config.data, training=True)
             owned = splits if data is None else None  # (sets given in `data` stay open: the caller's)
             if "test" not in splits and report:
                 raise AelabError("`data` has no test split; give one, or train with `report` False")
-            config = _fitted_to(config, splits, explicit, resumed=checkpoint is not None)
+            requested, config = config, _fitted_to(config, splits, explicit, resumed=checkpoint is not None)
+            few = few_test_images(splits["test"], config.data) if "test" in splits and rank == 0 else None
+            if few:
+                log.warning(few)
+            _check_memory(config, splits, None if checkpoint is not None else
+                          lambda height, width: _planned_at(requested, splits, explicit, height, width))
         except AelabError as raised:
             error = raised
         distributed.raise_together(error)  # (before the Trainer: building its DDP step is a collective)
         fingerprint = ckpt.data_fingerprint(splits)
         _same_data_on_every_rank(fingerprint)
-        defaults = [RunFolder(), Figures()] + ([Report()] if report else []) if rank == 0 else []
+        defaults = [RunFolder(), Figures()] + ([Report(progress)] if report else []) if rank == 0 else []
+        callbacks = list(callbacks)
+        if progress and rank == 0 and not any(isinstance(callback, ProgressBar) for callback in callbacks):
+            callbacks.insert(0, ProgressBar())
         trainer = Trainer(config, run_dir, splits, [*defaults, *(callbacks if rank == 0 else ())],
-                          device=device or resolve_device(config.train.device), fingerprint=fingerprint)
+                          device=device or resolve_device(config.train.device), fingerprint=fingerprint, record=record)
         del splits  # (the trainer keeps what this process needs: under torchrun, a share of val and test on rank > 0)
         if checkpoint is not None:
             ckpt.restore(trainer, checkpoint)
@@ -393,18 +410,23 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
 
 
 def _plan(run_dir: Path, config: RunConfig | None, resume: bool, overwrite: bool,
-          explicit: set[str] | None) -> tuple[Any, tuple[str, dict, ckpt.Checkpoint | None]]:
+          explicit: set[str] | None) -> tuple[Any, tuple[str, dict, ckpt.Checkpoint | None, dict]]:
     """What rank 0 decides from the run folder: its lock, and ("plan", the config as a dict, the
-    checkpoint to resume from or None)."""
+    checkpoint to resume from or None, what config.json records beside the config)."""
     if not resume and distributed.restarts() and ckpt.has_checkpoint(run_dir):
         # torchrun restarted the processes (--max-restarts) after one failed: go on from the checkpoint,
         # whatever the command said (an --overwrite would otherwise erase what the first try trained)
         resume = True
     if not resume:
         config = (config or RunConfig()).validate()
-        return lock_new_run(run_dir, overwrite), ("plan", config.to_dict(), None)
+        lock = lock_new_run(run_dir, overwrite, config)
+        return lock, ("plan", config.to_dict(), None, {"given": given_settings(config, explicit)})
     lock = lock_existing_run(run_dir)
     try:
+        record = read_record(run_dir)
+        if config is not None:  # (what a resume may change, given now, is the user's too)
+            changed = set(given_settings(config, explicit)) & set(RESUMABLE)
+            record["given"] = sorted(set(record.get("given", [])) | changed)
         config = resumed_config(run_dir, config, explicit).validate()
         checkpoint = ckpt.read_checkpoint(run_dir)
         trained = int(checkpoint.state["epoch"])
@@ -414,7 +436,28 @@ def _plan(run_dir: Path, config: RunConfig | None, resume: bool, overwrite: bool
     except BaseException:
         lock.release()
         raise
-    return lock, ("plan", config.to_dict(), checkpoint)
+    return lock, ("plan", config.to_dict(), checkpoint, record)
+
+
+def _check_memory(config: RunConfig, splits: dict[str, ImageSet], replan) -> None:
+    """Say the run's estimated peak memory, and refuse a run that would not fit, naming what to change
+    (``footprint.check``; ``replan(height, width)``: the config at another image size; None for a
+    resumed run, which is only told: it trained before)."""
+    held = sum(part.images.nbytes for part in splits.values() if not part.on_disk)  # (the splits: views or copies)
+    found = footprint.estimate(config, len(splits["train"]), len(splits.get("test", splits["val"])), images=held)
+    allowed, what = footprint.limit(distributed.local_size())
+    log.info(found.line(allowed, what))
+    if replan is not None:
+        footprint.check(found, allowed, what, config, replan)
+
+
+def _planned_at(requested: RunConfig, splits: dict[str, ImageSet], explicit: set[str] | None, height: int,
+                width: int) -> RunConfig:
+    """The config the data would choose for ``requested`` at another image size (``defaults.from_data``)."""
+    channels = splits["train"].image_shape[0]
+    sized = replace(requested, model=replace(requested.model, in_channels=channels, image_size=height,
+                                             image_width=None if width == height else width))
+    return from_data(sized, (channels, height, width), len(splits["train"]), explicit)[0]
 
 
 def _same_data_on_every_rank(fingerprint: str) -> None:

@@ -5,10 +5,13 @@ command's options."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import difflib
 import inspect
 import logging
 import re
+import sys
 from pathlib import Path
 
 from ..config import RESIZE_METHODS, DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -18,10 +21,35 @@ SPLIT_CHOICES = ("test", "val", "train")
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line that points at --help."""
+    """argparse, but a usage error is one line that points at --help, and an option or a choice
+    mistyped gets a "did you mean" (difflib, for every Python; argparse's own ``suggest_on_error``
+    came in 3.14 and covers choices only)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._suggestion(message)} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but an unknown option is refused by the command it was given to (the main
+        parser knows none of the commands' options), so that it can say which option was meant."""
+        found, extras = self.parse_known_args(args, namespace)
+        if extras:
+            getattr(found, "parser", self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return found
+
+    def _suggestion(self, message: str) -> str:
+        """", did you mean --latent-dim?" for an unknown option or choice close to a known one; else ""."""
+        known = re.match(r"unrecognized arguments: (.*)", message)
+        if known:
+            options = [option for action in self._actions for option in action.option_strings
+                       if option.startswith("--")]
+            words = [word.split("=")[0] for word in known.group(1).split() if word.startswith("--")]
+        else:
+            choice = re.match(r"argument .*: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+            if not choice:
+                return ""
+            options, words = re.findall(r"'([^']*)'", choice.group(2)) or choice.group(2).split(", "), [choice.group(1)]
+        guesses = [match for word in words for match in difflib.get_close_matches(word, options, n=1, cutoff=0.6)]
+        return f"; did you mean {' '.join(guesses)}?" if guesses else ""
 
 
 # --- options ------------------------------------------------------------------------------------
@@ -103,7 +131,8 @@ def add_preparation(parser: argparse.ArgumentParser) -> None:
                              "channel is composited on black (default: 3 if any image has colour, else 1)")
     parser.add_argument("--image-size", metavar="H[xW]",
                         help="the size every image is made, e.g. 64 or 48x64 (default: the most common size of the "
-                             "images)")
+                             "images, made at most 128 on its longer side: larger pictures keep their shape, made "
+                             "smaller; the memory a size needs is said before training)")
     parser.add_argument("--resize", choices=RESIZE_METHODS,
                         help="how an image of another size is fitted: stretch to the size, crop (scale to cover, cut "
                              "the centre) or pad (scale to fit, black borders) (default: stretch)")
@@ -129,6 +158,30 @@ def options_for(args: argparse.Namespace, mode: str, applies: dict[str, tuple[st
     for dest, value in defaults.items():
         if getattr(args, dest, None) is None:
             setattr(args, dest, value)
+
+
+@contextlib.contextmanager
+def progress_bar(args: argparse.Namespace, what: str, unit: str = "iteration"):
+    """A progress bar on stderr (none with --quiet), with the time so far and the time left: the
+    ``progress(done, total)`` it yields moves it."""
+    if args.quiet:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=what, unit=unit, leave=False, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 # --- loading a run and its images -----------------------------------------------------------------
@@ -177,6 +230,9 @@ def report_skipped(skipped: list[tuple[str, str]], folder: Path, name: str = "sk
 
 # --- the library's names of settings, as options --------------------------------------------------
 
+OTHER_DESTS = {"dataset": ("data",)}  # a config field -> the other dests of the options that set it
+
+
 def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     """How the library's names of settings read on this command's line: ``train.lr`` and ``lr`` -> ``--lr``."""
     flags = {action.dest: action.option_strings[0] for action in parser._actions
@@ -184,8 +240,10 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     names = dict(flags)
     for section, kind in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
         for field in dataclasses.fields(kind):
-            if field.name in flags:  # each option's dest is its config field's name
-                names[f"{section}.{field.name}"] = flags[field.name]
+            # each option's dest is its config field's name, but the tools' --data (`data.dataset`)
+            dest = next((dest for dest in (field.name, *OTHER_DESTS.get(field.name, ())) if dest in flags), None)
+            if dest is not None:
+                names[f"{section}.{field.name}"] = flags[dest]
     return names
 
 

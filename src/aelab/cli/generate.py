@@ -10,7 +10,7 @@ from .common import add_common, add_run, command, data_config, dims, opened, opt
 # which of the command's modes each option applies to; an option given for another mode is refused
 OPTIONS = {"n": ("--grid",), "dims": ("--grid",), "range": ("--grid",), "steps": ("--interpolate", "--traverse"),
            "split": ("--interpolate", "--traverse"), "seed": ("--samples",), "sampler": ("--samples",),
-           "scale": ("--samples", "--interpolate", "--traverse"), "label": ("--samples", "--grid")}
+           "scale": ("--samples", "--interpolate"), "label": ("--samples", "--grid")}
 DEFAULTS = {"n": 12, "split": "test", "seed": 0, "scale": 2}
 
 
@@ -28,7 +28,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     image I, a row per latent dimension (the first 16) moved from -3 to +3 standard deviations (the
     prior's for a variational run, the training codes' otherwise).
     """
-    from .. import figures, latent
+    from .. import figures, latent, plots
     from ..data.sets import load_run_split
     from ..run import output_path
 
@@ -57,8 +57,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(figures.grid_figure(run, plane, args.n, output_path(run.path, "grid.png", args.out), label=args.label))
         return 0
     if args.traverse is not None:
-        picture = figures.traversal_picture(run, data, args.traverse, train_codes, args.steps)
-        print(figures.save_picture(run, picture, f"traversal-{args.traverse}.png", args.out, scale=args.scale))
+        path = output_path(run.path, f"traversal-{args.traverse}.png", args.out)
+        print(figures.traversal_figure(run, data, path, args.traverse, train_codes, args.steps))
         return 0
     if sampler == "prior":
         images = latent.prior_images(run, args.n_samples, seed=args.seed, label=args.label)
@@ -67,7 +67,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.endswith(".png"):  # the images themselves
         print(figures.write_images(images, output_path(run.path, "samples", args.out)))
         return 0
-    print(figures.save_picture(run, figures.tiled(images), "samples.png", args.out, scale=args.scale))
+    print(figures.save_picture(run, figures.tiled(plots.thumbnails(images, figures.PICTURE_SIDE)), "samples.png",
+                               args.out, scale=args.scale))
     return 0
 
 
@@ -92,8 +93,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--steps", type=int, help="--interpolate, --traverse: the images along each line (default: 10; "
                    "traversals 9)")
     p.add_argument("--seed", type=int, help="--samples: their seed (default: 0)")
-    p.add_argument("--scale", type=int, help="--samples, --interpolate, --traverse: enlarge the PNG this many times "
-                   "(default: 2)")
+    p.add_argument("--scale", type=int, help="--samples, --interpolate: enlarge the PNG this many times (default: 2)")
     p.add_argument("--out", metavar="FILE",
                    help="FILE.png (a picture); --samples also FILE.npy or a FOLDER (the images themselves) "
                         "(default: RUN/outputs/grid.png, samples.png, interpolation-I-J.png, traversal-I.png)")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import sys
 from pathlib import Path
 
 from ..errors import AelabError
 from .common import add_common, add_device, add_run, add_run_folder, command, data_config, dims, opened, \
-    options_for, run_and_split
+    options_for, progress_bar, run_and_split, run_from_args
 
 # which of a command's methods each option applies to; an option given for another is refused
 PLOT_OPTIONS = {"dims": ("scatter",), "perplexity": ("tsne",), "seed": ("tsne", "umap")}  # (seed: with --max-points too)
@@ -28,13 +26,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     latent dimension, and with --nll-samples K the importance-sampled negative log-likelihood.
     --generation measures generated images against the split's (see aelab.generation).
     """
-    from ..data.sets import load_run_split
-    from ..evaluation import evaluate, pca_mse
+    from ..data.sets import load_run_splits
+    from ..evaluation import evaluate, pca_mse, pca_verdict
     from ..likelihood import is_variational, measures
 
     if args.seed is not None and not args.noise_factor:
         raise AelabError("--seed is the seed of --noise-factor's noise: give --noise-factor F too, or leave --seed out")
-    run, data = run_and_split(args)
+    run = run_from_args(args)
+    both = load_run_splits(run.config, data_config(run.config, args), tuple(dict.fromkeys((args.split, "train"))))
+    data, train = (opened(args, part) for part in (both[args.split], both["train"]))  # (the images read once)
     inception = None
     if args.inception_weights:  # (a bad file, or images FID cannot take: said before anything is computed)
         from ..generation import inception_network
@@ -45,12 +45,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         factors.append(run.config.train.noise_factor)
     results = [evaluate(run.model, data, split=args.split, noise_factor=factor, seed=args.seed or 0).to_dict()
                for factor in factors]
-    train = opened(args, load_run_split(run.config, data_config(run.config, args), "train"))
     # the honest baseline: PCA with as many components as the code, fitted on the training split
     baseline = pca_mse(train.images, data.images, run.config.model.latent_dim, run.config.train.seed)
     variational = None
     if is_variational(run.model):
-        with _bar(args, f"NLL, K = {args.nll_samples}") as progress:
+        with progress_bar(args, f"NLL, K = {args.nll_samples}") as progress:
             variational = measures(run.model, data.images, args.nll_samples or 0, args.seed or 0, progress, data.labels)
     elif args.nll_samples:
         raise AelabError("--nll-samples needs a variational model (--model vae, iwae or cvae); this run is "
@@ -67,13 +66,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "images: the denoising error")
         else:
             said = "clean inputs"
-        print(f"{args.split}: MSE {result['mse']:.6f}  PSNR {result['psnr']:.2f} dB  ({result['n_images']} images, "
-              f"{said})")
+        count = f"{result['n_images']} image{'s' if result['n_images'] != 1 else ''}"
+        print(f"{args.split}: MSE {result['mse']:.6f}  PSNR {result['psnr']:.2f} dB  ({count}, {said})")
     latent_dim, clean = run.config.model.latent_dim, results[0]["mse"]
     print(f"{args.split}: PCA with {latent_dim} components (the same code size, fitted on the training split): MSE "
-          f"{baseline:.6f}; the autoencoder's clean-input MSE is "
-          + (f"{clean / baseline:.2f}x PCA's ({'better' if clean < baseline else 'not better'})" if baseline > 0 else
-             "above PCA's 0 (the images lie in a space of the code's size: PCA rebuilds them exactly)"))
+          f"{baseline:.6f}; on clean inputs {pca_verdict(clean, baseline, latent_dim).text}")
     if variational is not None:
         _print_variational(variational, args.split)
     if generated is not None:
@@ -158,35 +155,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
             logging.getLogger("aelab").info("%s map of %d of the %d %s images (a sample stratified by label, as in the "
                                             "report); --max-points all maps every image (slower)", args.method,
                                             most, len(data), args.split)
-    with _bar(args, f"{args.method} map") as progress:
+    with progress_bar(args, f"{args.method} map") as progress:
         paths = write_latent_map(run, data, args.method, args.split, args.out, dims=args.dims,
                                  perplexity=args.perplexity, max_points=None if most == "all" else most,
                                  seed=args.seed, progress=progress)
     print("\n".join(map(str, paths)))
     return 0
-
-
-@contextlib.contextmanager
-def _bar(args: argparse.Namespace, what: str):
-    """A progress bar on stderr (none with --quiet): the ``progress(done, total)`` it yields moves it."""
-    if args.quiet:
-        yield None
-        return
-    from tqdm.auto import tqdm
-
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=what, unit="iteration", leave=False, file=sys.stderr)
-        bar.update(done - bar.n)
-
-    try:
-        yield progress
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def max_points(text: str) -> int | str:

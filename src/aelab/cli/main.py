@@ -35,10 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _StderrHandler(logging.Handler):
-    """Log records as lines on whatever ``sys.stderr`` is at the time."""
+    """Log records as lines on whatever ``sys.stderr`` is at the time, above a progress bar that is
+    showing (tqdm's write), not through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"aelab: {record.getMessage()}", file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(f"aelab: {record.getMessage()}", file=sys.stderr)
+        sys.stderr.flush()
 
 
 def _show_progress(quiet: bool) -> None:
@@ -68,11 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = for_the_command_line(str(error), args.parser)
-        if getattr(error, "run_dir", None) is not None:  # stopped by a signal, checkpoint saved
+        said = "error: "
+        if getattr(error, "run_dir", None) is not None:  # stopped by a signal, checkpoint saved: the user's choice
             launcher = "torchrun ... -m aelab" if _rank() is not None else "aelab"
             message += f". Resume with: {launcher} train --resume {error.run_dir}"
+            said = ""
         if not _rank():  # under torchrun every rank meets the same error: rank 0 says it
-            print(f"aelab: error: {message}", file=sys.stderr)
+            print(f"aelab: {said}{message}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
     except KeyboardInterrupt:
         if args.debug:

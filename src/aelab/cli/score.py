@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .common import SPLIT_CHOICES, add_common, add_data, add_device, add_run_folder, command, data_config, opened, \
-    run_from_args
+    progress_bar, run_from_args
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -26,11 +26,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     from ..data.sets import load_run_split
 
     run = run_from_args(args)
-    detector = scores.run_detector(run, args.method, args.contamination, args.data_dir, args.memory_limit)
     data = data_config(run.config, args)
     split = args.split or scores.default_split(data, args.data is not None)
-    images = opened(args, load_run_split(run.config, data, split))
-    written = scores.write_scores(run, detector, images, split, args.out, top=args.top)
+    images = opened(args, load_run_split(run.config, data, split))  # (a bad --data is said before any fitting)
+    with progress_bar(args, "fitting the score", "image") as progress:
+        detector = scores.run_detector(run, args.method, args.contamination, args.data_dir, args.memory_limit,
+                                       progress)
+    with progress_bar(args, f"scoring the {split} images", "image") as progress:
+        written = scores.write_scores(run, detector, images, split, args.out, top=args.top, progress=progress)
     flagged = int(written.scored.is_anomaly.sum())
     result = {"split": split, "n_images": len(images), "n_anomalies": flagged, "threshold": detector.threshold,
               "contamination": detector.contamination, "method": detector.method, "scores": str(written.table),

@@ -66,14 +66,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         config.validate()
         out = Path(args.out or config.default_run_dir())
     train(config, out, resume=bool(args.resume), overwrite=args.overwrite, report=not args.no_report,
-          explicit=explicit, callbacks=callbacks)
+          explicit=explicit, callbacks=callbacks, progress=False)  # (the report's stages: lines, through the logger)
     return 0
 
 
 def add_parsers(sub) -> None:
     t, m, d = TrainConfig(), ModelConfig(), DataConfig()
     p = command(sub, "train", "train an autoencoder and write a run folder", cmd_train, writes=False)
-    p.add_argument("--out", metavar="RUN", help="run folder (default: runs/DATASET-dLATENT, e.g. runs/mnist-d4)")
+    p.add_argument("--out", metavar="RUN", help="run folder (default: runs/ and the data's name, then what sets the "
+                   "run apart and the latent size: runs/mnist-d4, runs/mnist-vae-bce-dynamic-d4, runs/my_photos)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint, with its "
                    "own settings; --epochs may extend a finished run (the added epochs get a one-cycle of their "
                    "own, from the rate where the run ended up to a quarter of the peak and back down); under "

@@ -30,6 +30,8 @@ from typing import Callable
 
 import numpy as np
 
+from .. import memory
+from ..config import LARGEST_DEFAULT_SIDE, default_image_size
 from ..errors import AelabError
 from ..fsutil import atomic_path, atomic_write_text, locked
 from . import decode
@@ -41,6 +43,7 @@ log = logging.getLogger("aelab")
 SPLIT_FOLDERS = ("train", "val", "test")
 FORMAT = 1
 PARALLEL_FROM = 256  # fewer files than this are decoded in this process (starting workers costs more)
+DECODING_SAID = 64 * 2**20  # the memory decoding takes is said from this much (big pictures)
 
 
 @dataclass
@@ -103,24 +106,43 @@ def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = 
         good = [f for f in files if not isinstance(headers[f.path], str)]
         skipped += [(f.path, headers[f.path]) for f in files if isinstance(headers[f.path], str)]
         if not good:
-            found = f"{len(files)} image files, none readable" if files else "no image files"
-            raise AelabError(f"{root} holds {found} ({', '.join(decode.IMAGE_SUFFIXES)}, searched in subfolders too); "
-                             "give a folder of images")
+            if not files:
+                raise AelabError(f"{root} holds no image files ({', '.join(decode.IMAGE_SUFFIXES)}, searched in "
+                                 "subfolders too); give a folder of images")
+            first = sorted(skipped)[0]
+            found = "1 image file and it is not readable" if len(files) == 1 else \
+                f"{len(files)} image files and none is readable"
+            which = "" if len(files) == 1 else "the first: "
+            raise AelabError(f"{root} holds {found} ({which}{first[0]}: {first[1]}); give a folder of images Pillow can "
+                             "read")
         colour = sum(bool(headers[f.path][2]) for f in good)
         if channels is None:
             channels = 3 if colour else 1
+            if 0 < colour < len(good):
+                _note(root, f"{len(good) - colour} of {len(good)} images are grey and the others have colour: every "
+                            "image gets 3 channels, the grey ones repeated (1 channel: every image grey)")
         elif channels == 1 and colour:
-            log.info("%d of %d images have colour; they are converted to grey (1 channel, as asked)", colour, len(good))
+            _note(root, f"{colour} of {len(good)} images have colour; they are converted to grey (the run's 1 channel)")
         elif channels == 3 and colour < len(good):
-            log.info("%d of %d images are grey; they are repeated to 3 channels (as asked)", len(good) - colour, len(good))
-        why = "the size asked for"
+            _note(root, f"{len(good) - colour} of {len(good)} images are grey; they are repeated to 3 channels (the "
+                        "run's 3)")
         if size is None:
-            size, why = Counter(tuple(headers[f.path][:2]) for f in good).most_common(1)[0][0], "the most common size"
-        odd = sum(tuple(headers[f.path][:2]) != tuple(size) for f in good)
+            reference = Counter(tuple(headers[f.path][:2]) for f in good).most_common(1)[0][0]
+            size, why = default_image_size(reference), "the most common size"
+            if size != tuple(reference):
+                _note(root, f"the pictures are mostly {reference[0]}x{reference[1]}, more than the "
+                            f"{LARGEST_DEFAULT_SIDE} pixels a side the default network is sized for: they are made "
+                            f"{size[0]}x{size[1]} (set "
+                            "--image-size, data.image_size, for more detail, at a cost in memory and time: the memory "
+                            "it needs is said before training)")
+        else:
+            reference, why = size, "the size asked for"
+        odd = sum(tuple(headers[f.path][:2]) != tuple(reference) for f in good)
         if odd:
-            log.info("%d of %d images are not %dx%d (%s); they are resized (%s)", odd, len(good), size[0], size[1],
-                     why, resize)
-        images_path, rows = _decoded(root, where, good, channels, size, resize)
+            _note(root, f"{odd} of {len(good)} images are not {reference[0]}x{reference[1]} ({why}); they are resized "
+                        f"({resize}) to {size[0]}x{size[1]}")
+        largest = max(headers[f.path][0] * headers[f.path][1] for f in good)
+        images_path, rows = _decoded(root, where, good, channels, size, resize, largest)
         whole = MappedImages(images_path)  # opened under the lock: these rows, whatever happens later
     usable = [(position, entry) for position, entry in enumerate(rows) if not entry[3].startswith("!")]
     skipped += [(entry[0], entry[3][1:]) for entry in rows if entry[3].startswith("!")]
@@ -147,6 +169,17 @@ def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = 
                     "RUN/data-skipped.csv", len(skipped), first[0], first[1])
     mapped = whole.subset(np.array([position for position, _ in usable], dtype=np.int64))
     return FolderData(root, mapped, paths, labels, splits, class_names, sorted(skipped), digest.hexdigest())
+
+
+_said: set[tuple[str, str]] = set()  # (folder, note): each note about a folder is said once a process
+
+
+def _note(root: Path, text: str) -> None:
+    """Say ``text``, a note about how the folder ``root``'s images are prepared, once a process (a
+    command that reads two splits of a folder reads it twice)."""
+    if (str(root), text) not in _said:
+        _said.add((str(root), text))
+        log.info("%s", text)
 
 
 # --- finding the files --------------------------------------------------------------------------
@@ -244,9 +277,10 @@ def _headers(root: Path, where: Path, files: list[FileInfo]) -> dict[str, list |
 # --- the decoded images -------------------------------------------------------------------------
 
 def _decoded(root: Path, where: Path, good: list[FileInfo], channels: int, size: tuple[int, int],
-             resize: str) -> tuple[Path, list[list]]:
+             resize: str, largest: int = 0) -> tuple[Path, list[list]]:
     """The .npy of the decoded images (one row per file of ``good``, in order) and its manifest rows
-    [path, size, mtime_ns, hash or "!reason"], reusing the rows of files that did not change.
+    [path, size, mtime_ns, hash or "!reason"], reusing the rows of files that did not change
+    (``largest``: the most pixels of a picture among them, for the memory decoding takes).
 
     A new .npy gets a new name and the manifest (written last, atomically) names it, so a crash at
     any point leaves the old cache whole; a process still reading the old file keeps reading it.
@@ -278,7 +312,10 @@ def _decoded(root: Path, where: Path, good: list[FileInfo], channels: int, size:
             rows.append(entry + [""])
             todo.append((position, entry[0]))
     what = f"{len(todo)} new or changed images" if old_rows else f"{len(todo)} images"
-    log.info("decoding %s of %s into the cache %s (once; later runs reuse it)", what, root, where)
+    workers = min(os.cpu_count() or 1, len(todo)) if len(todo) >= PARALLEL_FROM else 1
+    held = memory.decoding_bytes(largest, workers)
+    log.info("decoding %s of %s into the cache %s (once; later runs reuse it%s)", what, root, where,
+             f"; about {memory.size_text(held)} of memory while decoding" if held > DECODING_SAID else "")
     images_path = where / f"{name}-{os.urandom(4).hex()}.npy"
     with atomic_path(images_path) as tmp:
         with ImageFileWriter(tmp, shape=(len(rows), channels, *size)) as out:  # (closed before the workers write)

@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..config import DataConfig, memory_budget
+from ..config import DataConfig, memory_budget, source_place
 from .. import distributed
 from ..errors import AelabError
 from . import sources
@@ -124,6 +124,23 @@ class ImageSet:
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         names = tuple(class_names) if class_names else tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
         return cls(images.to(torch.uint8).contiguous(), labels, torch.arange(len(labels)), names)
+
+
+FEW_TEST_IMAGES = 20  # a test split of fewer images than this gives numbers too few to trust (said, with the fix)
+
+
+def few_test_images(test: ImageSet, data: DataConfig) -> str | None:
+    """A note when the test split holds fewer than ``FEW_TEST_IMAGES`` images: how many, that its
+    numbers are too few to trust, and the setting that holds out more; None otherwise."""
+    if len(test) >= FEW_TEST_IMAGES:
+        return None
+    count = f"{len(test)} image{'s' if len(test) != 1 else ''}"
+    if test.source is not None and test.source.splits is not None:  # a folder with test/: its own images
+        fix = f"put more images in {test.source.root / 'test'}"
+    else:
+        fix = (f"a larger --test-fraction (data.test_fraction, now {data.test_fraction:g}; such as 0.3) holds out "
+               "more, or give more images")
+    return f"the test split holds {count}: too few to trust its numbers (aim for {FEW_TEST_IMAGES} or more); {fix}"
 
 
 def close_sets(*sets: ImageSet | dict[str, ImageSet] | None) -> None:
@@ -387,17 +404,13 @@ def load_run_splits(config, data: DataConfig, names: tuple[str, ...] = SPLITS) -
     parts = {names[0]: load_split(data, names[0])} if len(names) == 1 else load_splits(data)
     part = parts[names[0]]
     trained, now = config.data.fingerprint, part.source.fingerprint if part.source is not None else None
-    if _where(data.dataset) != _where(config.data.dataset) and trained and now:
+    if source_place(data.dataset) != source_place(config.data.dataset) and trained and now:
         if trained == now:
             log.info("%s holds the images the run was trained on (fingerprint %s)", data.dataset, now)
         else:
             log.warning("%s holds other images than the run was trained on (fingerprint %s, not %s); its splits "
                         "are made the same way", data.dataset, now, trained)
     return {name: parts[name] for name in names}
-
-
-def _where(source: str) -> str:
-    return source if source in sources.DATASETS else str(Path(source).expanduser().resolve())
 
 
 def _size(n: float) -> str:

@@ -198,6 +198,36 @@ function aelabExplorer(root, data) {
   const points = [];
   for (let j = 0; j < n; j++) points.push(toPad.apply(null, coordinates(codes, j * d)));
 
+  function axes() {  /* the pad's ticks and axis names (the plane's coordinates), and a legend of its colours */
+    const box = root.querySelector(".padbox");
+    if (!box) return;
+    const left = pad.offsetLeft, top = pad.offsetTop;
+    function put(className, text, x, y) {
+      const label = document.createElement("span");
+      label.className = className; label.textContent = text;
+      if (x !== null) label.style.left = (left + x) + "px";
+      if (y !== null) label.style.top = (top + y) + "px";
+      box.appendChild(label);
+    }
+    for (let k = 0; k <= 4; k++) {
+      const f = k / 4;
+      put("tick x", (ra[0] + f * (ra[1] - ra[0])).toFixed(2), f * pad.clientWidth, null);
+      put("tick y", (rb[1] - f * (rb[1] - rb[0])).toFixed(2), null, f * pad.clientHeight);
+    }
+    put("axis x", plane.names[0], null, null); put("axis y", plane.names[1], null, null);
+    const legend = root.querySelector(".legend"), seen = Array.from(new Set(data.labels)).sort(function (a, b) { return a - b; });
+    if (!legend) return;
+    seen.forEach(function (label) {
+      const item = document.createElement("span"), swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = label >= 0 ? AELAB_COLOURS[label % AELAB_COLOURS.length] : "#888";
+      item.className = "entry"; item.appendChild(swatch);
+      item.appendChild(document.createTextNode(label >= 0 ? (data.class_names[label] || String(label)) : "unlabelled"));
+      legend.appendChild(item);
+    });
+  }
+  axes();
+
   function currentLabel() { return picker && picker.value !== "" ? Number(picker.value) : 0; }
 
   function drawPad() {
