@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from aelab.config import LARGEST_DEFAULT_SIDE, default_image_size
@@ -32,18 +31,10 @@ def aelab(*args: str, cwd) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def wallpapers(tmp_path_factory):
-    """Six 4096x4096 pictures (JPEG, as photographs come), as Debian's wallpapers are."""
-    from PIL import Image, ImageDraw
+    """Six 4096x4096 pictures (JPEG, as photographs come), as Debian's wallpapers are (benchmarks/new_user.py's)."""
+    from new_user import wallpapers as make
 
-    folder = tmp_path_factory.mktemp("big") / "photos"
-    folder.mkdir()
-    y, x = np.mgrid[0:4096, 0:4096]
-    for i in range(6):
-        pixels = np.stack([(x // 16 + 30 * i) % 256, (y // 16) % 256, ((x + y) // 32) % 256], -1).astype(np.uint8)
-        picture = Image.fromarray(pixels)
-        ImageDraw.Draw(picture).ellipse((300 + 200 * i, 800, 2500, 3000), fill=(200, 50, 50))
-        picture.save(folder / f"wall-{i}.jpg", quality=90)
-    return folder
+    return make(tmp_path_factory.mktemp("big") / "photos")
 
 
 def said_peak(err: str) -> float:

@@ -20,17 +20,25 @@ def resident() -> int:
         return peak_so_far()
 
 
+def _proc_bytes(path: str, key: str) -> int | None:
+    """A "KEY: N kB" line of a Linux /proc file, in bytes (None where there is none)."""
+    try:
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def peak_so_far() -> int:
     """The most resident memory this process has held (its peak so far): Linux's VmHWM, the high-water
     mark of this program's memory (``getrusage``'s ru_maxrss, the fallback, also keeps the peak of the
     process it was forked from: a test runner's, a notebook's)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
+    found = _proc_bytes("/proc/self/status", "VmHWM")
+    if found is not None:
+        return found
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # (Linux counts kilobytes)
 
@@ -38,13 +46,9 @@ def peak_so_far() -> int:
 def available() -> int:
     """The bytes of memory the machine can give now without swapping (Linux's MemAvailable; else
     the physical memory)."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
+    found = _proc_bytes("/proc/meminfo", "MemAvailable")
+    if found is not None:
+        return found
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover
