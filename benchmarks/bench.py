@@ -109,7 +109,7 @@ def run_aelab(args, epochs: int) -> dict:
                             "test_mse": reconstruction_loss(trainer.model, test, "mse")})
 
     out = HERE / "out" / f"aelab-run-{epochs}"
-    result = train(config, out, overwrite=True, report=False, data=splits, callbacks=[Clock()])
+    result = train(config, out, overwrite=True, report=False, data=splits, callbacks=[Clock()], progress=False)
     start = time.perf_counter()
     final = reconstruction_loss(result.model, test, "mse")
     if device.type == "cuda":

@@ -89,7 +89,7 @@ def extend(base: Path, work: Path, rule: str, seed: int, args) -> dict:
         last = last_test_callback()
         start = time.perf_counter()
         result = train(RunConfig(train=train_config_for("fast", epochs=args.to, seed=seed)), out=copy, resume=True,
-                       explicit={"train.epochs"}, report=False, callbacks=[last])
+                       explicit={"train.epochs"}, report=False, callbacks=[last], progress=False)
         seconds = time.perf_counter() - start
     finally:
         optim.EXTENSION_PEAK, optim.Schedule.resized = saved_peak, saved_resized
@@ -133,7 +133,7 @@ def main() -> None:
         last = last_test_callback()
         start = time.perf_counter()
         result = train(RunConfig(train=train_config_for("fast", epochs=epochs, seed=seed)), out=folder,
-                       overwrite=True, report=False, callbacks=[last])
+                       overwrite=True, report=False, callbacks=[last], progress=False)
         return summary(result, last, time.perf_counter() - start)
 
     for seed in args.seeds:

@@ -146,7 +146,8 @@ def side_aelab(folder: Path, epochs: int, cache: Path, memory_limit: str, fresh:
                 passes.append(round(time.perf_counter() - self.start, 3))
 
     config = RunConfig(data=data, train=train_config_for("fast", epochs=epochs, batch_size=BATCH))
-    result = train(config, HERE / "out" / "folders-run", overwrite=True, report=False, data=splits, callbacks=[Clock()])
+    result = train(config, HERE / "out" / "folders-run", overwrite=True, report=False, data=splits, callbacks=[Clock()],
+                   progress=False)
     return {"side": "aelab", "images": len(splits["train"]), "all_images": sum(len(s) for s in splits.values()),
             "load_seconds": round(load_seconds, 2), "on_disk": splits["train"].on_disk,
             "set_mb": round(sum(len(s) for s in splits.values()) * int(np.prod(splits["train"].image_shape)) / 2**20),

@@ -97,7 +97,7 @@ def aelab_side(folder: Path, size: int, args, how: str, latent: int | None = Non
         explicit = {"data.dataset", "data.image_size", "model.arch", "model.latent_dim"}
     out = args.work / "runs" / f"{folder.name}-{size}-{how}-{latent}"
     started = time.perf_counter()
-    result = train(config, out, overwrite=True, report=False, data=splits, explicit=explicit)
+    result = train(config, out, overwrite=True, report=False, data=splits, explicit=explicit, progress=False)
     seconds = time.perf_counter() - started
     run = load_run(out)
     return {"how": how, "latent_dim": run.config.model.latent_dim, "test_mse": result.evaluation["test_mse"],

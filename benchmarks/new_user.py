@@ -47,12 +47,13 @@ def aelab(*args: str, cwd: Path) -> dict:
     wall = time.perf_counter() - started
     err = done.stderr
     said = re.search(r"memory: about ([\d.]+) (GB|MB) at the peak", err)
-    report = re.search(r"report written in ([\d.]+) (s|min)", err)
+    report = re.search(r"report written in (?:(\d+) h )?(?:(\d+) min ?)?(?:([\d.]+) s)?:", err)  # (progress.duration)
     found = {"command": "aelab " + " ".join(args), "exit_code": done.returncode, "wall_seconds": round(wall, 1),
              "peak_bytes": int(re.search(r"peak-bytes (\d+)", err).group(1)),
              "said_peak_bytes": round(float(said.group(1)) * 2 ** (30 if said.group(2) == "GB" else 20))
              if said else None,
-             "report_seconds": float(report.group(1)) * (60 if report.group(2) == "min" else 1) if report else None}
+             "report_seconds": sum(float(part or 0) * unit for part, unit in zip(report.groups(), (3600, 60, 1)))
+             if report else None}
     errors = [line for line in err.splitlines() if line.startswith("aelab: error:")]
     if errors:
         found["error"] = errors[0]

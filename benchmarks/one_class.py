@@ -57,7 +57,7 @@ def aelab_side(dataset: str, normal: int, seed: int, args) -> dict:
     config = RunConfig(data=data, model=model_config_for(args.recipe, kind=args.model, latent_dim=args.latent_dim),
                        train=train_config_for(args.recipe, epochs=args.epochs, seed=seed, loss=args.loss))
     start = time.perf_counter()
-    result = train(config, HERE / "out" / "one-class-run", overwrite=True, report=False, data=splits)
+    result = train(config, HERE / "out" / "one-class-run", overwrite=True, report=False, data=splits, progress=False)
     truth = ~np.isin(splits["test"].labels.numpy(), trained)
     detector = fit_detector(result.model, splits["train"], splits["val"], default_method(config), seed=seed)
     parts = detector.parts(splits["test"], result.model)  # every ingredient, once; each method joins them

@@ -61,7 +61,7 @@ def one_run(flush: bool, epochs: int, data_dir: str) -> dict:
     try:
         with tempfile.TemporaryDirectory() as out:
             config = RunConfig(data=DataConfig(data_dir=data_dir), train=train_config_for("fast", epochs=epochs))
-            result = train(config, Path(out) / "run", report=False, callbacks=[clock])
+            result = train(config, Path(out) / "run", report=False, callbacks=[clock], progress=False)
             model = result.model
             weights = {name: subnormal_share([p]) for name, p in model.named_parameters()}
     finally:

@@ -143,7 +143,7 @@ def run_aelab(args, recipe: str, epochs: int) -> dict:
                        train=train_config_for(recipe, epochs=epochs, loss="bce"))
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        result = train(config, Path(folder) / "run", report=False, data=splits)
+        result = train(config, Path(folder) / "run", report=False, data=splits, progress=False)
         seconds = time.perf_counter() - started
     started = time.perf_counter()
     nll = float(importance_nll(result.model, splits["test"].images, args.nll_samples, seed=0).mean())
@@ -179,7 +179,7 @@ def run_generation(args, name: str) -> dict:
     config = RunConfig(model=ModelConfig(latent_dim=LATENT, **model), train=train_config_for("fast", epochs=args.epochs,
                                                                                            loss=loss))
     with tempfile.TemporaryDirectory() as folder:
-        train(config, Path(folder) / "run", report=False, data=splits)
+        train(config, Path(folder) / "run", report=False, data=splits, progress=False)
         run = load_run(Path(folder) / "run")
         if sampler == "prior":
             images = latent.prior_images(run, args.generated, seed=0)

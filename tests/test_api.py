@@ -41,10 +41,17 @@ def test_a_public_function_stays_a_function_whatever_was_imported_before():
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def blocks(kind: str) -> list[tuple[str, str]]:
-    """(where, text) of every ```KIND block of the README and the docs pages."""
-    return [(f"{path.relative_to(ROOT)} {kind} block {number + 1}", text) for path in DOCUMENTS
+def blocks(kind: str, documents: list[Path] = DOCUMENTS) -> list[tuple[str, str]]:
+    """(where, text) of every ```KIND block of the README and the docs pages (or of ``documents``), in order."""
+    return [(f"{path.relative_to(ROOT)} {kind} block {number + 1}", text) for path in documents
             for number, text in enumerate(re.findall(rf"```{kind}\n(.*?)```", path.read_text(), re.S))]
+
+
+def command_lines(text: str) -> list[str]:
+    """The `aelab ...` lines of a bash block as a user copies them: comments left out, `.venv/bin/aelab`
+    said `aelab`, the part of a line after `&&` where the command follows a set-up."""
+    lines = [line.split(" #")[0].strip().split("&&")[-1].strip() for line in text.splitlines()]
+    return [line.replace(".venv/bin/aelab", "aelab") for line in lines if line.startswith(("aelab ", ".venv/bin/aelab"))]
 
 
 def readme_python_blocks() -> list[str]:
@@ -64,12 +71,9 @@ def test_every_command_line_of_the_documents_parses():
 
     from aelab.cli import build_parser
 
-    lines = [(where, line.split(" #")[0].strip()) for where, text in blocks("bash") for line in text.splitlines()]
-    commands = [(where, line.replace(".venv/bin/aelab", "aelab")) for where, line in lines
-                if line.startswith(("aelab ", ".venv/bin/aelab "))]
+    commands = [(where, line) for where, text in blocks("bash") for line in command_lines(text)]
     assert len(commands) >= 20
-    for where, line in commands:
-        command = line.split("&&")[0].strip()
+    for where, command in commands:
         try:
             build_parser().parse_args(shlex.split(command)[1:])
         except SystemExit:

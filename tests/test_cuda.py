@@ -68,3 +68,18 @@ def test_bf16_and_denoising_train_on_cuda(tmp_path, monkeypatch):
     assert bf16.metrics[-1]["train_loss"] < bf16.metrics[0]["train_loss"]
     denoising = train_cuda(tmp_path, "den", monkeypatch, graphs=True, noise_factor=0.3, epochs=2)
     assert "test_denoising_mse" in denoising.evaluation
+
+
+def test_on_a_gpu_the_training_step_is_counted_against_the_gpus_memory(tmp_path, monkeypatch):
+    """The estimate puts the training step (and the images, held on the GPU) on the GPU's side, says
+    its free memory, and what training takes there stays within it."""
+    from aelab import footprint
+
+    config = cuda_config(batch_size=64)
+    splits = make_splits(n_train=256)
+    said = footprint.estimate(config, 256, 64, device="cuda")
+    assert said.gpu > 0 and said.parts["training"] == footprint.LIBRARIES
+    assert "the GPU about" in said.line(*footprint.limit(), footprint.gpu_free("cuda"))
+    torch.cuda.reset_peak_memory_stats()
+    train_cuda(tmp_path, "run", monkeypatch, graphs=False, splits=splits, batch_size=64)
+    assert torch.cuda.max_memory_allocated() <= said.gpu + sum(part.images.nbytes for part in splits.values())

@@ -70,7 +70,12 @@ def test_a_folder_of_4096_pictures_trains_within_its_estimate(wallpapers, tmp_pa
 
 def test_a_run_that_would_not_fit_is_refused_before_anything_is_written(wallpapers, tmp_path):
     """The pictures asked for at 8192x8192: a training batch alone passes what the machine has, and
-    the run is refused in one line that names an image size that fits, before anything is written."""
+    the run is refused in one line that names an image size that fits, from the pictures' headers:
+    before any is decoded, and before anything is written."""
+    from aelab.memory import available
+
+    if available() > 80 * 2**30:  # (the run needs about 92 GB: a machine that has it would train it)
+        pytest.skip("this machine has the memory to train 8192x8192 pictures")
     args = ["train", "--data", str(wallpapers), "--data-dir", str(tmp_path / "cache"), "--epochs", "1",
             "--out", str(tmp_path / "run"), "--image-size", "8192"]
     done = aelab(*args, cwd=tmp_path)
@@ -79,5 +84,6 @@ def test_a_run_that_would_not_fit_is_refused_before_anything_is_written(wallpape
     assert len(error) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert "would need about" in error[0] and "is available on this machine" in error[0]
     assert re.search(r"choose .*--image-size \d+ \(about [\d.]+ GB\)", error[0]), error[0]
-    assert measured_peak(done.stderr) < 4 * 2**30  # refused before training spent anything
+    assert measured_peak(done.stderr) < 2 * 2**30  # refused before anything was decoded (or trained)
+    assert not list((tmp_path / "cache").rglob("images-*.npy")), "the pictures were decoded before the refusal"
     assert not (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "state").exists()

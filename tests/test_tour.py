@@ -5,32 +5,20 @@ classes) so that the whole walk takes minutes, and your own images need fewer st
 
 from __future__ import annotations
 
-import re
 import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import ROOT, fake_mnist_in
+from test_api import blocks, command_lines
 
 from aelab.cli import main
 
 
-def blocks(path: Path, language: str) -> list[str]:
-    """The fenced code blocks of ``language`` in a Markdown file, in order."""
-    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.MULTILINE | re.DOTALL)
-
-
-def commands(block: str) -> list[list[str]]:
-    """The aelab commands of a bash block, as words (comments and the prompt's .venv/bin/ left out)."""
-    found = []
-    for line in block.splitlines():
-        line = re.sub(r"\s+#.*$", "", line).strip()
-        words = shlex.split(line) if line else []
-        if words:
-            assert words[0] == "aelab", line  # (a tour of aelab commands only)
-            found.append(words[1:])
-    return found
+def commands(text: str) -> list[list[str]]:
+    """The aelab commands of a bash block, as the words after `aelab`."""
+    return [shlex.split(line)[1:] for line in command_lines(text)]
 
 
 def pictures(folder: Path, n: int, size: tuple[int, int], seed: int) -> None:
@@ -56,22 +44,19 @@ def test_the_readme_and_the_guides_run_in_order_as_written(tmp_path, monkeypatch
                           ("noisy", 3, (28, 28)), ("photos", 4, (28, 28))):
         pictures(tmp_path / name, n, size, seed=n)
 
-    readme = ROOT / "README.md"
-    first = blocks(readme, "bash")[0].splitlines()[0]  # bash scripts/setup.sh && .venv/bin/aelab train  # ...
-    main_job = shlex.split(re.sub(r"\s+#.*$", "", first.split("&&")[1]).replace(".venv/bin/aelab", "aelab"))
-    walk = [("README: the main job", main_job[1:])]
-    walk += [("README: the tour", words) for words in commands(blocks(readme, "bash")[1])]
-    for guide in ("using.md", "variational.md"):
-        walk += [(f"docs/{guide}", words) for words in commands(blocks(ROOT / "docs" / guide, "bash")[0])]
-    python = [("README: from Python", blocks(readme, "python")[0]),
-              ("docs/python.md", blocks(ROOT / "docs" / "python.md", "python")[0])]
+    readme, guides = [ROOT / "README.md"], [ROOT / "docs" / "using.md", ROOT / "docs" / "variational.md"]
+    first, tour = (commands(text) for _, text in blocks("bash", readme))  # the main job; the tour
+    walk = [("README: the main job", first[0])] + [("README: the tour", words) for words in tour]
+    after = [(where, words) for where, text in [blocks("bash", [guide])[0] for guide in guides]
+             for words in commands(text)]
+    python = [blocks("python", readme)[0], blocks("python", [ROOT / "docs" / "python.md"])[0]]
 
     def run(where: str, words: list[str]) -> None:
         code = main(words)
         said = capsys.readouterr()
         assert code == 0, f"{where}: aelab {' '.join(words)} failed: {said.err[-2000:]}"
 
-    for where, words in walk[: 1 + len(commands(blocks(readme, "bash")[1]))]:  # the README's commands
+    for where, words in walk:  # the README's commands
         run(where, words)
     assert (tmp_path / "runs" / "mnist-d4" / "report.html").is_file()
     assert (tmp_path / "runs" / "mnist-d2" / "config.json").is_file()  # the default folders name what differs
@@ -79,7 +64,7 @@ def test_the_readme_and_the_guides_run_in_order_as_written(tmp_path, monkeypatch
     assert (tmp_path / "runs" / "my_photos" / "report.html").is_file()
     for where, code in python:  # the Python blocks, after the README's commands
         exec(compile(code, where, "exec"), {})
-    for where, words in walk[1 + len(commands(blocks(readme, "bash")[1])):]:  # then the guides' first blocks
+    for where, words in after:  # then the guides' first blocks
         run(where, words)
 
 
@@ -93,6 +78,8 @@ def test_a_folder_that_holds_a_run_offers_resume_only_for_the_same_settings(fake
     err = capsys.readouterr().err
     assert "--resume" not in err and "--model 'ae' (not 'vae')" in err and "--loss 'mse' (not 'bce')" in err
     assert "replace it with --overwrite, or choose another --out folder" in err
+    assert main(["train", "--epochs", "3", "--out", out, "--quiet"]) == 2  # (more epochs: a resume extends it)
+    assert "it was trained with --epochs 1 (not 3): continue it with --resume and those" in capsys.readouterr().err
 
 
 def test_default_run_folders_name_what_sets_a_run_apart():

@@ -10,9 +10,14 @@ The public API is imported lazily, so ``aelab --help`` starts without loading Py
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# the library never prints: its messages go to the logger "aelab", shown where a program asks for them (the command
+# line does); without this, Python's last resort would print its warnings to stderr
+logging.getLogger("aelab").addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "AelabError": "errors",

@@ -301,7 +301,7 @@ class Console(Callback):
 
                 epochs = trainer.config.train.epochs - trainer.epoch
                 self._say(f"aelab: about {duration(left)} of training left ({epochs} epochs of {steps} steps, "
-                          f"{per_step * 1000:.0f} ms a step here), then the report")
+                          f"{per_step * 1000:.0f} ms a step here)")
 
     @staticmethod
     def _validation_share(trainer) -> float:

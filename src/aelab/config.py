@@ -305,7 +305,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {},
     # The fast recipe on a budget: 9 epochs at a higher peak rate end at the tutorial's final test MSE
     # (0.0265 at latent size 4) or below with seeds 0-5 but one (0.0259-0.0264; seed 5: 0.02653), in
-    # 23 s of training on 2 CPU cores (42 s with start-up and the report); 8 epochs missed with 4 seeds of 6
+    # 25 s of training on 2 CPU cores (44 s with start-up and the report); 8 epochs missed with 4 seeds of 6
     # (benchmarks/RESULTS.md).
     "quick": {"epochs": 9, "lr": 1.5e-2},
     # The tutorial as written: constant rate 1e-3, batch 256, one fixed data order.

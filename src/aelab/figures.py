@@ -21,9 +21,6 @@ from .run import Run, output_path
 
 MAP_POINTS = 3000  # points on a latent map of the report (and t-SNE's default): fewer for big or colour images
 MAP_PIXELS = MAP_POINTS * 28 * 28  # the hover thumbnails' pixels (MNIST's 3000 points)
-# a decoded image in a picture (a grid, samples, an interpolation, traversals) is at most this on its longer side:
-# pictures of big images stay legible on a page, and are decoded in bounded memory
-PICTURE_SIDE = 128
 FIGURE_NOISE_SEED = 0  # the noise of every denoising example, during training and in the report
 MAP_TITLES = {"scatter": "latent variables {0} and {1}", "pca": "PCA of the latent codes",
               "tsne": "t-SNE of the latent codes", "umap": "UMAP of the latent codes"}
@@ -41,7 +38,7 @@ def reconstruction_examples(model: torch.nn.Module, images: torch.Tensor, noise_
 def grid_figure(run: Run, plane: latent.LatentPlane, n: int, path: Path, label: int | None = None) -> Path:
     """An n x n grid of images decoded over a latent plane (``latent.latent_plane``), with the plane's
     axes, values and name, as a PNG file (a conditional model's of class ``label``, default 0)."""
-    return plots.grid_figure(latent.grid_images(run, plane, n, label, PICTURE_SIDE), plane, n, Path(path))
+    return plots.grid_figure(latent.grid_images(run, plane, n, label, plots.PICTURE_SIDE), plane, n, Path(path))
 
 
 def samples_picture(run: Run, train_codes: np.ndarray | None, count: int, seed: int = 0, columns: int = 10,
@@ -49,9 +46,9 @@ def samples_picture(run: Run, train_codes: np.ndarray | None, count: int, seed: 
     """``count`` new images in rows: decoded from codes drawn from the prior (``sampler`` prior, a
     variational model's default) or from a mixture fitted to ``train_codes`` (gmm)."""
     if (sampler or latent.default_sampler(run.model)) == "prior":
-        images = latent.prior_images(run, count, seed=seed, largest=PICTURE_SIDE)
+        images = latent.prior_images(run, count, seed=seed, largest=plots.PICTURE_SIDE)
     else:
-        images = latent.sample_images(run, train_codes, count, seed=seed, largest=PICTURE_SIDE)
+        images = latent.sample_images(run, train_codes, count, seed=seed, largest=plots.PICTURE_SIDE)
     return tiled(images, columns)
 
 
@@ -76,7 +73,7 @@ def traversals(run: Run, data: ImageSet, index: int = 0, train_codes: np.ndarray
     else:
         scales, unit = train_codes.std(0), "codes' sd"
     label = int(data.labels[index]) if getattr(run.model, "conditional", False) else None
-    return latent.traverse_images(run, code, scales, steps, label=label, largest=PICTURE_SIDE), unit
+    return latent.traverse_images(run, code, scales, steps, label=label, largest=plots.PICTURE_SIDE), unit
 
 
 def traversal_picture(run: Run, data: ImageSet, index: int = 0, train_codes: np.ndarray | None = None,
@@ -125,7 +122,7 @@ def write_images(images: torch.Tensor, out: Path) -> Path:
 
 def interpolation_picture(run: Run, data: ImageSet, first: int, second: int, steps: int) -> np.ndarray:
     """One row: the images decoded along the line between the codes of images ``first`` and ``second``."""
-    return plots.tile(latent.interpolate_images(run, data, first, second, steps, PICTURE_SIDE), 1, steps)
+    return plots.tile(latent.interpolate_images(run, data, first, second, steps, plots.PICTURE_SIDE), 1, steps)
 
 
 @dataclass

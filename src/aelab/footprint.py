@@ -26,7 +26,7 @@ from .scores import FIT_IMAGES
 # resident memory per byte the training step keeps for its backward pass (the activations, their gradients,
 # oneDNN's buffers), per byte of the model's parameters (weights, gradients, Adam's two moments, the best
 # weights, a checkpoint being written) and the libraries training loads as it goes (scikit-learn, matplotlib):
-# fitted on measured peaks, with room to spare (benchmarks/memory.py)
+# fitted on measured peaks, with room to spare (benchmarks/memory.py, benchmarks/RESULTS.md)
 PER_SAVED_BYTE = 1.3
 PER_PARAMETER_BYTE = 10
 LIBRARIES = 400 * 2**20
@@ -72,6 +72,8 @@ class Estimate:
     batch: int  # the images of a training batch (the batch size, or all the training images where fewer)
     images: int = 0  # of ``now``: the images held in memory (read from the cache on disk instead below the limit)
     sizes: tuple[int, int] = (0, 0)  # the training images and those the PCA baseline and the report measure
+    device: str = "cpu"  # where training runs: on a GPU the training step's share is the GPU's (``gpu``)
+    gpu: int = 0  # what training takes of a GPU's memory (0 on the CPU)
 
     @property
     def peak(self) -> int:
@@ -79,17 +81,19 @@ class Estimate:
         after = max((value for name, value in self.parts.items() if name != "training"), default=0)
         return max(self.peak_before, self.now + self.parts.get("training", 0) + after)
 
-    def line(self, limit: int, what_limit: str) -> str:
+    def line(self, limit: int, what_limit: str, gpu_free: int | None = None) -> str:
         parts = ", ".join(f"{name} about {size_text(value)}" for name, value in self.parts.items())
+        gpu = f"; the GPU about {size_text(self.gpu)} of its {size_text(gpu_free or 0)} free" if self.gpu else ""
         return (f"memory: about {size_text(self.peak)} at the peak ({size_text(self.now)} now, with PyTorch and the "
-                f"images; {parts}); {size_text(limit)} {what_limit}")
+                f"images; {parts}); {size_text(limit)} {what_limit}{gpu}")
 
 
 def estimate(config: RunConfig, n_train: int, test_images: int, batch: int | None = None,
-             images: int = 0) -> Estimate:
+             images: int = 0, device: str = "cpu") -> Estimate:
     """The peak memory of training ``config`` (its model sized for the images) on ``n_train``
     images, then writing its PCA baseline and report (``test_images``: the split they measure);
-    ``images``: the bytes of images held in memory now."""
+    ``images``: the bytes of images held in memory now; on a CUDA ``device`` the training step's
+    share (and the training images) are the GPU's."""
     batch = min(batch or config.train.batch_size, max(1, n_train))  # (fewer images than a batch: every batch is all)
     saved, parameters = step_bytes(config, batch)
     channels, height = config.model.in_channels, config.model.image_size
@@ -99,8 +103,11 @@ def estimate(config: RunConfig, n_train: int, test_images: int, batch: int | Non
     pixels = height * (config.model.image_width or height)  # (the report's figures of a few full-size images)
     report = (REPORT_PAGES + REPORT_BYTES_PER_PIXEL * pixels + 3 * 8 * min(n_train, FIT_IMAGES) * MAX_FEATURES
               + parameters * 8)
-    return Estimate(resident(), {"training": _training_bytes(saved, parameters), "the PCA baseline": pca,
-                                 "the report": report}, peak_so_far(), batch, images, (n_train, test_images))
+    step = _training_bytes(saved, parameters) - LIBRARIES
+    gpu = step + images if str(device).startswith("cuda") else 0  # (the whole sets live on the GPU there)
+    return Estimate(resident(), {"training": LIBRARIES + (0 if gpu else step), "the PCA baseline": pca,
+                                 "the report": report}, peak_so_far(), batch, images, (n_train, test_images),
+                    str(device), gpu)
 
 
 def limit(processes: int = 1) -> tuple[int, str]:
@@ -110,12 +117,24 @@ def limit(processes: int = 1) -> tuple[int, str]:
     return resident() + available() // processes, "is available on this machine"
 
 
-def check(found: Estimate, allowed: int, what_limit: str, config: RunConfig, replan=None) -> None:
+def gpu_free(device: str) -> int | None:
+    """The free memory of a CUDA ``device`` (None for another device)."""
+    if not str(device).startswith("cuda"):
+        return None
+    return int(torch.cuda.mem_get_info(torch.device(device))[0])
+
+
+def check(found: Estimate, allowed: int, what_limit: str, config: RunConfig, replan=None,
+          gpu_allowed: int | None = None) -> None:
     """Refuse a run whose ``found`` peak is above ``allowed``, naming what to change: a batch size
     and an image size that fit (``replan(height, width)``: the config the data would choose at that
     size; None: no image size is suggested), and a `data.memory_limit` that leaves the images on disk
-    where that is enough (else a machine with more memory)."""
-    if found.peak <= allowed:
+    where that is enough (else a machine with more memory). On a GPU, its training share is checked
+    against ``gpu_allowed`` too."""
+    def fits(tried: Estimate) -> bool:
+        return tried.peak <= allowed and (not tried.gpu or gpu_allowed is None or tried.gpu <= gpu_allowed)
+
+    if fits(found):
         return
     model = config.model
     height, width = model.image_size, model.image_width or model.image_size
@@ -123,8 +142,8 @@ def check(found: Estimate, allowed: int, what_limit: str, config: RunConfig, rep
     batch = found.batch
     while batch > 1:
         batch //= 2
-        tried = estimate(config, *found.sizes, batch, found.images)
-        if tried.peak <= allowed:
+        tried = estimate(config, *found.sizes, batch, found.images, found.device)
+        if fits(tried):
             fixes.append(f"`train.batch_size` {batch} (about {size_text(tried.peak)})")
             break
     if replan is not None:
@@ -133,8 +152,8 @@ def check(found: Estimate, allowed: int, what_limit: str, config: RunConfig, rep
             side //= 2
             scale = side / max(height, width)
             smaller = replan(max(16, round(height * scale)), max(16, round(width * scale)))
-            tried = estimate(smaller, *found.sizes, found.batch, found.images)
-            if tried.peak <= allowed:
+            tried = estimate(smaller, *found.sizes, found.batch, found.images, found.device)
+            if fits(tried):
                 wide = smaller.model.image_width
                 size = str(smaller.model.image_size) + (f"x{wide}" if wide else "")
                 fixes.append(f"`data.image_size` {size} (about {size_text(tried.peak)})")
@@ -144,6 +163,10 @@ def check(found: Estimate, allowed: int, what_limit: str, config: RunConfig, rep
                      "the cache on disk batch by batch")
     else:
         fixes.append("a machine with more memory")
+    if found.peak <= allowed:  # (the GPU's memory is what is short)
+        raise AelabError(f"this run would need about {size_text(found.gpu)} of the GPU's memory (training a batch of "
+                         f"{found.batch} images of {model.in_channels} x {height} x {width}), and it has "
+                         f"{size_text(gpu_allowed or 0)} free; choose " + "; or ".join(fixes[:-1] or ["a larger GPU"]))
     raise AelabError(f"this run would need about {size_text(found.peak)} of memory at its peak (training a batch of "
                      f"{found.batch} images of {model.in_channels} x {height} x {width} alone about "
                      f"{size_text(found.parts['training'])}), and {size_text(allowed)} {what_limit}; choose "

@@ -56,8 +56,10 @@ def available() -> int:
 
 
 def size_text(n: float) -> str:
-    """Bytes for a person: "740 MB", "1.6 GB"."""
-    return f"{n / GB:.1f} GB" if n >= GB else f"{max(1, round(n / 2**20))} MB"
+    """Bytes for a person: "48 KB", "740 MB", "1.6 GB"."""
+    if n >= GB:
+        return f"{n / GB:.1f} GB"
+    return f"{max(1, round(n / 2**20))} MB" if n >= 2**20 else f"{max(1, round(n / 1024))} KB"
 
 
 def decoding_bytes(largest_pixels: int, workers: int) -> int:

@@ -155,9 +155,11 @@ def describe_change(before: Schedule, after: Schedule, step: int, steps_per_epoc
     if not before.pieces:
         return f"the run had planned {planned} epochs and now trains {now} (at the constant rate {lr:g})"
     if after.total > before.total:
+        start, top = lr * after(before.total + 1), lr * after.highest(before.total + 1)
+        if top <= start * (1 + 1e-9):  # (a cycle of a step or two has no room to rise)
+            return f"the run had planned {planned} epochs; the {now - planned} added go on at the rate {start:.2g}"
         return (f"the run had planned {planned} epochs; the {now - planned} added get a cycle of their own: the rate "
-                f"rises from {lr * after(before.total + 1):.2g} to {lr * after.highest(before.total + 1):.2g} "
-                f"and falls back to {lr * after(after.total):.2g}")
+                f"rises from {start:.2g} to {top:.2g} and falls back to {lr * after(after.total):.2g}")
     said = (f"the run had planned {planned} epochs and stops at epoch {now} instead: from epoch {epoch:g} the rate "
             f"falls from {lr * after(step):.2g} to {lr * after(after.total):.2g}")
     peak = before.highest(step)

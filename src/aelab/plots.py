@@ -52,6 +52,9 @@ def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor
     return rows_figure(rows + [("reconstruction", reconstructions)], path, title)
 
 
+# a decoded image in a picture (a grid, samples, an interpolation, traversals, rows of images) is at most this on its
+# longer side: pictures of big images stay legible on a page, and are decoded in bounded memory
+PICTURE_SIDE = 128
 TEXT_KEY = "aelab:text-px"  # a figure's PNG says the pixel size of its smallest text under this key (the page checks)
 WIDE = 1100  # pixels: about a report's column; a figure's text grows with the figure beyond it, to stay legible
 
@@ -83,7 +86,7 @@ def save_figure(figure, path: Path) -> Path:
 
 def rows_figure(rows: list[tuple[str, torch.Tensor]], path: Path, title: str = "",
                 captions: list[str] | None = None, caption_name: str = "",
-                colour_bar: tuple[str, float] | None = None, largest: int = 128) -> Path:
+                colour_bar: tuple[str, float] | None = None, largest: int = PICTURE_SIDE) -> Path:
     """Rows of images [N, C, H, W] in [0, 1] (grey rows shown in colour beside colour ones), each
     named at its left, enlarged by the image size (images larger than ``largest`` shrunk to it first);
     ``captions`` under the columns (lines split at "\n"), named ``caption_name`` at the left;

@@ -56,6 +56,14 @@ class Stages:
         scale = self.elapsed() / done if done > 0 else 1.0
         return scale * sum(cost for name, cost in self.costs.items() if name not in self.finished)
 
+    def revise(self, costs: dict[str, float]) -> None:
+        """New expected costs of the stages not yet done (a better measure of what they take)."""
+        self.costs.update({name: max(1e-3, float(cost)) for name, cost in costs.items()
+                           if name in self.costs and name not in self.finished and name != self.current})
+        if self.bar is not None:
+            self.bar.total = round(sum(self.costs.values()), 1)
+            self.bar.refresh()
+
     def start(self, name: str, words: str) -> None:
         """Stage ``name`` begins (the one before it is done): one line says what and when."""
         if self.current is not None:

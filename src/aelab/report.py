@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import explorer, figures, latent, pages, plots
-from .config import FAMILY_SETTINGS, family_settings
+from .config import FAMILY_SETTINGS, LARGEST_DEFAULT_SIDE, family_settings
 from .data.sets import ImageSet, close_sets, data_for_run, few_test_images, load_run_splits
 from .errors import AelabError
 from .evaluation import pca_verdict
@@ -39,8 +39,8 @@ REPORT_LIBRARIES = (("plotly", "plotly"), ("matplotlib", "matplotlib"), ("sklear
 FIGURE_BYTES = 250_000  # each picture on the page at most (shrunk or JPEG beyond); the page stays under 10 MB
 PAGE_BYTES = 10_000_000  # the page at most: beyond, the explorer's decoder is left out (aelab export --format web)
 # the largest images the page decodes live ("decode any point"): beyond, the JavaScript decoder takes seconds a frame
-# (and checking its float16 weights, minutes); the default size of your own images (config.LARGEST_DEFAULT_SIDE)
-EXPLORER_SIDE = 128
+# (and checking its float16 weights, minutes); the default size of your own images
+EXPLORER_SIDE = LARGEST_DEFAULT_SIDE
 EXPLORER_PIXELS = EXPLORER_SIDE * EXPLORER_SIDE
 SLIDER_BYTES = 1_000_000  # the reconstructions across epochs, all together (fewer epochs shown beyond)
 # the settings a person chooses (the command line's options, the recipe's values): the report's
@@ -62,18 +62,22 @@ def _epoch_number(path: Path) -> int:
 
 TSNE_SECONDS = 2.4e-3  # t-SNE's seconds a point on 2 CPU cores (3,000 points: about 7 s; a 2-core EPYC)
 SECONDS = {"codes": 0.5, "decoder": 1.0, "maps": 0.3, "anomalies": 1.0, "page": 1.5}  # each stage's fixed part
+SMALL_BATCH = 2.0  # an image encoded among 64 takes about this many times its share of a whole split (MNIST: 2x)
 
 
-def stage_costs(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | None) -> dict[str, float]:
+def stage_costs(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | None,
+                per_image: float | None = None) -> dict[str, float]:
     """What each stage of the report is expected to take (seconds): a fixed part, and what grows
-    with the images, from the time the model takes to encode a few of them here and now."""
+    with the images, from ``per_image``, the seconds to encode an image (default: timed here on 64 of
+    them; the report revises it once it has encoded the training images)."""
     from . import scores
 
-    sample = train.images[: min(len(train), 1024)]
-    latent.encode(run.model, sample[:8], labels=train.labels[:8])  # (warm: the first call pays for set-up)
-    started = time.perf_counter()
-    latent.encode(run.model, sample, labels=train.labels[: len(sample)])
-    per_image = (time.perf_counter() - started) / max(1, len(sample))
+    if per_image is None:
+        sample = train.images[: min(len(train), 64)]
+        latent.encode(run.model, sample[:8], labels=train.labels[:8])  # (warm: the first call pays for set-up)
+        started = time.perf_counter()
+        latent.encode(run.model, sample, labels=train.labels[: len(sample)])
+        per_image = (time.perf_counter() - started) / max(1, len(sample)) / SMALL_BATCH
     points = min(len(test), figures.map_points(test.image_shape))
     scored = min(len(train), scores.FIT_IMAGES) + (len(val) if val is not None else 0) + len(test)
     return {"codes": SECONDS["codes"] + per_image * len(train), "decoder": SECONDS["decoder"] + per_image * len(test),
@@ -92,7 +96,10 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
     stages = stages or Stages("report", stage_costs(run, test, train, val))
     out["few_test"] = few_test_images(test, config.data)  # (a note on the page: too few to trust)
     stages.start("codes", "the training images' codes, a decoded grid, samples, an interpolation")
+    started = time.perf_counter()
     train_codes = latent.encode(run.model, train.images, labels=train.labels)
+    if len(train) >= 256:  # (enough images to time the model: the stages left, expected again)
+        stages.revise(stage_costs(run, test, train, val, (time.perf_counter() - started) / len(train)))
     plane = latent.latent_plane(train_codes)
     scale = plots.display_scale(config.model.image_size, config.model.image_width or config.model.image_size, 2)
     out["grid"] = figures.grid_figure(run, plane, GRID_N, figures_dir / "latent_grid.png")
@@ -105,8 +112,9 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
         out["explorer"] = explorer.explorer_data(run, embedding.codes, test.labels, test.class_names, plane,
                                                  train_codes, config.train.seed)
     else:
-        out["explorer_left_out"] = (f"Images of {height} x {width} pixels are too large to decode in the page as the "
-                                    f"pointer moves (it does so up to {EXPLORER_SIDE} x {EXPLORER_SIDE})")
+        out["explorer_left_out"] = (f"Images of {height} x {width} pixels are too large to decode in a page as the "
+                                    f"pointer moves (it does so up to {EXPLORER_SIDE} x {EXPLORER_SIDE}); "
+                                    "<code>aelab generate RUN --grid</code> decodes a grid over the plane")
     sampler = latent.default_sampler(run.model)
     samples = figures.samples_picture(run, train_codes, SAMPLES, seed=config.train.seed, columns=SAMPLES // 4,
                                       sampler=sampler)
@@ -237,7 +245,8 @@ def write_report(run_dir: str | Path, data_dir: str | None = None, splits: dict[
             log.info("the run's decoder does not fit in the report's %d MB; aelab export --format web %s writes "
                      "its explorer", PAGE_BYTES // 1_000_000, run.path)
             page = render(run, {**parts, "explorer": None, "explorer_left_out": (
-                f"This run's decoder is too large to carry in the report's {PAGE_BYTES // 1_000_000} MB")})
+                f"This run's decoder is too large to carry in the report's {PAGE_BYTES // 1_000_000} MB; <code>aelab "
+                "export --format web RUN</code> writes it with its explorer as a page of its own")})
     finally:
         close_sets(owned)
     path = run.path / "report.html"
@@ -336,7 +345,8 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
         grid=_figure(parts["grid"]),
         samples=_uri(parts["samples"]), sampler=parts["sampler"], interpolation=_uri(parts["interpolation"]),
         variational=_variational(parts, evaluation), explorer=parts["explorer"],
-        explorer_left_out=parts["explorer_left_out"], explorer_js=safe(explorer.script()),
+        explorer_left_out=safe(parts["explorer_left_out"].replace("RUN", str(markupsafe.escape(run.path)))),
+        explorer_js=safe(explorer.script()),
         interpolation_pair=parts["interpolation_pair"], chosen_rows=chosen, detail_rows=details,
         map_css=safe(plots.MAP_CSS), map_script=safe(plots.MAP_SCRIPT),
         plotly_loader=safe(plots.PLOTLY_LOADER), plotly_packed=plots.plotly_packed(),

@@ -423,6 +423,9 @@ def _what_to_do(run_dir: Path, config: RunConfig | None) -> str:
         return f"continue it with `resume`, replace it with `overwrite`, {elsewhere}"
     said = ", ".join(f"`{name}` {_setting(saved, name)!r} (not {_setting(config, name)!r})" for name in differ[:4])
     more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+    if set(differ) <= set(RESUMABLE):  # (a resume takes these: more epochs, the data elsewhere)
+        return (f"it was trained with {said}: continue it with `resume` and those, replace it with `overwrite`, "
+                f"{elsewhere}")
     return f"it was trained with {said}{more}: replace it with `overwrite`, {elsewhere}"
 
 

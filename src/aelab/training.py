@@ -23,7 +23,7 @@ import torch
 from . import checkpoint as ckpt
 from . import distributed, footprint
 from .callbacks import Callback, CallbackList, Figures, ProgressBar, Report, RunFolder
-from .config import RunConfig, resolved_kl_warmup
+from .config import RunConfig, memory_budget, resolved_kl_warmup
 from .data.batches import Batches, noise_generator
 from .data.sets import ImageSet, close_sets, few_test_images, load_splits
 from .defaults import from_data
@@ -373,6 +373,8 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
         config, checkpoint, record = RunConfig.from_dict(plan[1]).validate(), plan[2], plan[3]
         error = None
         try:  # (each rank reads the data itself: one that cannot stops them all, with its message)
+            if data is None and checkpoint is None and config.data.kind() == "folder":
+                _check_before_reading(config, explicit, device)  # (before any picture is decoded)
             splits = data if data is not None else load_splits(config.data, training=True)
             owned = splits if data is None else None  # (sets given in `data` stay open: the caller's)
             if "test" not in splits and report:
@@ -381,8 +383,10 @@ def train(config: RunConfig | None = None, out: str | Path | None = None, *, res
             few = few_test_images(splits["test"], config.data) if "test" in splits and rank == 0 else None
             if few:
                 log.warning(few)
+            channels = splits["train"].image_shape[0]
             _check_memory(config, splits, None if checkpoint is not None else
-                          lambda height, width: _planned_at(requested, splits, explicit, height, width))
+                          lambda height, width: _planned_at(requested, channels, len(splits["train"]), explicit, height,
+                                                            width), device)
         except AelabError as raised:
             error = raised
         distributed.raise_together(error)  # (before the Trainer: building its DDP step is a collective)
@@ -424,9 +428,9 @@ def _plan(run_dir: Path, config: RunConfig | None, resume: bool, overwrite: bool
     lock = lock_existing_run(run_dir)
     try:
         record = read_record(run_dir)
-        if config is not None:  # (what a resume may change, given now, is the user's too)
-            changed = set(given_settings(config, explicit)) & set(RESUMABLE)
-            record["given"] = sorted(set(record.get("given", [])) | changed)
+        if config is not None and "given" in record:  # (what a resume may change, given now, is the user's too;
+            changed = set(given_settings(config, explicit)) & set(RESUMABLE)  # a run saved before records none)
+            record["given"] = sorted(set(record["given"]) | changed)
         config = resumed_config(run_dir, config, explicit).validate()
         checkpoint = ckpt.read_checkpoint(run_dir)
         trained = int(checkpoint.state["epoch"])
@@ -439,25 +443,57 @@ def _plan(run_dir: Path, config: RunConfig | None, resume: bool, overwrite: bool
     return lock, ("plan", config.to_dict(), checkpoint, record)
 
 
-def _check_memory(config: RunConfig, splits: dict[str, ImageSet], replan) -> None:
+def _check_memory(config: RunConfig, splits: dict[str, ImageSet], replan, device: torch.device | None = None) -> None:
     """Say the run's estimated peak memory, and refuse a run that would not fit, naming what to change
     (``footprint.check``; ``replan(height, width)``: the config at another image size; None for a
-    resumed run, which is only told: it trained before)."""
+    resumed run, which is only told: it trained before; ``device``: where it trains, default the
+    config's)."""
     held = sum(part.images.nbytes for part in splits.values() if not part.on_disk)  # (the splits: views or copies)
-    found = footprint.estimate(config, len(splits["train"]), len(splits.get("test", splits["val"])), images=held)
+    device = str(device or resolve_device(config.train.device))
+    found = footprint.estimate(config, len(splits["train"]), len(splits.get("test", splits["val"])), held, device)
     allowed, what = footprint.limit(distributed.local_size())
-    log.info(found.line(allowed, what))
+    free = footprint.gpu_free(device)
+    log.info(found.line(allowed, what, free))
     if replan is not None:
-        footprint.check(found, allowed, what, config, replan)
+        footprint.check(found, allowed, what, config, replan, free)
 
 
-def _planned_at(requested: RunConfig, splits: dict[str, ImageSet], explicit: set[str] | None, height: int,
+def _planned_at(requested: RunConfig, channels: int, n_train: int, explicit: set[str] | None, height: int,
                 width: int) -> RunConfig:
-    """The config the data would choose for ``requested`` at another image size (``defaults.from_data``)."""
-    channels = splits["train"].image_shape[0]
+    """The config that ``n_train`` images of ``channels`` x ``height`` x ``width`` would choose for
+    ``requested`` (``defaults.from_data``)."""
     sized = replace(requested, model=replace(requested.model, in_channels=channels, image_size=height,
                                              image_width=None if width == height else width))
-    return from_data(sized, (channels, height, width), len(splits["train"]), explicit)[0]
+    return from_data(sized, (channels, height, width), n_train, explicit)[0]
+
+
+def _check_before_reading(requested: RunConfig, explicit: set[str] | None, device: torch.device | None) -> None:
+    """A folder's run refused before any picture is decoded when it would not fit (``footprint``): its
+    memory estimated from the pictures' headers (their count, colour and size) and the splits they
+    will make; once the images are read, ``_check_memory`` measures again and says it."""
+    from .data.folders import survey
+    from .data.sources import resolve_data_dir
+
+    data = requested.data
+    found = survey(data.dataset, resolve_data_dir(data.data_dir), data.channels, data.size(), data.resize)
+    counts = found.split_counts()
+    if counts:  # train/ test/ (val/): the test folder, and the training folder less its validation share
+        n_test = counts["test"]
+        n_train = counts["train"] - (0 if counts["val"] else round(counts["train"] * data.val_fraction))
+    else:
+        n_test = round(len(found.good) * data.test_fraction)
+        n_train = len(found.good) - n_test - round((len(found.good) - n_test) * data.val_fraction)
+    channels, (height, width) = found.channels, found.size
+    n_train = max(1, n_train)
+    planned = _planned_at(requested, channels, n_train, explicit, height, width)
+    images = len(found.good) * channels * height * width
+    held = images if images <= memory_budget(data.memory_limit) // distributed.local_size() else 0
+    device = str(device or resolve_device(requested.train.device))
+    estimate = footprint.estimate(planned, n_train, max(1, n_test), None, held, device)
+    estimate = replace(estimate, now=estimate.now + held)  # (the images are not read yet)
+    allowed, what = footprint.limit(distributed.local_size())
+    footprint.check(estimate, allowed, what, planned,
+                    lambda h, w: _planned_at(requested, channels, n_train, explicit, h, w), footprint.gpu_free(device))
 
 
 def _same_data_on_every_rank(fingerprint: str) -> None:

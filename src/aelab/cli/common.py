@@ -218,6 +218,15 @@ def opened(args: argparse.Namespace, images):
     return images
 
 
+def say_few(images, config: RunConfig, split: str) -> None:
+    """A warning when the test split of the run's own data holds too few images to trust its numbers."""
+    from ..data.sets import few_test_images
+
+    note = few_test_images(images, config.data) if split == "test" else None
+    if note:
+        logging.getLogger("aelab").warning(note)
+
+
 def report_skipped(skipped: list[tuple[str, str]], folder: Path, name: str = "skipped.csv") -> None:
     """Say how many input files were not usable images, and where they are listed."""
     from ..run import write_skipped

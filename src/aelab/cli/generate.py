@@ -60,15 +60,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         path = output_path(run.path, f"traversal-{args.traverse}.png", args.out)
         print(figures.traversal_figure(run, data, path, args.traverse, train_codes, args.steps))
         return 0
+    themselves = args.out is not None and not args.out.endswith(".png")  # (else a picture of them: shrunk)
+    largest = None if themselves else plots.PICTURE_SIDE
     if sampler == "prior":
-        images = latent.prior_images(run, args.n_samples, seed=args.seed, label=args.label)
+        images = latent.prior_images(run, args.n_samples, seed=args.seed, label=args.label, largest=largest)
     else:
-        images = latent.sample_images(run, train_codes, args.n_samples, seed=args.seed, label=args.label)
-    if args.out is not None and not args.out.endswith(".png"):  # the images themselves
+        images = latent.sample_images(run, train_codes, args.n_samples, seed=args.seed, label=args.label,
+                                      largest=largest)
+    if themselves:
         print(figures.write_images(images, output_path(run.path, "samples", args.out)))
         return 0
-    print(figures.save_picture(run, figures.tiled(plots.thumbnails(images, figures.PICTURE_SIDE)), "samples.png",
-                               args.out, scale=args.scale))
+    print(figures.save_picture(run, figures.tiled(images), "samples.png", args.out, scale=args.scale))
     return 0
 
 

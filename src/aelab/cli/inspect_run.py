@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import AelabError
 from .common import add_common, add_device, add_run, add_run_folder, command, data_config, dims, opened, \
-    options_for, progress_bar, run_and_split, run_from_args
+    options_for, progress_bar, run_and_split, run_from_args, say_few
 
 # which of a command's methods each option applies to; an option given for another is refused
 PLOT_OPTIONS = {"dims": ("scatter",), "perplexity": ("tsne",), "seed": ("tsne", "umap")}  # (seed: with --max-points too)
@@ -35,6 +35,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = run_from_args(args)
     both = load_run_splits(run.config, data_config(run.config, args), tuple(dict.fromkeys((args.split, "train"))))
     data, train = (opened(args, part) for part in (both[args.split], both["train"]))  # (the images read once)
+    say_few(data, run.config, args.split)
     inception = None
     if args.inception_weights:  # (a bad file, or images FID cannot take: said before anything is computed)
         from ..generation import inception_network

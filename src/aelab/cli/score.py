@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .common import SPLIT_CHOICES, add_common, add_data, add_device, add_run_folder, command, data_config, opened, \
-    progress_bar, run_from_args
+    progress_bar, run_from_args, say_few
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -29,6 +29,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     data = data_config(run.config, args)
     split = args.split or scores.default_split(data, args.data is not None)
     images = opened(args, load_run_split(run.config, data, split))  # (a bad --data is said before any fitting)
+    say_few(images, run.config, split)
     with progress_bar(args, "fitting the score", "image") as progress:
         detector = scores.run_detector(run, args.method, args.contamination, args.data_dir, args.memory_limit,
                                        progress)

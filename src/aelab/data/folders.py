@@ -85,9 +85,39 @@ def cache_dir(root: Path, data_dir: Path) -> Path:
     return data_dir / "folders" / f"{name}-{digest}"
 
 
-def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = None,
-                size: tuple[int, int] | None = None, resize: str = "stretch") -> FolderData:
-    """The folder's images through the cache (built or brought up to date first)."""
+@dataclass
+class Survey:
+    """What a folder's headers say, before anything is decoded: its usable files, and the channel
+    count and size its images are made (the ones asked for, or chosen from them)."""
+
+    root: Path
+    where: Path  # its cache folder
+    good: list[FileInfo]  # the files with a readable header, in path order
+    skipped: list[tuple[str, str]]  # (path, reason)
+    split_layout: bool  # train/ test/ (val/) subfolders
+    channels: int
+    size: tuple[int, int]
+    largest: int  # the most pixels of a picture
+
+    def split_counts(self) -> dict[str, int]:
+        """The usable files in each of train/, val/ and test/ (a folder laid out so; else {})."""
+        if not self.split_layout:
+            return {}
+        first = Counter(f.path.split("/")[0] for f in self.good)
+        return {name: first.get(name, 0) for name in SPLIT_FOLDERS}
+
+
+def survey(root: str | os.PathLike, data_dir: Path, channels: int | None = None, size: tuple[int, int] | None = None,
+           resize: str = "stretch") -> Survey:
+    """The folder's files and the channel count and size its images are made (from their headers,
+    kept in the cache: later surveys read only the folder's listing), each choice said once."""
+    root, where = _cache_of(root, data_dir)
+    with locked(where / ".lock", f"building the image cache in {where}", "choose a writable `data.data_dir`"):
+        return _survey(root, where, channels, size, resize)
+
+
+def _cache_of(root: str | os.PathLike, data_dir: Path) -> tuple[Path, Path]:
+    """The folder ``root`` (resolved; refused when it is none) and its cache folder, made if missing."""
     given = root
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
@@ -100,49 +130,63 @@ def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = 
     except OSError as error:
         raise AelabError(f"cannot create the image cache in {where} ({error.strerror}); choose a writable "
                          "`data.data_dir`") from None
+    return root, where
+
+
+def _survey(root: Path, where: Path, channels: int | None, size: tuple[int, int] | None, resize: str) -> Survey:
+    """``survey``, its cache's lock held."""
+    files, skipped, split_layout = walk(root)
+    headers = _headers(root, where, files)
+    good = [f for f in files if not isinstance(headers[f.path], str)]
+    skipped += [(f.path, headers[f.path]) for f in files if isinstance(headers[f.path], str)]
+    if not good:
+        if not files:
+            raise AelabError(f"{root} holds no image files ({', '.join(decode.IMAGE_SUFFIXES)}, searched in "
+                             "subfolders too); give a folder of images")
+        first = sorted(skipped)[0]
+        found = "1 image file and it is not readable" if len(files) == 1 else \
+            f"{len(files)} image files and none is readable"
+        which = "" if len(files) == 1 else "the first: "
+        raise AelabError(f"{root} holds {found} ({which}{first[0]}: {first[1]}); give a folder of images Pillow can "
+                         "read")
+    colour = sum(bool(headers[f.path][2]) for f in good)
+    if channels is None:
+        channels = 3 if colour else 1
+        if 0 < colour < len(good):
+            _note(root, f"{len(good) - colour} of {len(good)} images are grey and the others have colour: every "
+                        "image gets 3 channels, the grey ones repeated (1 channel: every image grey)")
+    elif channels == 1 and colour:
+        _note(root, f"{colour} of {len(good)} images have colour; they are converted to grey (the run's 1 channel)")
+    elif channels == 3 and colour < len(good):
+        _note(root, f"{len(good) - colour} of {len(good)} images are grey; they are repeated to 3 channels (the "
+                    "run's 3)")
+    if size is None:
+        reference = Counter(tuple(headers[f.path][:2]) for f in good).most_common(1)[0][0]
+        size, why = default_image_size(reference), "the most common size"
+        if size != tuple(reference):
+            _note(root, f"the pictures are mostly {reference[0]}x{reference[1]}, more than the "
+                        f"{LARGEST_DEFAULT_SIDE} pixels a side the default network is sized for: they are made "
+                        f"{size[0]}x{size[1]} (set --image-size, data.image_size, for more detail, at a cost in "
+                        "memory and time: the memory it needs is said before training)")
+    else:
+        reference, why = size, "the size asked for"
+    odd = sum(tuple(headers[f.path][:2]) != tuple(reference) for f in good)
+    if odd:
+        _note(root, f"{odd} of {len(good)} images are not {reference[0]}x{reference[1]} ({why}); they are resized "
+                    f"({resize}) to {size[0]}x{size[1]}")
+    largest = max(headers[f.path][0] * headers[f.path][1] for f in good)
+    return Survey(root, where, good, skipped, split_layout, channels, tuple(size), largest)
+
+
+def load_folder(root: str | os.PathLike, data_dir: Path, channels: int | None = None,
+                size: tuple[int, int] | None = None, resize: str = "stretch") -> FolderData:
+    """The folder's images through the cache (built or brought up to date first)."""
+    root, where = _cache_of(root, data_dir)
     with locked(where / ".lock", f"building the image cache in {where}", "choose a writable `data.data_dir`"):
-        files, skipped, split_layout = walk(root)
-        headers = _headers(root, where, files)
-        good = [f for f in files if not isinstance(headers[f.path], str)]
-        skipped += [(f.path, headers[f.path]) for f in files if isinstance(headers[f.path], str)]
-        if not good:
-            if not files:
-                raise AelabError(f"{root} holds no image files ({', '.join(decode.IMAGE_SUFFIXES)}, searched in "
-                                 "subfolders too); give a folder of images")
-            first = sorted(skipped)[0]
-            found = "1 image file and it is not readable" if len(files) == 1 else \
-                f"{len(files)} image files and none is readable"
-            which = "" if len(files) == 1 else "the first: "
-            raise AelabError(f"{root} holds {found} ({which}{first[0]}: {first[1]}); give a folder of images Pillow can "
-                             "read")
-        colour = sum(bool(headers[f.path][2]) for f in good)
-        if channels is None:
-            channels = 3 if colour else 1
-            if 0 < colour < len(good):
-                _note(root, f"{len(good) - colour} of {len(good)} images are grey and the others have colour: every "
-                            "image gets 3 channels, the grey ones repeated (1 channel: every image grey)")
-        elif channels == 1 and colour:
-            _note(root, f"{colour} of {len(good)} images have colour; they are converted to grey (the run's 1 channel)")
-        elif channels == 3 and colour < len(good):
-            _note(root, f"{len(good) - colour} of {len(good)} images are grey; they are repeated to 3 channels (the "
-                        "run's 3)")
-        if size is None:
-            reference = Counter(tuple(headers[f.path][:2]) for f in good).most_common(1)[0][0]
-            size, why = default_image_size(reference), "the most common size"
-            if size != tuple(reference):
-                _note(root, f"the pictures are mostly {reference[0]}x{reference[1]}, more than the "
-                            f"{LARGEST_DEFAULT_SIDE} pixels a side the default network is sized for: they are made "
-                            f"{size[0]}x{size[1]} (set "
-                            "--image-size, data.image_size, for more detail, at a cost in memory and time: the memory "
-                            "it needs is said before training)")
-        else:
-            reference, why = size, "the size asked for"
-        odd = sum(tuple(headers[f.path][:2]) != tuple(reference) for f in good)
-        if odd:
-            _note(root, f"{odd} of {len(good)} images are not {reference[0]}x{reference[1]} ({why}); they are resized "
-                        f"({resize}) to {size[0]}x{size[1]}")
-        largest = max(headers[f.path][0] * headers[f.path][1] for f in good)
-        images_path, rows = _decoded(root, where, good, channels, size, resize, largest)
+        found = _survey(root, where, channels, size, resize)
+        good, skipped, split_layout, channels, size = (found.good, list(found.skipped), found.split_layout,
+                                                       found.channels, found.size)
+        images_path, rows = _decoded(root, where, good, channels, size, resize, found.largest)
         whole = MappedImages(images_path)  # opened under the lock: these rows, whatever happens later
     usable = [(position, entry) for position, entry in enumerate(rows) if not entry[3].startswith("!")]
     skipped += [(entry[0], entry[3][1:]) for entry in rows if entry[3].startswith("!")]
@@ -312,7 +356,8 @@ def _decoded(root: Path, where: Path, good: list[FileInfo], channels: int, size:
             rows.append(entry + [""])
             todo.append((position, entry[0]))
     what = f"{len(todo)} new or changed images" if old_rows else f"{len(todo)} images"
-    workers = min(os.cpu_count() or 1, len(todo)) if len(todo) >= PARALLEL_FROM else 1
+    chunks = _chunks(todo)
+    workers = _workers(len(chunks), len(todo), memory.decoding_bytes(largest, 1))
     held = memory.decoding_bytes(largest, workers)
     log.info("decoding %s of %s into the cache %s (once; later runs reuse it%s)", what, root, where,
              f"; about {memory.size_text(held)} of memory while decoding" if held > DECODING_SAID else "")
@@ -325,8 +370,9 @@ def _decoded(root: Path, where: Path, good: list[FileInfo], channels: int, size:
                         part = np.array(reuse[start: start + 4096], dtype=np.int64)
                         out.write_rows(part[:, 0], previous.read_rows(part[:, 1]))
         if todo:
-            job_args = [(str(root), str(tmp), chunk, channels, size[0], size[1], resize) for chunk in _chunks(todo)]
-            results = _parallel(decode.decode_job, job_args, len(todo), "decoding images", lambda args: len(args[2]))
+            job_args = [(str(root), str(tmp), chunk, channels, size[0], size[1], resize) for chunk in chunks]
+            results = _parallel(decode.decode_job, job_args, len(todo), "decoding images", lambda args: len(args[2]),
+                                workers)
             for (position, _), result in zip(todo, results):
                 rows[position][3] = result
     atomic_write_text(manifest_path, json.dumps({"format": FORMAT, "file": images_path.name, "rows": rows}))
@@ -341,15 +387,26 @@ def _chunks(items: list, parts_per_worker: int = 8) -> list[list]:
     return [items[i: i + size] for i in range(0, len(items), size)]
 
 
-def _parallel(function: Callable, jobs: list[tuple], total: int, what: str, count: Callable) -> list:
-    """``function(*job)`` for each job (each returns a list), over worker processes when there is
-    enough work, with a progress bar; the results joined in job order."""
+def _workers(jobs: int, files: int, each: int = 0) -> int:
+    """How many processes work through ``jobs`` jobs of ``files`` files in all: this one alone under
+    ``PARALLEL_FROM`` files, else one a core, but no more than the machine's available memory holds
+    when each takes ``each`` bytes (decoding big pictures)."""
+    if files < PARALLEL_FROM:
+        return 1
+    held = memory.available() // each if each else jobs
+    return max(1, min(os.cpu_count() or 1, jobs, held))
+
+
+def _parallel(function: Callable, jobs: list[tuple], total: int, what: str, count: Callable,
+              workers: int | None = None) -> list:
+    """``function(*job)`` for each job (each returns a list), over ``workers`` processes (default:
+    ``_workers``), with a progress bar; the results joined in job order."""
     from tqdm.auto import tqdm
 
-    workers = min(os.cpu_count() or 1, len(jobs))
+    workers = workers or _workers(len(jobs), total)
     quiet = not log.isEnabledFor(logging.INFO)
     with tqdm(total=total, desc=what, unit="img", disable=True if quiet else None, leave=False) as bar:
-        if workers < 2 or total < PARALLEL_FROM:
+        if workers < 2:
             results = []
             for job in jobs:
                 results.append(function(*job))

@@ -15,6 +15,7 @@ import torch
 from ..config import DataConfig, memory_budget, source_place
 from .. import distributed
 from ..errors import AelabError
+from ..memory import size_text
 from . import sources
 from .arrays import read_array_file
 from .batches import to_unit
@@ -314,7 +315,7 @@ def _folder_set(data: DataConfig) -> ImageSet:
     if on_disk:
         each = f" for each of the {processes} processes on this machine" if processes > 1 else ""
         log.info("the images (%s) are larger than the memory limit (%s%s): read from the cache on disk batch by batch",
-                 _size(found.images.nbytes), _size(budget), each)
+                 size_text(found.images.nbytes), size_text(budget), each)
     source = Source("folder", found.fingerprint, found.skipped, on_disk, found.splits, found.root)
     return ImageSet(found.images, torch.as_tensor(found.labels), torch.arange(len(found.labels)), found.class_names,
                     found.paths, source)
@@ -411,12 +412,3 @@ def load_run_splits(config, data: DataConfig, names: tuple[str, ...] = SPLITS) -
             log.warning("%s holds other images than the run was trained on (fingerprint %s, not %s); its splits "
                         "are made the same way", data.dataset, now, trained)
     return {name: parts[name] for name in names}
-
-
-def _size(n: float) -> str:
-    if n < 1024:
-        return f"{n:.0f} B"
-    for unit in ("KB", "MB", "GB"):
-        n /= 1024
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}"
