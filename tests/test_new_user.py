@@ -164,3 +164,17 @@ def test_notes_about_a_folder_are_said_once_and_as_they_are(tmp_path, capfd):
     err = capfd.readouterr().err
     assert err.count("holds the images the run was trained on") == 1  # the images read once (not once a split)
     assert err.count("are grey") == 1  # and each note about them said once
+
+
+def test_a_run_saved_before_given_was_recorded_keeps_its_page_when_resumed(fake_mnist, tmp_path):
+    """A run whose config.json records no `given` (saved by an earlier aelab) is resumed: it still
+    records none, so its report keeps splitting the settings the old way."""
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-report", "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["given"] == ["train.epochs"]
+    del saved["given"]
+    (out / "config.json").write_text(json.dumps(saved))
+    assert main(["train", "--resume", str(out), "--epochs", "2", "--quiet"]) == 0
+    assert "given" not in json.loads((out / "config.json").read_text())
+    assert "this run was made before aelab recorded which were given" in (out / "report.html").read_text()
