@@ -171,13 +171,22 @@ def run_unprivileged(code: str, cwd: Path, *args: str, timeout: float = 300) -> 
 
 @pytest.fixture(autouse=True)
 def _library_logger_as_found():
-    """The command line gives the "aelab" logger a handler (its messages on stderr); each test starts without it."""
+    """The command line gives the "aelab" logger a handler (its messages on stderr); each test starts
+    with the logger as the library leaves it (its NullHandler alone), whatever a fixture of a wider
+    scope ran before it."""
     import logging
 
+    import aelab  # noqa: F401 (its NullHandler)
+
     logger = logging.getLogger("aelab")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+
+    def as_the_library_leaves_it() -> None:
+        logger.handlers[:] = [handler for handler in logger.handlers if type(handler) is logging.NullHandler]
+        logger.level, logger.propagate = logging.NOTSET, True
+
+    as_the_library_leaves_it()
     yield
-    logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+    as_the_library_leaves_it()
 
 
 # --- a browser for the pages' tests ------------------------------------------------------------------

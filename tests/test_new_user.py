@@ -123,11 +123,11 @@ def test_a_shortened_schedule_is_said_and_shown(tmp_path, capsys):
     train(RunConfig(train=train_config_for("fast", epochs=4, batch_size=64)), run, resume=True, data=make_splits(),
           explicit={"train.epochs"}, progress=False)
     said = [record.getMessage() for record in records if "had planned" in record.getMessage()]
-    assert said and said[0].startswith("the run had planned 40 epochs and stops at epoch 4 instead: from epoch 2 "
+    assert said and said[0].startswith("the run had planned 40 epochs and stops at epoch 4 instead: after epoch 2 "
                                        "the rate falls from") and "never reaches the peak of 0.01 planned" in said[0]
     assert main(["info", str(run)]) == 0
     info = capsys.readouterr().out
-    assert re.search(r"schedule +resumed at epoch 2 with 4 epochs: the run had planned 40 epochs", info)
+    assert re.search(r"schedule +the run had planned 40 epochs and stops at epoch 4 instead", info)
     assert "The schedule as it ran: resumed with another length, the run had planned 40 epochs" in \
         (run / "report.html").read_text()
     assert json.loads((run / "config.json").read_text())["schedule_changes"][0]["epochs_before"] == 40

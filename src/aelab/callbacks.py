@@ -164,17 +164,20 @@ class RunFolder(Callback):
 class Figures(Callback):
     """figures/reconstructions/epoch-NNN.png after every epoch (the first test images, or validation
     images when there is no test split, above their reconstructions, with the noisy inputs of a
-    denoising run) and figures/loss_curves.png at the end."""
-
-    N_IMAGES = 5
+    denoising run; a run of more than ``figures.SLIDER_EPOCHS`` epochs: after that many evenly spaced
+    ones, the last among them, the most the report's slider shows) and figures/loss_curves.png at the end."""
 
     def on_epoch_end(self, trainer, row):
-        from .figures import reconstruction_examples
+        from .figures import EXAMPLES, SLIDER_EPOCHS, reconstruction_examples
         from .plots import reconstruction_figure
 
+        epochs, most = trainer.config.train.epochs, SLIDER_EPOCHS
+        if epochs > most and trainer.epoch not in {round(1 + i * (epochs - 1) / (most - 1)) for i in range(most)}:
+            return  # (thousands of short epochs: a picture for every one would cost more than the epoch)
+
         shown = trainer.splits["test" if "test" in trainer.splits else "val"]
-        clean, noisy, output = reconstruction_examples(trainer.model, shown.images[: self.N_IMAGES],
-                                                       trainer.config.train.noise_factor, shown.labels[: self.N_IMAGES])
+        clean, noisy, output = reconstruction_examples(trainer.model, shown.images[:EXAMPLES],
+                                                       trainer.config.train.noise_factor, shown.labels[:EXAMPLES])
         path = trainer.run_dir / "figures" / "reconstructions" / f"epoch-{trainer.epoch:03d}.png"
         reconstruction_figure(clean, output, path, title=f"epoch {trainer.epoch}", noisy=noisy)
 
@@ -203,10 +206,12 @@ class Report(Callback):
 
 class ProgressBar(Callback):
     """One tqdm bar over the whole training (``tqdm.auto``: a widget in a notebook, text in a
-    terminal), on stderr: the epoch, the running training loss, the time so far and the time left."""
+    terminal), on stderr: the epoch, the running training loss, the time so far and the time left.
+    ``terminals_only``: no bar where the output is not a terminal (a file, a pipe: the command line's)."""
 
-    def __init__(self, file=None):
+    def __init__(self, file=None, terminals_only: bool = False):
         self.file, self.bar, self.shown = file, None, math.nan
+        self.terminals_only = terminals_only
 
     def on_train_start(self, trainer):
         from tqdm.auto import tqdm
@@ -214,7 +219,7 @@ class ProgressBar(Callback):
         steps = len(trainer.batches)
         self.bar = tqdm(total=trainer.config.train.epochs * steps, initial=trainer.epoch * steps + trainer.step,
                         desc=self._epoch(trainer), unit="step", file=self.file or sys.stderr, mininterval=0.5,
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, disable=None if self.terminals_only else False)
 
     @staticmethod
     def _epoch(trainer) -> str:
@@ -273,7 +278,9 @@ class Console(Callback):
 
         self.began = time.perf_counter()
         splits, config = trainer.splits, trainer.config
-        where = f"resuming at epoch {trainer.epoch + 1}" if trainer.epoch or trainer.step else "training"
+        done = trainer.epoch >= config.train.epochs
+        where = ("evaluating" if done else f"resuming at epoch {trainer.epoch + 1}") if trainer.epoch or trainer.step \
+            else "training"
         on = f"{trainer.device}"
         if distributed.active():
             size = distributed.world()[1]
@@ -341,7 +348,8 @@ class Console(Callback):
         if pca is not None:
             from .evaluation import pca_verdict
 
-            self._say(pca_verdict(evaluation[f"{split}_mse"], pca, trainer.config.model.latent_dim).text)
+            self._say(pca_verdict(evaluation[f"{split}_mse"], pca, trainer.config.model.latent_dim,
+                                  evaluation.get("pca_components")).text)
         if result.report is not None:
             self._say(f"report: {result.report}")
         self._say(f"run folder: {result.run_dir}")

@@ -93,18 +93,26 @@ class SplitMeans:
 PCA_VALUES = 50_000_000  # pixel values PCA is fitted on at most (a seeded sample of the training images)
 
 
+def pca_sample(n_train: int, components: int, values: int) -> tuple[int, int]:
+    """(the training images PCA is fitted on, the components it has) for ``n_train`` images of
+    ``values`` pixel values each: at most ``PCA_VALUES`` values in all, and no more components than
+    images (a folder of 10 pictures gives PCA-10 at most, whatever the code's size)."""
+    count = min(n_train, max(components + 1, PCA_VALUES // values))
+    return count, min(components, count, values)
+
+
 def pca_fit(train_images, components: int, seed: int = 0):
-    """scikit-learn's randomized PCA with ``components`` components, fitted on the training images
-    (uint8 [N, C, H, W], in memory or on disk; at most ``PCA_VALUES`` pixel values of them, a
-    seeded sample of whole images)."""
+    """scikit-learn's randomized PCA with ``components`` components (``pca_sample``), fitted on the
+    training images (uint8 [N, C, H, W], in memory or on disk; at most ``PCA_VALUES`` pixel values of
+    them, a seeded sample of whole images)."""
     import numpy as np
     from sklearn.decomposition import PCA
 
     values = int(np.prod(train_images.shape[1:]))
-    count = min(len(train_images), max(components + 1, PCA_VALUES // values))
+    count, components = pca_sample(len(train_images), components, values)
     rows = np.sort(np.random.default_rng(seed).choice(len(train_images), count, replace=False))
     train = train_images[torch.as_tensor(rows)].reshape(count, -1).float().div(255).numpy()
-    return PCA(n_components=min(components, count, values), svd_solver="randomized", random_state=seed).fit(train)
+    return PCA(n_components=components, svd_solver="randomized", random_state=seed).fit(train)
 
 
 def pca_rebuilt(pca, images) -> "np.ndarray":
@@ -146,16 +154,18 @@ class Verdict:
     text: str  # one sentence for a person: who wins, by how much, and what to try when PCA does
 
 
-def pca_verdict(mse: float, pca: float | None, latent_dim: int) -> Verdict:
+def pca_verdict(mse: float, pca: float | None, latent_dim: int, components: int | None = None) -> Verdict:
     """Whether the autoencoder's ``mse`` beats ``pca``, PCA's MSE with ``latent_dim`` components (the
-    same code size), by how much (the share by which the winner's error is lower), and what to try when
-    it does not."""
-    name = f"PCA-{latent_dim}"
+    same code size; ``components`` where the training images allow fewer), by how much (the share by
+    which the winner's error is lower), and what to try when it does not."""
+    components = components or latent_dim
+    name = f"PCA-{components}" + (f" (all the components its {components} training images allow; the code has "
+                                  f"{latent_dim} numbers)" if components < latent_dim else "")
     if pca is None or not (math.isfinite(pca) and math.isfinite(mse)):
         return Verdict(None, f"no comparison with {name}")
     if pca <= 0:
         return Verdict(None, f"{name} rebuilds these images exactly (its MSE is 0): they lie in a space of "
-                             f"{latent_dim} dimensions")
+                             f"{components} dimensions")
     if mse < pca:
         return Verdict(True, f"the autoencoder beats {name}: its error is {1 - mse / pca:.0%} lower than PCA's "
                              f"{pca:.5f}")

@@ -252,7 +252,7 @@ def explorer_data(run, codes: np.ndarray, labels: np.ndarray, class_names: list[
     else:
         centered = reference - reference.mean(axis=0)
         basis = np.linalg.svd(centered, full_matrices=False)[2][:MAX_SLIDERS].astype(np.float32)
-        names = [f"PC{i + 1}" for i in range(MAX_SLIDERS)]
+        names = [f"PC{i + 1}" for i in range(len(basis))]  # (fewer codes than sliders: as many directions as they span)
     # the sliders measure the code from the prior's mean (0) for a variational model, in its standard deviations
     # along any unit direction (the prior is N(0, I)); else from 0 along a dimension, from the mean code along a PC
     centre = reference.mean(axis=0) if d > MAX_SLIDERS and not variational else np.zeros(d, dtype=np.float32)

@@ -21,6 +21,8 @@ from .run import Run, output_path
 
 MAP_POINTS = 3000  # points on a latent map of the report (and t-SNE's default): fewer for big or colour images
 MAP_PIXELS = MAP_POINTS * 28 * 28  # the hover thumbnails' pixels (MNIST's 3000 points)
+EXAMPLES = 5  # the test images (or validation images) shown above their reconstructions after each epoch
+SLIDER_EPOCHS = 200  # epochs whose reconstructions are drawn (evenly spaced, the last among them) for the report
 FIGURE_NOISE_SEED = 0  # the noise of every denoising example, during training and in the report
 MAP_TITLES = {"scatter": "latent variables {0} and {1}", "pca": "PCA of the latent codes",
               "tsne": "t-SNE of the latent codes", "umap": "UMAP of the latent codes"}

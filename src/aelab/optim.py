@@ -150,7 +150,8 @@ class Schedule:
 def describe_change(before: Schedule, after: Schedule, step: int, steps_per_epoch: int, lr: float) -> str:
     """How resizing ``before`` (at ``step``) into ``after`` changes the rate, in a sentence: the
     added epochs' cycle, or the end brought forward (and the planned peak never reached)."""
-    epoch = step / steps_per_epoch
+    done, into = divmod(step, steps_per_epoch)
+    where = f"after epoch {done}" if not into else f"at epoch {done + 1}, step {into}"
     planned, now = before.total // steps_per_epoch, after.total // steps_per_epoch
     if not before.pieces:
         return f"the run had planned {planned} epochs and now trains {now} (at the constant rate {lr:g})"
@@ -160,8 +161,8 @@ def describe_change(before: Schedule, after: Schedule, step: int, steps_per_epoc
             return f"the run had planned {planned} epochs; the {now - planned} added go on at the rate {start:.2g}"
         return (f"the run had planned {planned} epochs; the {now - planned} added get a cycle of their own: the rate "
                 f"rises from {start:.2g} to {top:.2g} and falls back to {lr * after(after.total):.2g}")
-    said = (f"the run had planned {planned} epochs and stops at epoch {now} instead: from epoch {epoch:g} the rate "
-            f"falls from {lr * after(step):.2g} to {lr * after(after.total):.2g}")
+    said = (f"the run had planned {planned} epochs and stops at epoch {now} instead: {where} the rate falls from "
+            f"{lr * after(step):.2g} to {lr * after(after.total):.2g}")
     peak = before.highest(step)
     if peak > after.highest(step) * (1 + 1e-9):
         said += f" and never reaches the peak of {lr * peak:.2g} planned (its highest: {lr * after.highest():.2g})"

@@ -127,10 +127,13 @@ def build_figures(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | Non
                                   figures_dir / "kl_per_dimension.png"),
             "traversal": figures.traversal_figure(run, test, figures_dir / "traversal.png"),
             "active_units": posterior.active_units, "latent_dim": len(posterior.kl_per_dimension)}
-    first, second = _interpolation_pair(test)
-    line = figures.interpolation_picture(run, test, first, second, INTERPOLATION_STEPS)
-    out["interpolation"] = plots.save_png(line, figures_dir / "interpolation.png", scale=min(3, scale + 1))
-    out["interpolation_pair"] = (int(test.indices[first]), int(test.indices[second]))
+    out["interpolation"] = out["interpolation_pair"] = None
+    if len(test) >= 2:  # (one test image: no line to draw)
+        first, second = _interpolation_pair(test)
+        line = figures.interpolation_picture(run, test, first, second, INTERPOLATION_STEPS)
+        out["interpolation"] = plots.save_png(line, figures_dir / "interpolation.png", scale=min(3, scale + 1))
+        out["interpolation_pair"] = (int(test.indices[first]), int(test.indices[second]))
+    out["n_test"], out["n_shown"] = len(test), min(len(test), figures.EXAMPLES)
     if config.train.noise_factor > 0:
         clean, noisy, denoised = figures.reconstruction_examples(run.model, test.images[:8], config.train.noise_factor,
                                                                  test.labels[:8])
@@ -195,12 +198,18 @@ def anomaly_section(run: Run, test: ImageSet, train: ImageSet, val: ImageSet | N
 
 def slider_pictures(paths: list[Path], budget: int = SLIDER_BYTES) -> tuple[list[str], list[int]]:
     """The reconstruction pictures of the epochs as data URIs, and their epoch numbers: every epoch
-    while they fit ``budget`` bytes, else evenly spaced epochs (the first and the last among them)."""
+    while they fit ``budget`` bytes, else evenly spaced epochs (the first and the last among them;
+    at most ``figures.SLIDER_EPOCHS`` are read)."""
+    paths = [paths[i] for i in _evenly(len(paths), figures.SLIDER_EPOCHS)]
     uris = [plots.picture_uri(path, FIGURE_BYTES) for path in paths]
     largest = max((len(uri) for uri in uris), default=1)
-    keep = max(2, budget * 4 // 3 // largest)
-    chosen = sorted(set(np.linspace(0, len(paths) - 1, keep).round().astype(int))) if keep < len(paths) else range(len(paths))
+    chosen = _evenly(len(paths), max(2, budget * 4 // 3 // largest))
     return [uris[i] for i in chosen], [_epoch_number(paths[i]) for i in chosen]
+
+
+def _evenly(n: int, most: int) -> list[int]:
+    """At most ``most`` of the positions 0 .. n - 1, evenly spaced, the first and the last among them."""
+    return sorted(set(np.linspace(0, n - 1, most).round().astype(int))) if most < n else list(range(n))
 
 
 def _interpolation_pair(test: ImageSet) -> tuple[int, int]:
@@ -302,8 +311,9 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
     ]
     verdict = None
     if "test_pca_mse" in evaluation:  # the honest baseline, beside the autoencoder's error, and who wins
-        cards.insert(1, (f"test MSE of PCA-{config.model.latent_dim} (the baseline)", _fmt(evaluation["test_pca_mse"])))
-        verdict = pca_verdict(evaluation["test_mse"], evaluation["test_pca_mse"], config.model.latent_dim)
+        components = evaluation.get("pca_components", config.model.latent_dim)
+        cards.insert(1, (f"test MSE of PCA-{components} (the baseline)", _fmt(evaluation["test_pca_mse"])))
+        verdict = pca_verdict(evaluation["test_mse"], evaluation["test_pca_mse"], config.model.latent_dim, components)
     if "test_denoising_mse" in evaluation:
         cards.insert(1, ("test denoising MSE", _fmt(evaluation["test_denoising_mse"])))
     others = {f"model.{name}" for name in FAMILY_SETTINGS if name not in family_settings(config.model.kind)}
@@ -327,7 +337,9 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
     # (plots.maps_script writes its figures and sprite through plots.script_json, the template's filter)
     return pages.template().render(
         title=f"aelab run {run.path.name}", dataset=config.data.dataset, latent_dim=config.model.latent_dim,
-        recipe=config.train.recipe, loss=config.train.loss,
+        recipe=config.train.recipe, loss=config.train.loss + (  # (a variational model minimises its own bound)
+            "" if run.model.objective == config.train.loss
+            else f" (training minimises the {run.model.objective_label})"),
         noise_factor=format(config.train.noise_factor, "g") if config.train.noise_factor else None,
         cards=cards, verdict=verdict, given_recorded=isinstance(saved.get("given"), list),
         few_test=parts.get("few_test"),
@@ -343,7 +355,9 @@ def render(run: Run, parts: dict[str, Any], slider_bytes: int = SLIDER_BYTES) ->
         n_map_points=parts["n_map_points"], map_methods=list(parts["maps"]),
         min_neighbour_points=latent.MIN_NEIGHBOUR_POINTS, grid_n=GRID_N, grid_plane=parts["grid_plane"].description,
         grid=_figure(parts["grid"]),
-        samples=_uri(parts["samples"]), sampler=parts["sampler"], interpolation=_uri(parts["interpolation"]),
+        samples=_uri(parts["samples"]), sampler=parts["sampler"],
+        interpolation=_uri(parts["interpolation"]) if parts["interpolation"] else None,
+        n_test=parts["n_test"], n_shown=parts["n_shown"], sampled=parts["n_map_points"] < parts["n_test"],
         variational=_variational(parts, evaluation), explorer=parts["explorer"],
         explorer_left_out=safe(parts["explorer_left_out"].replace("RUN", str(markupsafe.escape(run.path)))),
         explorer_js=safe(explorer.script()),

@@ -251,7 +251,7 @@ def summary(run_dir: str | Path) -> dict[str, Any]:
     elif evaluation.get("stopped_early"):
         status = f"finished early after {done} of {planned} epochs (the validation loss stopped improving)"
     elif (path / "state" / "last.json").is_file():
-        status = f"stopped after {done} of {planned} epochs (continue it with `resume`)"
+        status = f"stopped after {done} of {planned} epochs (continue it: aelab train --resume {path})"
     else:
         status = "not trained yet"
     found: dict[str, Any] = {
@@ -289,8 +289,8 @@ def summary_lines(found: dict) -> list[tuple[str, str]]:
                         + (f", noise {recipe['noise_factor']:g}" if recipe["noise_factor"] else "")
                         + f", seed {recipe['seed']}, shards {recipe['shards']}")]
     for change in found.get("schedule_changes", []):  # (resumed with another length: the schedule as it ran)
-        lines.append(("schedule", f"resumed at epoch {change['epoch']:g} with {change['epochs']} epochs: "
-                                  + change.get("said", f"the run had planned {change['epochs_before']}")))
+        lines.append(("schedule", change.get("said") or f"the run had planned {change['epochs_before']} epochs and "
+                                                        f"was resumed for {change['epochs']}"))
     if found["best_val_loss"] is not None:
         best = f"epoch {found['best_epoch']}, " if found["best_epoch"] else ""
         lines.append(("best", f"{best}validation loss {found['best_val_loss']:.5f} (model.safetensors holds the "

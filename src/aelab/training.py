@@ -29,7 +29,7 @@ from .data.sets import ImageSet, close_sets, few_test_images, load_splits
 from .defaults import from_data
 from .devices import resolve_device
 from .errors import AelabError
-from .evaluation import SplitMeans, pca_mse, psnr_from_mse
+from .evaluation import SplitMeans, pca_mse, pca_sample, psnr_from_mse
 from .models.registry import build_model, family
 from .optim import Schedule, make_optimizer, make_scheduler
 from .run import RESUMABLE, given_settings, lock_existing_run, lock_new_run, read_record, remove_run_files, \
@@ -261,6 +261,8 @@ class Trainer:
         if self.baseline is not None:  # PCA with as many components as the code: the honest baseline
             evaluation[f"{split}_pca_mse"] = pca_mse(self.baseline.images, self.baseline_split.images,
                                                      self.config.model.latent_dim, self.config.train.seed)
+            evaluation["pca_components"] = pca_sample(len(self.baseline), self.config.model.latent_dim,
+                                                               math.prod(self.baseline.image_shape))[1]
         if cfg.noise_factor > 0:
             evaluation[f"{split}_denoising_mse"] = self.loss(split, "mse", noise_factor=cfg.noise_factor)
         if self.model.summary_terms:  # (a variational model: its ELBO and parts, nats per image, in one pass)

@@ -174,7 +174,7 @@ def progress_bar(args: argparse.Namespace, what: str, unit: str = "iteration"):
     def progress(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=what, unit=unit, leave=False, file=sys.stderr)
+            bar = tqdm(total=total, desc=what, unit=unit, leave=False, file=sys.stderr, disable=None)  # (terminals)
         bar.update(done - bar.n)
 
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 
 from ..errors import AelabError
@@ -27,7 +28,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     --generation measures generated images against the split's (see aelab.generation).
     """
     from ..data.sets import load_run_splits
-    from ..evaluation import evaluate, pca_mse, pca_verdict
+    from ..evaluation import evaluate, pca_mse, pca_sample, pca_verdict
     from ..likelihood import is_variational, measures
 
     if args.seed is not None and not args.noise_factor:
@@ -70,8 +71,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         count = f"{result['n_images']} image{'s' if result['n_images'] != 1 else ''}"
         print(f"{args.split}: MSE {result['mse']:.6f}  PSNR {result['psnr']:.2f} dB  ({count}, {said})")
     latent_dim, clean = run.config.model.latent_dim, results[0]["mse"]
-    print(f"{args.split}: PCA with {latent_dim} components (the same code size, fitted on the training split): MSE "
-          f"{baseline:.6f}; on clean inputs {pca_verdict(clean, baseline, latent_dim).text}")
+    components = pca_sample(len(train), latent_dim, math.prod(train.image_shape))[1]
+    size = "the same code size" if components == latent_dim else f"all that {len(train)} training images allow"
+    print(f"{args.split}: PCA with {components} components ({size}, fitted on the training split): MSE "
+          f"{baseline:.6f}; on clean inputs {pca_verdict(clean, baseline, latent_dim, components).text}")
     if variational is not None:
         _print_variational(variational, args.split)
     if generated is not None:

@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..training import train
 
     config, explicit = build_config(args)
-    callbacks = ([] if args.quiet else [ProgressBar(), Console()]) + trackers(args.track or [])
+    callbacks = ([] if args.quiet else [ProgressBar(terminals_only=True), Console()]) + trackers(args.track or [])
     if args.resume:
         out = Path(args.resume)
         if args.out and Path(args.out) != out:

@@ -161,19 +161,20 @@ def _survey(root: Path, where: Path, channels: int | None, size: tuple[int, int]
         _note(root, f"{len(good) - colour} of {len(good)} images are grey; they are repeated to 3 channels (the "
                     "run's 3)")
     if size is None:
-        reference = Counter(tuple(headers[f.path][:2]) for f in good).most_common(1)[0][0]
-        size, why = default_image_size(reference), "the most common size"
+        reference, count = Counter(tuple(headers[f.path][:2]) for f in good).most_common(1)[0]
+        size = default_image_size(reference)
+        why = "the most common size" + (f", that of {count} of them" if count < len(good) / 2 else "")
         if size != tuple(reference):
-            _note(root, f"the pictures are mostly {reference[0]}x{reference[1]}, more than the "
+            _note(root, f"the pictures are mostly {reference[0]}x{reference[1]} (height x width), more than the "
                         f"{LARGEST_DEFAULT_SIDE} pixels a side the default network is sized for: they are made "
                         f"{size[0]}x{size[1]} (set --image-size, data.image_size, for more detail, at a cost in "
                         "memory and time: the memory it needs is said before training)")
     else:
-        reference, why = size, "the size asked for"
+        reference, why = size, "the run's size"
     odd = sum(tuple(headers[f.path][:2]) != tuple(reference) for f in good)
     if odd:
-        _note(root, f"{odd} of {len(good)} images are not {reference[0]}x{reference[1]} ({why}); they are resized "
-                    f"({resize}) to {size[0]}x{size[1]}")
+        _note(root, f"{odd} of {len(good)} images are not {reference[0]}x{reference[1]} (height x width; {why}); they "
+                    f"are resized ({resize}) to {size[0]}x{size[1]}")
     largest = max(headers[f.path][0] * headers[f.path][1] for f in good)
     return Survey(root, where, good, skipped, split_layout, channels, tuple(size), largest)
 
