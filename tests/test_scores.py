@@ -173,7 +173,7 @@ def test_score_new_images_in_a_folder(tmp_path, capsys):
                  "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "6 images (all)" in captured.out and "flagged by construction" in captured.out and "1 files skipped" in captured.err
-    assert "5 of 6 images are not 28x28 (the size asked for); they are resized" in captured.err
+    assert "5 of 6 images are not 28x28 (height x width; the run's size); they are resized (stretch)" in captured.err
     assert "1 of 6 images have colour; they are converted to grey" in captured.err
     assert out.read_text().splitlines()[0] == ("index,path,score,is_anomaly,mse_raw,mse_standardised,feature_error_raw,"
                                                  "feature_error_standardised,feature_distance_raw,feature_distance_standardised,density_raw")
