@@ -64,7 +64,8 @@ def test_a_folder_of_4096_pictures_trains_within_its_estimate(wallpapers, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     if size is None:
         assert "they are made 128x128 (set --image-size" in done.stderr
-    assert said_peak(done.stderr) >= measured_peak(done.stderr), done.stderr[-3000:]
+    said, measured = said_peak(done.stderr), measured_peak(done.stderr)
+    assert measured <= said < 2 * measured, done.stderr[-3000:]  # never passed, and not wildly above
     assert (tmp_path / "run" / "report.html").is_file()
 
 

@@ -88,7 +88,7 @@ class Estimate:
                 f"images; {parts}); {size_text(limit)} {what_limit}{gpu}")
 
 
-def estimate(config: RunConfig, n_train: int, test_images: int, batch: int | None = None,
+def estimate(config: RunConfig, n_train: int, test_images: int, *, batch: int | None = None,
              images: int = 0, device: str = "cpu") -> Estimate:
     """The peak memory of training ``config`` (its model sized for the images) on ``n_train``
     images, then writing its PCA baseline and report (``test_images``: the split they measure);
@@ -142,7 +142,7 @@ def check(found: Estimate, allowed: int, what_limit: str, config: RunConfig, rep
     batch = found.batch
     while batch > 1:
         batch //= 2
-        tried = estimate(config, *found.sizes, batch, found.images, found.device)
+        tried = estimate(config, *found.sizes, batch=batch, images=found.images, device=found.device)
         if fits(tried):
             fixes.append(f"`train.batch_size` {batch} (about {size_text(tried.peak)})")
             break
@@ -152,7 +152,7 @@ def check(found: Estimate, allowed: int, what_limit: str, config: RunConfig, rep
             side //= 2
             scale = side / max(height, width)
             smaller = replan(max(16, round(height * scale)), max(16, round(width * scale)))
-            tried = estimate(smaller, *found.sizes, found.batch, found.images, found.device)
+            tried = estimate(smaller, *found.sizes, batch=found.batch, images=found.images, device=found.device)
             if fits(tried):
                 wide = smaller.model.image_width
                 size = str(smaller.model.image_size) + (f"x{wide}" if wide else "")

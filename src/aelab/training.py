@@ -452,7 +452,8 @@ def _check_memory(config: RunConfig, splits: dict[str, ImageSet], replan, device
     config's)."""
     held = sum(part.images.nbytes for part in splits.values() if not part.on_disk)  # (the splits: views or copies)
     device = str(device or resolve_device(config.train.device))
-    found = footprint.estimate(config, len(splits["train"]), len(splits.get("test", splits["val"])), held, device)
+    found = footprint.estimate(config, len(splits["train"]), len(splits.get("test", splits["val"])), images=held,
+                               device=device)
     allowed, what = footprint.limit(distributed.local_size())
     free = footprint.gpu_free(device)
     log.info(found.line(allowed, what, free))
@@ -491,7 +492,7 @@ def _check_before_reading(requested: RunConfig, explicit: set[str] | None, devic
     images = len(found.good) * channels * height * width
     held = images if images <= memory_budget(data.memory_limit) // distributed.local_size() else 0
     device = str(device or resolve_device(requested.train.device))
-    estimate = footprint.estimate(planned, n_train, max(1, n_test), None, held, device)
+    estimate = footprint.estimate(planned, n_train, max(1, n_test), images=held, device=device)
     estimate = replace(estimate, now=estimate.now + held)  # (the images are not read yet)
     allowed, what = footprint.limit(distributed.local_size())
     footprint.check(estimate, allowed, what, planned,
