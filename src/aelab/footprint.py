@@ -17,7 +17,7 @@ import torch
 
 from .config import RunConfig
 from .errors import AelabError
-from .evaluation import PCA_VALUES
+from .evaluation import pca_sample
 from .memory import available, peak_so_far, resident, size_text
 from .models.nets import MAX_FEATURES
 from .models.registry import build_model
@@ -32,7 +32,7 @@ PER_PARAMETER_BYTE = 10
 LIBRARIES = 400 * 2**20
 REPORT_PAGES = 150 * 2**20  # the report's pictures, maps and page
 REPORT_BYTES_PER_PIXEL = 500  # ... and its figures of a few images at full size (the anomalies': 8 images, 3 rows)
-# the per-image work after training (the PCA baseline on up to PCA_VALUES pixel values, float32, with
+# the per-image work after training (the PCA baseline on the images pca_sample gives, float32, with
 # scikit-learn's copies; the report's anomaly features of up to FIT_IMAGES images)
 PCA_COPIES = 3
 
@@ -96,11 +96,10 @@ def estimate(config: RunConfig, n_train: int, test_images: int, *, batch: int | 
     share (and the training images) are the GPU's."""
     batch = min(batch or config.train.batch_size, max(1, n_train))  # (fewer images than a batch: every batch is all)
     saved, parameters = step_bytes(config, batch)
-    channels, height = config.model.in_channels, config.model.image_size
-    values = channels * height * (config.model.image_width or height)
-    count = min(n_train, max(config.model.latent_dim + 1, PCA_VALUES // values))
+    pixels = config.model.image_size * (config.model.image_width or config.model.image_size)
+    values = config.model.in_channels * pixels
+    count = pca_sample(n_train, config.model.latent_dim, values)[0]  # (the images PCA is fitted on)
     pca = PCA_COPIES * 4 * count * values + 4 * values * min(test_images, max(1, 4_000_000 // values))
-    pixels = height * (config.model.image_width or height)  # (the report's figures of a few full-size images)
     report = (REPORT_PAGES + REPORT_BYTES_PER_PIXEL * pixels + 3 * 8 * min(n_train, FIT_IMAGES) * MAX_FEATURES
               + parameters * 8)
     step = _training_bytes(saved, parameters) - LIBRARIES

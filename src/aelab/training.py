@@ -25,7 +25,7 @@ from . import distributed, footprint
 from .callbacks import Callback, CallbackList, Figures, ProgressBar, Report, RunFolder
 from .config import RunConfig, memory_budget, resolved_kl_warmup
 from .data.batches import Batches, noise_generator
-from .data.sets import ImageSet, close_sets, few_test_images, load_splits
+from .data.sets import ImageSet, close_sets, few_test_images, load_splits, split_sizes
 from .defaults import from_data
 from .devices import resolve_device
 from .errors import AelabError
@@ -479,13 +479,7 @@ def _check_before_reading(requested: RunConfig, explicit: set[str] | None, devic
 
     data = requested.data
     found = survey(data.dataset, resolve_data_dir(data.data_dir), data.channels, data.size(), data.resize)
-    counts = found.split_counts()
-    if counts:  # train/ test/ (val/): the test folder, and the training folder less its validation share
-        n_test = counts["test"]
-        n_train = counts["train"] - (0 if counts["val"] else round(counts["train"] * data.val_fraction))
-    else:
-        n_test = round(len(found.good) * data.test_fraction)
-        n_train = len(found.good) - n_test - round((len(found.good) - n_test) * data.val_fraction)
+    n_train, n_test = split_sizes(len(found.good), data, found.split_counts())
     channels, (height, width) = found.channels, found.size
     n_train = max(1, n_train)
     planned = _planned_at(requested, channels, n_train, explicit, height, width)

@@ -165,13 +165,29 @@ def load_file_set(data: DataConfig, train: bool) -> ImageSet:
     return full
 
 
+def part_size(total: int, fraction: float) -> int:
+    """The images ``split_off`` takes for ``fraction`` of ``total``."""
+    return int(round(total * fraction))
+
+
+def split_sizes(files: int, data: DataConfig, counts: dict[str, int] | None = None) -> tuple[int, int]:
+    """(training images, test images) the splits of ``files`` images will hold, known before they are
+    read: a folder's train/ and test/ (``counts`` of train, val, test), less the validation share
+    where it has no val/; else the fractions of ``data`` (as ``load_splits`` splits; ``data.classes``
+    not applied: at most these)."""
+    if counts:
+        return counts["train"] - (0 if counts["val"] else part_size(counts["train"], data.val_fraction)), counts["test"]
+    test = part_size(files, data.test_fraction)
+    return files - test - part_size(files - test, data.val_fraction), test
+
+
 def split_off(full: ImageSet, fraction: float, seed: int, name: str = "val_fraction",
               sort: bool = False) -> tuple[ImageSet, ImageSet]:
     """A seeded random split into the rest and ``fraction`` of the images: the same fraction and
     seed always give the same two sets (with ``sort``, each in its original order)."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(full), generator=generator)
-    n_part = int(round(len(full) * fraction))
+    n_part = part_size(len(full), fraction)
     if n_part < 1 or n_part >= len(full):
         raise AelabError(f"`data.{name}` {fraction} of {len(full)} images leaves none on one side of the split; "
                          "try 0.2 (or give more images)")
